@@ -1,0 +1,3 @@
+//! Sluice's scheduler side: pipeline files, the DAG, the run engine, the store and the CLI.
+
+pub mod spec;

@@ -1,0 +1,176 @@
+//! Problems found in a pipeline file, printed the way a compiler prints them.
+
+use std::fmt::{self, Write as _};
+
+use serde::Serialize;
+
+use super::yaml::Mark;
+
+/// One problem in a pipeline file: where it is, what it concerns, what is wrong, how to fix it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Diagnostic {
+    /// The file, as the user named it.
+    pub file: String,
+    /// Line, from 1.
+    pub line: usize,
+    /// Column, from 1.
+    pub column: usize,
+    /// The field as a dotted path (`steps.train.retry.delay`), empty for the file as a whole.
+    pub field: String,
+    /// The step the problem belongs to, when it belongs to one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// What is wrong, lower-case and without a final period, like rustc's messages.
+    pub message: String,
+    /// A suggestion, such as "did you mean `depends`?".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub help: Option<String>,
+}
+
+impl Diagnostic {
+    /// Renders the diagnostic with the offending source line and a caret under the column.
+    pub fn render(&self, source: &str) -> String {
+        let mut out = format!("error: {}\n", self.message);
+        let _ = writeln!(out, "  --> {}:{}:{}", self.file, self.line, self.column);
+        if let Some(text) = source.lines().nth(self.line.saturating_sub(1)) {
+            let number = self.line.to_string();
+            let pad = " ".repeat(number.len());
+            let text: String = text.chars().take(200).collect();
+            let caret_at = self.column.saturating_sub(1).min(text.chars().count());
+            let under: String = text
+                .chars()
+                .take(caret_at)
+                .map(|c| if c == '\t' { '\t' } else { ' ' })
+                .collect();
+            let _ = writeln!(out, "{pad} |");
+            let _ = writeln!(out, "{number} | {text}");
+            let _ = writeln!(out, "{pad} | {under}^");
+        }
+        if let Some(help) = &self.help {
+            let _ = writeln!(out, "  = help: {help}");
+        }
+        out
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )?;
+        if let Some(help) = &self.help {
+            write!(f, " ({help})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects diagnostics for one file while it is being read.
+#[derive(Debug)]
+pub struct Diagnostics {
+    file: String,
+    list: Vec<Diagnostic>,
+}
+
+impl Diagnostics {
+    /// Starts an empty list for `file`.
+    pub fn new(file: impl Into<String>) -> Self {
+        Self {
+            file: file.into(),
+            list: Vec::new(),
+        }
+    }
+
+    /// Records a problem at `mark` concerning `field`.
+    pub fn error(
+        &mut self,
+        mark: Mark,
+        field: &str,
+        message: impl Into<String>,
+    ) -> &mut Diagnostic {
+        self.list.push(Diagnostic {
+            file: self.file.clone(),
+            line: mark.line,
+            column: mark.column,
+            field: field.to_string(),
+            step: step_of(field),
+            message: message.into(),
+            help: None,
+        });
+        self.list.last_mut().expect("just pushed")
+    }
+
+    /// Whether nothing has been found wrong.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The problems, sorted by position in the file.
+    pub fn into_sorted(mut self) -> Vec<Diagnostic> {
+        self.list.sort_by_key(|d| (d.line, d.column));
+        self.list
+    }
+}
+
+impl Diagnostic {
+    /// Adds a suggestion to the diagnostic.
+    pub fn help(&mut self, help: impl Into<String>) -> &mut Self {
+        self.help = Some(help.into());
+        self
+    }
+}
+
+/// `steps.train.retry` belongs to step `train`.
+fn step_of(field: &str) -> Option<String> {
+    let rest = field.strip_prefix("steps.")?;
+    Some(rest.split('.').next().unwrap_or(rest).to_string())
+}
+
+/// The closest of `candidates` to `word`, when it is close enough to be a likely typo.
+pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (strsim::jaro_winkler(word, c), *c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_like_a_compiler_with_a_caret_under_the_column() {
+        let d = Diagnostic {
+            file: "p.yaml".into(),
+            line: 2,
+            column: 3,
+            field: "steps.a.dependz".into(),
+            step: Some("a".into()),
+            message: "unknown key `dependz` in step `a`".into(),
+            help: Some("did you mean `depends`?".into()),
+        };
+        let out = d.render("steps:\n  dependz: [b]\n");
+        assert_eq!(
+            out,
+            "error: unknown key `dependz` in step `a`\n  --> p.yaml:2:3\n  |\n2 |   dependz: [b]\n  |   ^\n  = help: did you mean `depends`?\n"
+        );
+    }
+
+    #[test]
+    fn suggests_only_close_words() {
+        let keys = ["depends", "run", "command", "timeout"];
+        assert_eq!(did_you_mean("dependz", &keys), Some("depends"));
+        assert_eq!(did_you_mean("timout", &keys), Some("timeout"));
+        assert_eq!(did_you_mean("zzzz", &keys), None);
+    }
+
+    #[test]
+    fn the_step_is_taken_from_the_field_path() {
+        assert_eq!(step_of("steps.train.retry.delay"), Some("train".into()));
+        assert_eq!(step_of("params.x"), None);
+    }
+}

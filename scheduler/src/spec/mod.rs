@@ -1,0 +1,157 @@
+//! Pipeline files: reading, validating and the typed model they become.
+
+mod check;
+pub mod condition;
+pub mod diagnostic;
+pub mod model;
+pub mod parse;
+mod reader;
+pub mod schema;
+mod triggers;
+pub mod values;
+pub mod yaml;
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+pub use diagnostic::Diagnostic;
+pub use model::*;
+
+use diagnostic::Diagnostics;
+use reader::Reader;
+
+/// Largest pipeline file read by default: real pipelines are a few kilobytes, and a cap keeps a
+/// hostile or mistaken file (a data set saved as `.yaml`) from costing memory.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// A pipeline file that passed validation, with the text it was read from.
+#[derive(Debug, Clone)]
+pub struct LoadedPipeline {
+    /// The typed pipeline.
+    pub pipeline: Pipeline,
+    /// The file as written, stored with every run so a run can be resumed or audited later.
+    pub text: String,
+    /// SHA-256 of `text`, hex.
+    pub hash: String,
+    /// The file's path.
+    pub path: PathBuf,
+}
+
+/// Reads and validates one pipeline file; on failure, every problem found.
+pub fn load_file(path: &Path, max_bytes: u64) -> Result<LoadedPipeline, Vec<Diagnostic>> {
+    let display = path.display().to_string();
+    let whole_file = |message: String| {
+        vec![Diagnostic {
+            file: display.clone(),
+            line: 1,
+            column: 1,
+            field: String::new(),
+            step: None,
+            message,
+            help: None,
+        }]
+    };
+    let size = std::fs::metadata(path)
+        .map_err(|e| whole_file(format!("cannot read the file: {e}")))?
+        .len();
+    if size > max_bytes {
+        return Err(whole_file(format!(
+            "the file is {size} bytes, over the limit of {max_bytes} bytes for a pipeline file"
+        )));
+    }
+    let bytes =
+        std::fs::read(path).map_err(|e| whole_file(format!("cannot read the file: {e}")))?;
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(err) => {
+            let valid = &err.as_bytes()[..err.utf8_error().valid_up_to()];
+            let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
+            let mut diags = whole_file("the file is not valid UTF-8".into());
+            diags[0].line = line;
+            return Err(diags);
+        }
+    };
+    let pipeline = parse_str(&display, &text)?;
+    Ok(LoadedPipeline {
+        pipeline,
+        hash: content_hash(&text),
+        text,
+        path: path.to_path_buf(),
+    })
+}
+
+/// Validates pipeline text; `file` names it in diagnostics.
+pub fn parse_str(file: &str, text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
+    let mut r = Reader {
+        diags: Diagnostics::new(file),
+    };
+    let tree = match yaml::parse(text) {
+        Ok(tree) => tree,
+        Err(err) => {
+            r.error(err.mark, "", format!("invalid YAML: {}", err.message));
+            return Err(r.diags.into_sorted());
+        }
+    };
+    for problem in &tree.problems {
+        let d = r.diags.error(problem.mark, "", problem.message.clone());
+        if let Some(first) = problem.first {
+            d.help(format!(
+                "first defined at line {}, column {}",
+                first.line, first.column
+            ));
+        }
+    }
+    let Some((mut pipeline, steps)) = parse::pipeline(&mut r, &tree.root) else {
+        return Err(r.diags.into_sorted());
+    };
+    check::check(&mut r, &pipeline, &steps, tree.root.mark);
+    if !r.diags.is_empty() {
+        return Err(r.diags.into_sorted());
+    }
+    pipeline.steps = steps
+        .into_iter()
+        .map(|parsed| (parsed.step.name.clone(), parsed.step))
+        .collect();
+    Ok(pipeline)
+}
+
+/// The SHA-256 of a pipeline's text, hex: the identity of a definition in the store.
+pub fn content_hash(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Every `*.yml`/`*.yaml` file under `paths` (files are taken as given), sorted for stable output.
+pub fn find_pipeline_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            walk(path, &mut out)?;
+        } else {
+            out.push(path.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    entries.sort();
+    for path in entries {
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,686 @@
+//! From a marked YAML tree to a typed [`Pipeline`], recording every problem on the way.
+
+use std::str::FromStr;
+
+use indexmap::IndexMap;
+
+use super::condition::Condition;
+use super::model::*;
+use super::reader::{join, Reader};
+use super::triggers;
+use super::values;
+use super::yaml::{Mark, Node, Value};
+
+/// Top-level keys of a pipeline file.
+pub const PIPELINE_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "params",
+    "env",
+    "defaults",
+    "parallelism",
+    "concurrency",
+    "triggers",
+    "steps",
+];
+/// Keys of a step.
+pub const STEP_KEYS: &[&str] = &[
+    "description",
+    "depends",
+    "when",
+    "run",
+    "command",
+    "uses",
+    "with",
+    "image",
+    "env",
+    "secrets",
+    "workdir",
+    "retry",
+    "timeout",
+    "resources",
+    "queue",
+    "outputs",
+];
+/// Keys of `defaults`: the step settings that can have a pipeline-wide default.
+pub const DEFAULTS_KEYS: &[&str] = &["timeout", "retry", "workdir", "image", "queue", "resources"];
+/// Keys of `retry`.
+pub const RETRY_KEYS: &[&str] = &["limit", "backoff", "delay", "max_delay", "on_exit_codes"];
+/// Keys of `resources`.
+pub const RESOURCE_KEYS: &[&str] = &["cpu", "memory", "gpu"];
+/// Keys of a parameter written in its long form.
+pub const PARAM_KEYS: &[&str] = &["type", "default", "description"];
+/// Keys of `concurrency`.
+pub const CONCURRENCY_KEYS: &[&str] = &["limit", "overlap"];
+
+/// Most retries a step may ask for: enough for flaky networks, not enough to hide a broken step.
+pub const MAX_RETRIES: i64 = 100;
+
+/// A step as read, with the positions graph checks need.
+pub struct ParsedStep {
+    /// The typed step.
+    pub step: Step,
+    /// Each `depends` entry with where it was written.
+    pub depends_marks: Vec<Mark>,
+    /// Where `when:` was written.
+    pub when_mark: Option<Mark>,
+}
+
+/// The pipeline-wide step defaults.
+#[derive(Default)]
+struct StepDefaults {
+    timeout: Option<std::time::Duration>,
+    retry: Option<RetryPolicy>,
+    workdir: Option<String>,
+    image: Option<String>,
+    queue: Option<String>,
+    resources: Option<Resources>,
+}
+
+/// Reads the whole pipeline; `None` when anything was wrong (the reader holds the diagnostics).
+pub fn pipeline(r: &mut Reader, root: &Node) -> Option<(Pipeline, Vec<ParsedStep>)> {
+    if root.value == Value::Null {
+        r.error(
+            root.mark,
+            "",
+            "the file is empty: a pipeline needs at least `name` and `steps`",
+        );
+        return None;
+    }
+    let fields = r.mapping(root, "", "the pipeline", PIPELINE_KEYS)?;
+    let name = match fields.get("name") {
+        Some((_, node)) => r.string(node, "name").and_then(|name| {
+            values::pipeline_name(&name)
+                .map_err(|m| r.error(node.mark, "name", m))
+                .ok()
+                .map(|_| name)
+        }),
+        None => {
+            r.error(root.mark, "name", "the pipeline has no `name`");
+            None
+        }
+    };
+    let description = fields
+        .get("description")
+        .and_then(|(_, n)| r.text(n, "description"));
+    let params = fields
+        .get("params")
+        .map_or(Some(IndexMap::new()), |(_, n)| params(r, n));
+    let env = fields
+        .get("env")
+        .map_or(Some(IndexMap::new()), |(_, n)| r.env(n, "env"));
+    let defaults = fields
+        .get("defaults")
+        .map_or(Some(StepDefaults::default()), |(_, n)| defaults(r, n));
+    let parallelism = fields
+        .get("parallelism")
+        .map(|(_, n)| r.integer(n, "parallelism", 1, 100_000).map(|p| p as usize));
+    let concurrency = fields.get("concurrency").map(|(_, n)| concurrency(r, n));
+    let triggers = fields
+        .get("triggers")
+        .map_or(Some(Vec::new()), |(_, n)| triggers::triggers(r, n));
+    let steps = match (fields.get("steps"), &env, &defaults) {
+        (Some((_, node)), Some(env), Some(defaults)) => steps(r, node, env, defaults),
+        (Some((_, node)), _, _) => {
+            // Still read the steps so their own problems are reported in this pass.
+            steps(r, node, &IndexMap::new(), &StepDefaults::default());
+            None
+        }
+        (None, _, _) => {
+            r.error(root.mark, "steps", "the pipeline has no `steps`");
+            None
+        }
+    };
+    let pipeline = Pipeline {
+        name: name?,
+        description,
+        params: params?,
+        env: env?,
+        parallelism: parallelism.unwrap_or(Some(0)).filter(|p| *p > 0),
+        concurrency: concurrency.unwrap_or(Some(None))?,
+        triggers: triggers?,
+        steps: IndexMap::new(),
+    };
+    let parsed = steps?;
+    Some((pipeline, parsed))
+}
+
+fn params(r: &mut Reader, node: &Node) -> Option<IndexMap<String, ParamSpec>> {
+    let Value::Map(entries) = &node.value else {
+        r.error(
+            node.mark,
+            "params",
+            format!("`params` must be a mapping, found {}", node.value.kind()),
+        );
+        return None;
+    };
+    let mut out = IndexMap::new();
+    let mut seen_env = IndexMap::new();
+    let mut ok = true;
+    for (key, value) in entries {
+        let name = key.value.scalar_text().unwrap_or_default();
+        let path = join("params", &name);
+        if let Err(message) = values::variable_name(&name) {
+            r.error(key.mark, &path, message);
+            ok = false;
+            continue;
+        }
+        if let Some(other) = seen_env.insert(name.to_uppercase(), name.clone()) {
+            r.error(
+                key.mark,
+                &path,
+                format!(
+                    "params `{other}` and `{name}` both reach steps as PARAM_{}",
+                    name.to_uppercase()
+                ),
+            );
+            ok = false;
+        }
+        match param(r, value, &path) {
+            Some(spec) => {
+                out.insert(name, spec);
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn param(r: &mut Reader, node: &Node, path: &str) -> Option<ParamSpec> {
+    let (kind, default, description) = match &node.value {
+        Value::Map(_) => {
+            let fields = r.mapping(node, path, &format!("param `{path}`"), PARAM_KEYS)?;
+            let kind = match fields.get("type") {
+                Some((_, n)) => r.choice(
+                    n,
+                    &join(path, "type"),
+                    &[
+                        ("string", ParamType::String),
+                        ("integer", ParamType::Integer),
+                        ("number", ParamType::Number),
+                        ("boolean", ParamType::Boolean),
+                    ],
+                )?,
+                None => fields
+                    .get("default")
+                    .and_then(|(_, n)| inferred_type(&n.value))
+                    .unwrap_or(ParamType::String),
+            };
+            let default = match fields.get("default") {
+                Some((_, n)) if n.value != Value::Null => {
+                    Some((r.text(n, &join(path, "default"))?, n.mark))
+                }
+                _ => None,
+            };
+            let description = fields
+                .get("description")
+                .and_then(|(_, n)| r.text(n, &join(path, "description")));
+            (kind, default, description)
+        }
+        Value::Null => (ParamType::String, None, None),
+        Value::Seq(_) => {
+            r.error(
+                node.mark,
+                path,
+                "a param's default must be a single value; for a richer param write `{type: ..., default: ...}`",
+            );
+            return None;
+        }
+        scalar => (
+            inferred_type(scalar).unwrap_or(ParamType::String),
+            Some((scalar.scalar_text()?, node.mark)),
+            None,
+        ),
+    };
+    if let Some((value, mark)) = &default {
+        if let Err(message) = kind.check(value) {
+            r.error(
+                *mark,
+                &join(path, "default"),
+                format!("default of `{path}`: {message}"),
+            );
+            return None;
+        }
+    }
+    Some(ParamSpec {
+        kind,
+        default: default.map(|(v, _)| v),
+        description,
+    })
+}
+
+fn inferred_type(value: &Value) -> Option<ParamType> {
+    match value {
+        Value::Int(_) => Some(ParamType::Integer),
+        Value::Float(_) => Some(ParamType::Number),
+        Value::Bool(_) => Some(ParamType::Boolean),
+        Value::String(_) => Some(ParamType::String),
+        _ => None,
+    }
+}
+
+fn defaults(r: &mut Reader, node: &Node) -> Option<StepDefaults> {
+    let fields = r.mapping(node, "defaults", "`defaults`", DEFAULTS_KEYS)?;
+    let mut ok = true;
+    let mut out = StepDefaults::default();
+    for (key, (_, value)) in &fields {
+        let path = join("defaults", key);
+        let read = match *key {
+            "timeout" => r
+                .positive_duration(value, &path)
+                .map(|d| out.timeout = Some(d)),
+            "retry" => retry(r, value, &path).map(|p| out.retry = Some(p)),
+            "workdir" => r.string(value, &path).map(|w| out.workdir = Some(w)),
+            "image" => r.string(value, &path).map(|i| out.image = Some(i)),
+            "queue" => queue_name(r, value, &path).map(|q| out.queue = Some(q)),
+            "resources" => resources(r, value, &path).map(|res| out.resources = Some(res)),
+            _ => Some(()),
+        };
+        ok &= read.is_some();
+    }
+    ok.then_some(out)
+}
+
+fn concurrency(r: &mut Reader, node: &Node) -> Option<Option<Concurrency>> {
+    let fields = r.mapping(node, "concurrency", "`concurrency`", CONCURRENCY_KEYS)?;
+    let limit = match fields.get("limit") {
+        Some((_, n)) => r.integer(n, "concurrency.limit", 1, 10_000)? as u32,
+        None => 1,
+    };
+    let overlap = match fields.get("overlap") {
+        Some((_, n)) => r.choice(
+            n,
+            "concurrency.overlap",
+            &[
+                ("queue", Overlap::Queue),
+                ("skip", Overlap::Skip),
+                ("cancel_running", Overlap::CancelRunning),
+                ("allow", Overlap::Allow),
+            ],
+        )?,
+        None => Overlap::Queue,
+    };
+    Some(Some(Concurrency { limit, overlap }))
+}
+
+fn retry(r: &mut Reader, node: &Node, path: &str) -> Option<RetryPolicy> {
+    if let Value::Int(_) = node.value {
+        // `retry: 3` is the short form of `retry: {limit: 3}`.
+        let limit = r.integer(node, path, 0, MAX_RETRIES)? as u32;
+        return Some(RetryPolicy {
+            limit,
+            ..RetryPolicy::default()
+        });
+    }
+    let fields = r.mapping(node, path, &format!("`{path}`"), RETRY_KEYS)?;
+    let mut policy = RetryPolicy::default();
+    let mut ok = true;
+    for (key, (_, value)) in &fields {
+        let field = join(path, key);
+        let read = match *key {
+            "limit" => r
+                .integer(value, &field, 0, MAX_RETRIES)
+                .map(|l| policy.limit = l as u32),
+            "backoff" => r
+                .choice(
+                    value,
+                    &field,
+                    &[
+                        ("fixed", Backoff::Fixed),
+                        ("exponential", Backoff::Exponential),
+                    ],
+                )
+                .map(|b| policy.backoff = b),
+            "delay" => r.duration(value, &field).map(|d| policy.delay = d),
+            "max_delay" => r
+                .positive_duration(value, &field)
+                .map(|d| policy.max_delay = Some(d)),
+            "on_exit_codes" => {
+                exit_codes(r, value, &field).map(|codes| policy.on_exit_codes = codes)
+            }
+            _ => Some(()),
+        };
+        ok &= read.is_some();
+    }
+    ok.then_some(policy)
+}
+
+fn exit_codes(r: &mut Reader, node: &Node, path: &str) -> Option<Vec<i32>> {
+    let Value::Seq(items) = &node.value else {
+        r.error(
+            node.mark,
+            path,
+            format!("`{path}` must be a list of exit codes"),
+        );
+        return None;
+    };
+    let mut codes = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        codes.push(r.integer(item, &format!("{path}[{i}]"), 1, 255)? as i32);
+    }
+    Some(codes)
+}
+
+fn resources(r: &mut Reader, node: &Node, path: &str) -> Option<Resources> {
+    let fields = r.mapping(node, path, &format!("`{path}`"), RESOURCE_KEYS)?;
+    let mut out = Resources::default();
+    let mut ok = true;
+    for (key, (_, value)) in &fields {
+        let field = join(path, key);
+        let read = match *key {
+            "cpu" => quantity(r, value, &field, values::cpu).map(|c| out.cpu = Some(c)),
+            "memory" => quantity(r, value, &field, values::memory).map(|m| out.memory = Some(m)),
+            "gpu" => gpu(r, value, &field).map(|g| out.gpu = Some(g)),
+            _ => Some(()),
+        };
+        ok &= read.is_some();
+    }
+    ok.then_some(out)
+}
+
+fn quantity<T>(
+    r: &mut Reader,
+    node: &Node,
+    path: &str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Option<T> {
+    let text = r.text(node, path)?;
+    parse(&text).map_err(|m| r.error(node.mark, path, m)).ok()
+}
+
+fn gpu(r: &mut Reader, node: &Node, path: &str) -> Option<GpuRequest> {
+    match &node.value {
+        Value::Int(_) => Some(GpuRequest::Count(r.integer(node, path, 1, 1024)? as u32)),
+        Value::String(s) if s == "all" => Some(GpuRequest::All),
+        Value::Map(_) => {
+            let fields = r.mapping(node, path, &format!("`{path}`"), &["ids"])?;
+            let Some((_, ids)) = fields.get("ids") else {
+                r.error(
+                    node.mark,
+                    path,
+                    format!("`{path}` as a mapping needs `ids: [\"0\", ...]`"),
+                );
+                return None;
+            };
+            let ids = r.text_list(ids, &join(path, "ids"))?;
+            if ids.is_empty() {
+                r.error(
+                    node.mark,
+                    path,
+                    format!("`{path}.ids` must name at least one device"),
+                );
+                return None;
+            }
+            Some(GpuRequest::Ids(ids.into_iter().map(|(id, _)| id).collect()))
+        }
+        other => {
+            r.error(
+                node.mark,
+                path,
+                format!(
+                    "`{path}` must be a count, `all` or `{{ids: [...]}}`, found {}",
+                    other.kind()
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn queue_name(r: &mut Reader, node: &Node, path: &str) -> Option<String> {
+    let name = r.string(node, path)?;
+    values::step_name(&name)
+        .map_err(|_| {
+            r.error(
+                node.mark,
+                path,
+                format!("queue name `{name}` must be letters, digits, `_` and `-`"),
+            )
+        })
+        .ok()?;
+    Some(name)
+}
+
+fn steps(
+    r: &mut Reader,
+    node: &Node,
+    env: &IndexMap<String, String>,
+    defaults: &StepDefaults,
+) -> Option<Vec<ParsedStep>> {
+    let Value::Map(entries) = &node.value else {
+        r.error(
+            node.mark,
+            "steps",
+            format!(
+                "`steps` must be a mapping of step name to step, found {}",
+                node.value.kind()
+            ),
+        );
+        return None;
+    };
+    if entries.is_empty() {
+        r.error(node.mark, "steps", "the pipeline has no steps");
+        return None;
+    }
+    let mut out = Vec::with_capacity(entries.len());
+    let mut ok = true;
+    for (key, value) in entries {
+        let name = key.value.scalar_text().unwrap_or_default();
+        let path = join("steps", &name);
+        if let Err(message) = values::step_name(&name) {
+            r.error(key.mark, &path, message);
+            ok = false;
+        }
+        match step(r, &name, key.mark, value, &path, env, defaults) {
+            Some(parsed) => out.push(parsed),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn step(
+    r: &mut Reader,
+    name: &str,
+    mark: Mark,
+    node: &Node,
+    path: &str,
+    pipeline_env: &IndexMap<String, String>,
+    defaults: &StepDefaults,
+) -> Option<ParsedStep> {
+    let fields = r.mapping(node, path, &format!("step `{name}`"), STEP_KEYS)?;
+    let mut ok = true;
+    let mut get = |key: &str| fields.get(key).map(|(_, v)| *v);
+
+    let action = action(r, name, node.mark, path, &mut get);
+    let description = get("description").and_then(|n| r.text(n, &join(path, "description")));
+    let (depends, depends_marks): (Vec<String>, Vec<Mark>) = match get("depends") {
+        Some(n) => match r.text_list(n, &join(path, "depends")) {
+            Some(list) => list.into_iter().unzip(),
+            None => {
+                ok = false;
+                (Vec::new(), Vec::new())
+            }
+        },
+        None => (Vec::new(), Vec::new()),
+    };
+    let (when, when_mark) = match get("when") {
+        Some(n) => {
+            let field = join(path, "when");
+            let parsed = r.text(n, &field).and_then(|text| {
+                Condition::parse(&text)
+                    .map_err(|m| r.error(n.mark, &field, m))
+                    .ok()
+            });
+            ok &= parsed.is_some();
+            (parsed, Some(n.mark))
+        }
+        None => (None, None),
+    };
+    let image = match get("image") {
+        Some(n) => r.string(n, &join(path, "image")).map(Some),
+        None => Some(defaults.image.clone()),
+    };
+    let mut env = pipeline_env.clone();
+    if let Some(n) = get("env") {
+        match r.env(n, &join(path, "env")) {
+            Some(own) => env.extend(own),
+            None => ok = false,
+        }
+    }
+    let secrets = match get("secrets") {
+        Some(n) => secrets(r, n, &join(path, "secrets")),
+        None => Some(Vec::new()),
+    };
+    let workdir = match get("workdir") {
+        Some(n) => r.string(n, &join(path, "workdir")).map(Some),
+        None => Some(defaults.workdir.clone()),
+    };
+    let retry = match get("retry") {
+        Some(n) => retry(r, n, &join(path, "retry")),
+        None => Some(defaults.retry.clone().unwrap_or_default()),
+    };
+    let timeout = match get("timeout") {
+        Some(n) => r.positive_duration(n, &join(path, "timeout")).map(Some),
+        None => Some(defaults.timeout),
+    };
+    let resources = match get("resources") {
+        Some(n) => resources(r, n, &join(path, "resources")),
+        None => Some(defaults.resources.clone().unwrap_or_default()),
+    };
+    let queue = match get("queue") {
+        Some(n) => queue_name(r, n, &join(path, "queue")),
+        None => Some(defaults.queue.clone().unwrap_or_else(|| {
+            let wants_gpu = resources.as_ref().is_some_and(|res| res.gpu.is_some());
+            if wants_gpu { "gpu" } else { "default" }.to_string()
+        })),
+    };
+    let outputs = match get("outputs") {
+        Some(n) => outputs(r, n, &join(path, "outputs")),
+        None => Some(Vec::new()),
+    };
+    if !ok {
+        return None;
+    }
+    Some(ParsedStep {
+        step: Step {
+            name: name.to_string(),
+            mark,
+            description,
+            depends,
+            when,
+            action: action?,
+            image: image?,
+            env,
+            secrets: secrets?,
+            workdir: workdir?,
+            retry: retry?,
+            timeout: timeout?,
+            resources: resources?,
+            queue: queue?,
+            outputs: outputs?,
+        },
+        depends_marks,
+        when_mark,
+    })
+}
+
+fn action<'n>(
+    r: &mut Reader,
+    name: &str,
+    mark: Mark,
+    path: &str,
+    get: &mut impl FnMut(&str) -> Option<&'n Node>,
+) -> Option<Action> {
+    let run = get("run");
+    let command = get("command");
+    let uses = get("uses");
+    let with = get("with");
+    if let (Some(with), None) = (with, uses) {
+        r.error(
+            with.mark,
+            &join(path, "with"),
+            format!("step `{name}` has `with` but no `uses`"),
+        );
+    }
+    match (run, command, uses) {
+        (Some(run), None, None) => r.string(run, &join(path, "run")).map(Action::Shell),
+        (None, Some(command), None) => {
+            let argv = r.text_list(command, &join(path, "command"))?;
+            if argv.is_empty() {
+                r.error(
+                    command.mark,
+                    &join(path, "command"),
+                    "`command` needs at least the program to run",
+                );
+                return None;
+            }
+            Some(Action::Exec(argv.into_iter().map(|(arg, _)| arg).collect()))
+        }
+        (None, None, Some(uses)) => {
+            let kind = r.string(uses, &join(path, "uses"))?;
+            r.diags
+                .error(
+                    uses.mark,
+                    &join(path, "uses"),
+                    format!("unknown step kind `{kind}`"),
+                )
+                .help("this version has no built-in step kinds yet; use `run` or `command`");
+            None
+        }
+        (None, None, None) => {
+            r.diags
+                .error(
+                    mark,
+                    path,
+                    format!("step `{name}` has neither `run` nor `command`"),
+                )
+                .help("add `run: <shell command>` or `command: [program, arg, ...]`");
+            None
+        }
+        (run, command, uses) => {
+            let second = [run, command, uses]
+                .into_iter()
+                .flatten()
+                .nth(1)
+                .map_or(mark, |n| n.mark);
+            r.error(
+                second,
+                path,
+                format!("step `{name}` must have only one of `run`, `command` and `uses`"),
+            );
+            None
+        }
+    }
+}
+
+fn secrets(r: &mut Reader, node: &Node, path: &str) -> Option<Vec<String>> {
+    let list = r.text_list(node, path)?;
+    let mut out = Vec::with_capacity(list.len());
+    for (name, mark) in list {
+        values::variable_name(&name)
+            .map_err(|m| r.error(mark, path, m))
+            .ok()?;
+        out.push(name);
+    }
+    Some(out)
+}
+
+fn outputs(r: &mut Reader, node: &Node, path: &str) -> Option<Vec<String>> {
+    let list = r.text_list(node, path)?;
+    let mut out = Vec::with_capacity(list.len());
+    for (output, mark) in list {
+        values::output_path(&output)
+            .map_err(|m| r.error(mark, path, m))
+            .ok()?;
+        out.push(output);
+    }
+    Some(out)
+}
+
+/// Checks a cron expression with the same parser the scheduler fires it with.
+pub fn cron_expression(expr: &str) -> Result<(), String> {
+    croner::Cron::from_str(expr)
+        .map(|_| ())
+        .map_err(|e| format!("`{expr}` is not a valid cron expression: {e}"))
+}

@@ -1,0 +1,188 @@
+//! The `triggers:` list: cron schedules, webhooks and watched folders.
+//!
+//! They are read and checked here so a broken schedule fails `sluice validate` in CI, long
+//! before a daemon would have fired it.
+
+use indexmap::IndexMap;
+
+use super::model::{Catchup, Trigger};
+use super::parse::cron_expression;
+use super::reader::{join, Reader};
+use super::values;
+use super::yaml::{Node, Value};
+
+const CRON_KEYS: &[&str] = &["cron", "timezone", "catchup"];
+const WEBHOOK_KEYS: &[&str] = &["webhook", "secret_env", "params"];
+const WATCH_KEYS: &[&str] = &["watch", "param"];
+const WATCH_INNER_KEYS: &[&str] = &["path", "pattern"];
+
+/// Reads the list of triggers.
+pub fn triggers(r: &mut Reader, node: &Node) -> Option<Vec<Trigger>> {
+    let Value::Seq(items) = &node.value else {
+        r.error(
+            node.mark,
+            "triggers",
+            format!("`triggers` must be a list, found {}", node.value.kind()),
+        );
+        return None;
+    };
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        match trigger(r, item, &format!("triggers[{i}]")) {
+            Some(t) => out.push(t),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn trigger(r: &mut Reader, node: &Node, path: &str) -> Option<Trigger> {
+    let kind = match &node.value {
+        Value::Map(entries) => entries.iter().find_map(|(k, _)| match &k.value {
+            Value::String(s) if ["cron", "webhook", "watch"].contains(&s.as_str()) => {
+                Some(s.clone())
+            }
+            _ => None,
+        }),
+        _ => None,
+    };
+    match kind.as_deref() {
+        Some("cron") => cron(r, node, path),
+        Some("webhook") => webhook(r, node, path),
+        Some("watch") => watch(r, node, path),
+        _ => {
+            r.error(
+                node.mark,
+                path,
+                "a trigger must be one of `cron: ...`, `webhook: ...` or `watch: ...`",
+            );
+            None
+        }
+    }
+}
+
+fn cron(r: &mut Reader, node: &Node, path: &str) -> Option<Trigger> {
+    let fields = r.mapping(node, path, "a cron trigger", CRON_KEYS)?;
+    let (_, expr_node) = fields.get("cron")?;
+    let field = join(path, "cron");
+    let schedule = r.string(expr_node, &field)?;
+    let schedule_ok = cron_expression(&schedule)
+        .map_err(|m| r.error(expr_node.mark, &field, m))
+        .is_ok();
+    let timezone = match fields.get("timezone") {
+        Some((_, n)) => {
+            let field = join(path, "timezone");
+            let tz = r.string(n, &field)?;
+            tz.parse::<chrono_tz::Tz>()
+                .map_err(|_| {
+                    r.error(
+                        n.mark,
+                        &field,
+                        format!(
+                            "`{tz}` is not an IANA time zone such as `Europe/Belgrade` or `UTC`"
+                        ),
+                    )
+                })
+                .ok()?;
+            tz
+        }
+        None => "UTC".to_string(),
+    };
+    let catchup = match fields.get("catchup") {
+        Some((_, n)) => r.choice(
+            n,
+            &join(path, "catchup"),
+            &[
+                ("none", Catchup::None),
+                ("latest", Catchup::Latest),
+                ("all", Catchup::All),
+            ],
+        )?,
+        None => Catchup::Latest,
+    };
+    schedule_ok.then_some(Trigger::Cron {
+        schedule,
+        timezone,
+        catchup,
+    })
+}
+
+fn webhook(r: &mut Reader, node: &Node, path: &str) -> Option<Trigger> {
+    let fields = r.mapping(node, path, "a webhook trigger", WEBHOOK_KEYS)?;
+    let (_, name_node) = fields.get("webhook")?;
+    let field = join(path, "webhook");
+    let name = r.string(name_node, &field)?;
+    values::step_name(&name)
+        .map_err(|_| {
+            r.error(
+                name_node.mark,
+                &field,
+                format!("webhook name `{name}` must be letters, digits, `_` and `-`"),
+            )
+        })
+        .ok()?;
+    let secret_env = match fields.get("secret_env") {
+        Some((_, n)) => {
+            let field = join(path, "secret_env");
+            let var = r.string(n, &field)?;
+            values::variable_name(&var)
+                .map_err(|m| r.error(n.mark, &field, m))
+                .ok()?;
+            Some(var)
+        }
+        None => None,
+    };
+    let params = match fields.get("params") {
+        Some((_, n)) => string_map(r, n, &join(path, "params"))?,
+        None => IndexMap::new(),
+    };
+    Some(Trigger::Webhook {
+        name,
+        secret_env,
+        params,
+    })
+}
+
+fn watch(r: &mut Reader, node: &Node, path: &str) -> Option<Trigger> {
+    let fields = r.mapping(node, path, "a watch trigger", WATCH_KEYS)?;
+    let (_, inner) = fields.get("watch")?;
+    let inner_path = join(path, "watch");
+    let inner_fields = r.mapping(inner, &inner_path, "`watch`", WATCH_INNER_KEYS)?;
+    let Some((_, path_node)) = inner_fields.get("path") else {
+        r.error(inner.mark, &inner_path, "`watch` needs a `path` to watch");
+        return None;
+    };
+    let folder = r.string(path_node, &join(&inner_path, "path"))?;
+    let pattern = match inner_fields.get("pattern") {
+        Some((_, n)) => r.string(n, &join(&inner_path, "pattern"))?,
+        None => "*".to_string(),
+    };
+    let param = match fields.get("param") {
+        Some((_, n)) => r.string(n, &join(path, "param"))?,
+        None => "path".to_string(),
+    };
+    Some(Trigger::Watch {
+        path: folder,
+        pattern,
+        param,
+    })
+}
+
+fn string_map(r: &mut Reader, node: &Node, path: &str) -> Option<IndexMap<String, String>> {
+    let Value::Map(entries) = &node.value else {
+        r.error(
+            node.mark,
+            path,
+            format!("`{path}` must be a mapping, found {}", node.value.kind()),
+        );
+        return None;
+    };
+    let mut out = IndexMap::new();
+    for (k, v) in entries {
+        let key = k.value.scalar_text().unwrap_or_default();
+        let value = r.string(v, &join(path, &key))?;
+        out.insert(key, value);
+    }
+    Some(out)
+}

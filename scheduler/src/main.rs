@@ -1,1 +1,21 @@
-fn main() {}
+//! The `sluice` binary: parse flags, set up logging, hand over to the CLI.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use sluice::cli::{Cli, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Quiet by default: the terminal belongs to the run's progress. RUST_LOG=info shows more.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => subscriber.init(),
+        LogFormat::Json => subscriber.json().init(),
+    }
+    sluice::cli::main(cli)
+}

@@ -1,1 +1,8 @@
-//! placeholder
+//! Sluice's worker side: the task contract, the queues that carry tasks, the executors that run
+//! them and the loop that ties them together. It knows nothing of pipeline files or the store.
+
+pub mod executor;
+pub mod logs;
+pub mod pool;
+pub mod queue;
+pub mod task;

@@ -1,0 +1,294 @@
+//! `sluice runs`, `sluice show` and `sluice logs`: reading what the store recorded.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+
+use clap::Args;
+
+use super::{human_ms, DataDirArg, EXIT_INVALID};
+use crate::store::{RunRecord, StepRecord, Store};
+
+/// Arguments of `sluice runs`.
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Most runs listed.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// List runs older than this run id (paging).
+    #[arg(long)]
+    pub before: Option<String>,
+    #[command(flatten)]
+    pub data: DataDirArg,
+}
+
+/// Arguments of `sluice show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The run id, or an unambiguous start of it.
+    pub run_id: String,
+    /// Print JSON (run, steps with attempts, history) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub data: DataDirArg,
+}
+
+/// Arguments of `sluice logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The run id, or an unambiguous start of it.
+    pub run_id: String,
+    /// The step.
+    pub step: String,
+    /// Which attempt (default: the last).
+    #[arg(long)]
+    pub attempt: Option<u32>,
+    /// Only standard output.
+    #[arg(long, conflicts_with = "stderr")]
+    pub stdout: bool,
+    /// Only standard error.
+    #[arg(long)]
+    pub stderr: bool,
+    #[command(flatten)]
+    pub data: DataDirArg,
+}
+
+fn open_store(data: &DataDirArg) -> anyhow::Result<Store> {
+    if !data.data_dir.join("store").exists() {
+        anyhow::bail!(
+            "no Sluice data in {} (run a pipeline first, or pass --data-dir)",
+            data.data_dir.display()
+        );
+    }
+    Ok(Store::open(&data.data_dir)?)
+}
+
+/// Finds a run by id or unique id prefix; `Err` holds the message for the user.
+fn find_run(store: &Store, id: &str) -> anyhow::Result<Result<RunRecord, String>> {
+    if let Some(run) = store.run(id)? {
+        return Ok(Ok(run));
+    }
+    let matches = store.find_runs(id, 2)?;
+    Ok(match matches.as_slice() {
+        [only] => Ok(only.clone()),
+        [] => Err(format!("no run `{id}`")),
+        _ => Err(format!("`{id}` matches several runs; give more of the id")),
+    })
+}
+
+/// Lists runs, newest first.
+pub fn runs(args: RunsArgs) -> anyhow::Result<u8> {
+    let store = open_store(&args.data)?;
+    let runs = store.list_runs(args.limit, args.before.as_deref())?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+        return Ok(0);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<26}  {:<20}  {:<9}  {:<20}  {:>8}  STEPS",
+        "RUN", "PIPELINE", "STATUS", "STARTED", "TOOK"
+    )?;
+    for run in runs {
+        let took = run
+            .finished_ms
+            .map(|f| human_ms(f.saturating_sub(run.created_ms)))
+            .unwrap_or_else(|| "-".into());
+        writeln!(
+            out,
+            "{:<26}  {:<20}  {:<9}  {:<20}  {:>8}  {}",
+            run.id,
+            run.pipeline,
+            run.status.as_str(),
+            timestamp(run.created_ms),
+            took,
+            run.step_count
+        )?;
+    }
+    Ok(0)
+}
+
+/// Shows one run in full.
+pub fn show(args: ShowArgs) -> anyhow::Result<u8> {
+    let store = open_store(&args.data)?;
+    let run = match find_run(&store, &args.run_id)? {
+        Ok(run) => run,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    let steps = store.steps(&run.id)?;
+    if args.json {
+        let events = store.events(&run.id)?;
+        let out = serde_json::json!({"run": run, "steps": steps, "events": events});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(0);
+    }
+    let mut out = std::io::stdout().lock();
+    let took = run
+        .finished_ms
+        .map(|f| format!(" in {}", human_ms(f.saturating_sub(run.created_ms))))
+        .unwrap_or_default();
+    writeln!(out, "run       {}", run.id)?;
+    writeln!(
+        out,
+        "pipeline  {} (definition {})",
+        run.pipeline,
+        &run.definition_hash[..12.min(run.definition_hash.len())]
+    )?;
+    writeln!(out, "status    {}{took}", run.status.as_str())?;
+    writeln!(
+        out,
+        "started   {} by {}",
+        timestamp(run.created_ms),
+        run.trigger
+    )?;
+    if !run.params.is_empty() {
+        let params: Vec<String> = run.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        writeln!(out, "params    {}", params.join(" "))?;
+    }
+    writeln!(out)?;
+    let width = steps.iter().map(|s| s.name.len()).max().unwrap_or(4).max(4);
+    writeln!(
+        out,
+        "{:<width$}  {:<9}  {:>8}  {:>4}  {:>8}  DETAIL",
+        "STEP", "STATUS", "ATTEMPTS", "EXIT", "TOOK"
+    )?;
+    for step in &steps {
+        write_step(&mut out, step, width)?;
+    }
+    Ok(0)
+}
+
+fn write_step(out: &mut impl Write, step: &StepRecord, width: usize) -> std::io::Result<()> {
+    let last = step.last_attempt();
+    let exit = last
+        .and_then(|a| {
+            a.exit_code
+                .map(|c| c.to_string())
+                .or(a.signal.map(|s| format!("sig{s}")))
+        })
+        .unwrap_or_else(|| "-".into());
+    let took = step
+        .duration_ms()
+        .map(human_ms)
+        .unwrap_or_else(|| "-".into());
+    let detail = step
+        .reason
+        .clone()
+        .or_else(|| last.and_then(|a| a.message.clone()))
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "{:<width$}  {:<9}  {:>8}  {:>4}  {:>8}  {detail}",
+        step.name,
+        step.status.as_str(),
+        step.attempts.len(),
+        exit,
+        took
+    )?;
+    if !step.outputs.is_empty() {
+        let outputs: Vec<String> = step
+            .outputs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        writeln!(out, "{:<width$}  outputs: {}", "", outputs.join(" "))?;
+    }
+    if !step.metrics.is_empty() {
+        let metrics: Vec<String> = step
+            .metrics
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        writeln!(out, "{:<width$}  metrics: {}", "", metrics.join(" "))?;
+    }
+    if step.attempts.len() > 1 {
+        for attempt in &step.attempts {
+            let exit = attempt
+                .exit_code
+                .map(|c| format!("exit {c}"))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "{:<width$}  attempt {}: {} {exit} {}",
+                "",
+                attempt.number,
+                attempt.status.as_str(),
+                attempt.message.as_deref().unwrap_or("")
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints an attempt's logs: stdout to stdout and stderr to stderr, so redirection keeps them apart.
+pub fn logs(args: LogsArgs) -> anyhow::Result<u8> {
+    let store = open_store(&args.data)?;
+    let run = match find_run(&store, &args.run_id)? {
+        Ok(run) => run,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    let Some(step) = store.step(&run.id, &args.step)? else {
+        eprintln!("error: run {} has no step `{}`", run.id, args.step);
+        return Ok(EXIT_INVALID);
+    };
+    let attempt = match args.attempt {
+        Some(n) => step.attempts.iter().find(|a| a.number == n),
+        None => step.attempts.last(),
+    };
+    let Some(attempt) = attempt else {
+        let why = match args.attempt {
+            Some(n) => format!(
+                "step `{}` has no attempt {n} (it has {})",
+                step.name,
+                step.attempts.len()
+            ),
+            None => format!(
+                "step `{}` never ran ({})",
+                step.name,
+                step.reason.as_deref().unwrap_or(step.status.as_str())
+            ),
+        };
+        eprintln!("error: {why}");
+        return Ok(EXIT_INVALID);
+    };
+    if !args.stderr {
+        copy_file(
+            &attempt.dir.join("stdout.log"),
+            &mut std::io::stdout().lock(),
+        )?;
+    }
+    if !args.stdout {
+        copy_file(
+            &attempt.dir.join("stderr.log"),
+            &mut std::io::stderr().lock(),
+        )?;
+    }
+    Ok(0)
+}
+
+fn copy_file(path: &PathBuf, out: &mut impl Write) -> anyhow::Result<()> {
+    match std::fs::File::open(path) {
+        Ok(mut file) => {
+            std::io::copy(&mut file, out)?;
+            Ok(())
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(anyhow::anyhow!("cannot read {}: {err}", path.display())),
+    }
+}
+
+fn timestamp(ms: u64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(time).to_string()
+}

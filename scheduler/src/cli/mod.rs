@@ -1,0 +1,111 @@
+//! The `sluice` command line: flags, subcommands, and what each exit code means.
+
+mod graph;
+mod inspect;
+mod progress;
+mod run;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Exit code for a run that failed or a command that could not do its job.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code for invalid input: a bad pipeline file, bad params, a bad flag.
+pub const EXIT_INVALID: u8 = 2;
+/// Exit code for a run cancelled by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+pub const EXIT_CANCELLED: u8 = 130;
+
+/// Sluice: declarative MLOps pipelines, run on one machine or many.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, propagate_version = true)]
+pub struct Cli {
+    /// How Sluice's own diagnostics are printed on stderr (`RUST_LOG` sets the level).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SLUICE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The format of Sluice's own log lines.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where the store and step files live.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataDirArg {
+    /// Folder for the store, step outputs and logs.
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = ".sluice")]
+    pub data_dir: PathBuf,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a pipeline on this machine and follow it in the terminal.
+    Run(run::RunArgs),
+    /// Check pipeline files (or folders of them) and print every problem.
+    Validate(validate::ValidateArgs),
+    /// Print the JSON Schema of pipeline files, for editors.
+    Schema,
+    /// Print a pipeline's DAG as Graphviz dot or Mermaid.
+    Graph(graph::GraphArgs),
+    /// List recent runs, newest first.
+    Runs(inspect::RunsArgs),
+    /// Show one run: steps, attempts, exit codes, durations, outputs, metrics.
+    Show(inspect::ShowArgs),
+    /// Print the log of a step's attempt (stdout to stdout, stderr to stderr).
+    Logs(inspect::LogsArgs),
+}
+
+/// Runs the parsed command line and returns the process's exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Validate(args) => validate::validate(args),
+        Command::Schema => {
+            let schema = crate::spec::schema::pipeline_schema();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
+            Ok(0)
+        }
+        Command::Graph(args) => graph::graph(args),
+        Command::Runs(args) => inspect::runs(args),
+        Command::Show(args) => inspect::show(args),
+        Command::Logs(args) => inspect::logs(args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// Formats milliseconds the way people read durations: `850ms`, `3.2s`, `4m05s`.
+pub fn human_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        let secs = ms / 1000;
+        if secs < 3600 {
+            format!("{}m{:02}s", secs / 60, secs % 60)
+        } else {
+            format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60)
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! `sluice run`: the embedded mode. The same engine, store and worker loop as the daemons, with
+//! the in-memory queue and local processes, so one machine needs nothing but this binary.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use sluice_worker::executor::LocalExecutor;
+use sluice_worker::pool::{run_worker, WorkerConfig};
+use sluice_worker::queue::{MemoryQueue, TaskQueue};
+use tokio_util::sync::CancellationToken;
+
+use super::progress::Progress;
+use super::{human_ms, DataDirArg, EXIT_CANCELLED, EXIT_FAILED, EXIT_INVALID};
+use crate::engine::{EngineError, RunDriver, RunRequest};
+use crate::spec::{self, Pipeline};
+use crate::store::{RunRecord, RunStatus, StepStatus, Store};
+
+/// Arguments of `sluice run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The pipeline file.
+    #[arg(required_unless_present = "resume")]
+    pub file: Option<PathBuf>,
+    /// Set a parameter: `-p min_accuracy=0.9` (repeatable).
+    #[arg(short = 'p', long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// Finish a run whose runner was killed, keeping the steps that succeeded.
+    #[arg(long, value_name = "RUN_ID", conflicts_with_all = ["file", "params"])]
+    pub resume: Option<String>,
+    /// Most steps at once (default: the pipeline's `parallelism`, else twice the CPU count).
+    #[arg(long)]
+    pub parallelism: Option<usize>,
+    #[command(flatten)]
+    pub data: DataDirArg,
+}
+
+/// Runs (or resumes) a pipeline; exit 0 succeeded, 1 failed, 2 invalid input, 130 cancelled.
+pub fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let data_dir = prepare_data_dir(&args.data.data_dir)?;
+    let request = match &args.file {
+        Some(file) => match prepare_request(file, &args) {
+            Ok(request) => Some(request),
+            Err(code) => return Ok(code),
+        },
+        None => None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run_embedded(data_dir, request, args.resume))
+}
+
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data dir {}", dir.display()))?;
+    dir.canonicalize()
+        .with_context(|| format!("cannot resolve the data dir {}", dir.display()))
+}
+
+/// Loads and checks everything the user gave; prints problems and returns the exit code if any.
+fn prepare_request(file: &Path, args: &RunArgs) -> Result<RunRequest, u8> {
+    let loaded = match spec::load_file(file, spec::DEFAULT_MAX_FILE_BYTES) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            let source = std::fs::read_to_string(file).unwrap_or_default();
+            for error in &errors {
+                eprintln!("{}", error.render(&source));
+            }
+            return Err(EXIT_INVALID);
+        }
+    };
+    let mut overrides = BTreeMap::new();
+    for pair in &args.params {
+        match pair.split_once('=') {
+            Some((key, value)) if !key.is_empty() => {
+                overrides.insert(key.to_string(), value.to_string());
+            }
+            _ => {
+                eprintln!("error: `-p {pair}` must be KEY=VALUE");
+                return Err(EXIT_INVALID);
+            }
+        }
+    }
+    if let Err(err) = crate::engine::resolve_params(&loaded.pipeline, &overrides) {
+        eprintln!("error: {err}");
+        return Err(EXIT_INVALID);
+    }
+    if let Some(problem) = unsupported_here(&loaded.pipeline) {
+        eprintln!("error: {problem}");
+        return Err(EXIT_INVALID);
+    }
+    let base_dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .canonicalize()
+        .unwrap_or_else(|_| PathBuf::from("."));
+    Ok(RunRequest {
+        loaded,
+        overrides,
+        trigger: "manual".into(),
+        parallelism: args.parallelism.filter(|p| *p > 0),
+        base_dir,
+    })
+}
+
+/// Steps this runner cannot execute, refused before anything starts rather than failing midway.
+fn unsupported_here(pipeline: &Pipeline) -> Option<String> {
+    pipeline.steps.values().find_map(|step| {
+        if let Some(image) = &step.image {
+            return Some(format!(
+                "step `{}` runs in image `{image}`, but this build of sluice has no Docker executor yet; remove `image` to run it as a local process",
+                step.name
+            ));
+        }
+        step.resources.gpu.as_ref().map(|_| {
+            format!(
+                "step `{}` asks for GPUs, but GPU assignment is not available in this build yet",
+                step.name
+            )
+        })
+    })
+}
+
+async fn run_embedded(
+    data_dir: PathBuf,
+    request: Option<RunRequest>,
+    resume: Option<String>,
+) -> anyhow::Result<u8> {
+    let store = Store::open(&data_dir)?;
+    let queue: Arc<dyn TaskQueue> = Arc::new(MemoryQueue::default());
+    let shutdown = CancellationToken::new();
+
+    let driver = match (request, resume) {
+        (Some(request), _) => {
+            let widths = request.loaded.pipeline.steps.keys().map(String::len);
+            let progress = Box::new(Progress::new(widths));
+            RunDriver::create(
+                store.clone(),
+                queue.clone(),
+                data_dir.clone(),
+                request,
+                progress,
+            )
+        }
+        (None, Some(run_id)) => {
+            let widths = store
+                .steps(&run_id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| s.name.len())
+                .collect::<Vec<_>>();
+            let progress = Box::new(Progress::new(widths.into_iter()));
+            RunDriver::resume(
+                store.clone(),
+                queue.clone(),
+                data_dir.clone(),
+                &run_id,
+                progress,
+            )
+        }
+        (None, None) => unreachable!("clap requires a file or --resume"),
+    };
+    let driver = match driver {
+        Ok(driver) => driver,
+        Err(
+            err @ (EngineError::Params(_)
+            | EngineError::UnknownRun(_)
+            | EngineError::AlreadyFinished(..)),
+        ) => {
+            eprintln!("error: {err}");
+            return Ok(EXIT_INVALID);
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let started = driver.run().clone();
+    println!(
+        "run {} of `{}`: {} steps, parallelism {}, data in {}",
+        started.id,
+        started.pipeline,
+        started.step_count,
+        started.parallelism,
+        data_dir.display()
+    );
+
+    let workers = tokio::spawn(run_worker(
+        queue.clone(),
+        Arc::new(LocalExecutor::default()),
+        WorkerConfig {
+            name: format!("local-{}", std::process::id()),
+            queues: queues_of(driver.pipeline()),
+            slots: started.parallelism,
+        },
+        shutdown.clone(),
+    ));
+    let cancel = CancellationToken::new();
+    tokio::spawn(cancel_on_signals(cancel.clone()));
+    let outcome = driver.drive(cancel).await;
+    shutdown.cancel();
+    queue.close();
+    let _ = workers.await;
+    let run = outcome?;
+    print_summary(&store, &run);
+    Ok(match run.status {
+        RunStatus::Succeeded => 0,
+        RunStatus::Cancelled => EXIT_CANCELLED,
+        _ => EXIT_FAILED,
+    })
+}
+
+/// The embedded worker serves every queue the run's steps use.
+fn queues_of(pipeline: &Pipeline) -> Vec<String> {
+    let mut queues: Vec<String> = pipeline.steps.values().map(|s| s.queue.clone()).collect();
+    queues.sort();
+    queues.dedup();
+    queues
+}
+
+/// Ctrl-C or SIGTERM cancels the run cleanly; a second Ctrl-C leaves at once.
+async fn cancel_on_signals(cancel: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("cancelling the run (press Ctrl-C again to leave at once)...");
+    cancel.cancel();
+    if tokio::signal::ctrl_c().await.is_ok() {
+        std::process::exit(i32::from(EXIT_CANCELLED));
+    }
+}
+
+fn print_summary(store: &Store, run: &RunRecord) {
+    let steps = store.steps(&run.id).unwrap_or_default();
+    let count = |status: StepStatus| steps.iter().filter(|s| s.status == status).count();
+    let took = run
+        .finished_ms
+        .map(|f| human_ms(f.saturating_sub(run.created_ms)))
+        .unwrap_or_default();
+    let mut parts = vec![format!("{} succeeded", count(StepStatus::Succeeded))];
+    for (status, word) in [
+        (StepStatus::Failed, "failed"),
+        (StepStatus::Skipped, "skipped"),
+        (StepStatus::Cancelled, "cancelled"),
+    ] {
+        let n = count(status);
+        if n > 0 {
+            parts.push(format!("{n} {word}"));
+        }
+    }
+    println!(
+        "run {} {} in {took}: {}",
+        run.id,
+        run.status.as_str(),
+        parts.join(", ")
+    );
+    for step in steps.iter().filter(|s| s.status == StepStatus::Failed) {
+        if let Some(attempt) = step.last_attempt() {
+            let tail = tail_lines(&attempt.dir.join("stderr.log"), 10);
+            if !tail.is_empty() {
+                println!("--- last lines of `{}` stderr:", step.name);
+                for line in tail {
+                    println!("    {line}");
+                }
+            }
+        }
+        println!("    full log: sluice logs {} {}", run.id, step.name);
+    }
+}
+
+/// The last `n` lines of a log file, reading only its end (logs can be huge).
+fn tail_lines(path: &Path, n: usize) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(8192);
+    let mut buf = Vec::new();
+    if file.seek(SeekFrom::Start(start)).is_err() || file.read_to_end(&mut buf).is_err() {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
+}

@@ -1,0 +1,114 @@
+//! `sluice validate`: every problem in every file, printed like a compiler's errors.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use super::{EXIT_FAILED, EXIT_INVALID};
+use crate::spec::{self, Diagnostic};
+
+/// Arguments of `sluice validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Pipeline files, or folders searched recursively for `*.yml` and `*.yaml`.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// `human` for people, `json` for machines.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+    /// Largest file accepted, in bytes.
+    #[arg(long, default_value_t = spec::DEFAULT_MAX_FILE_BYTES, env = "SLUICE_MAX_PIPELINE_BYTES")]
+    pub max_file_bytes: u64,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// Compiler-style text.
+    Human,
+    /// A JSON report.
+    Json,
+}
+
+#[derive(Serialize)]
+struct FileReport {
+    file: String,
+    valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pipeline: Option<String>,
+    errors: Vec<Diagnostic>,
+}
+
+/// Exit 0 when every file is valid, 1 when any is not, 2 when a path cannot be read at all.
+pub fn validate(args: ValidateArgs) -> anyhow::Result<u8> {
+    let files = match spec::find_pipeline_files(&args.paths) {
+        Ok(files) => files,
+        Err(err) => {
+            eprintln!("error: cannot list pipeline files: {err}");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    if files.is_empty() {
+        eprintln!("error: no *.yml or *.yaml files under the given paths");
+        return Ok(EXIT_INVALID);
+    }
+    let mut reports = Vec::new();
+    for file in &files {
+        let report = match spec::load_file(file, args.max_file_bytes) {
+            Ok(loaded) => FileReport {
+                file: file.display().to_string(),
+                valid: true,
+                pipeline: Some(loaded.pipeline.name),
+                errors: Vec::new(),
+            },
+            Err(errors) => FileReport {
+                file: file.display().to_string(),
+                valid: false,
+                pipeline: None,
+                errors,
+            },
+        };
+        reports.push(report);
+    }
+    let invalid = reports.iter().filter(|r| !r.valid).count();
+    match args.format {
+        Format::Json => {
+            let out = serde_json::json!({
+                "valid": invalid == 0,
+                "files": reports,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Format::Human => print_human(&reports),
+    }
+    Ok(if invalid == 0 { 0 } else { EXIT_FAILED })
+}
+
+fn print_human(reports: &[FileReport]) {
+    let mut error_count = 0;
+    for report in reports {
+        if report.valid {
+            println!(
+                "ok: {} (pipeline `{}`)",
+                report.file,
+                report.pipeline.as_deref().unwrap_or("")
+            );
+            continue;
+        }
+        let source = std::fs::read_to_string(&report.file).unwrap_or_default();
+        for error in &report.errors {
+            eprintln!("{}", error.render(&source));
+            error_count += 1;
+        }
+    }
+    let bad = reports.iter().filter(|r| !r.valid).count();
+    if bad > 0 {
+        eprintln!(
+            "{error_count} error{} in {bad} of {} file{}",
+            if error_count == 1 { "" } else { "s" },
+            reports.len(),
+            if reports.len() == 1 { "" } else { "s" }
+        );
+    }
+}

@@ -1,0 +1,680 @@
+//! One run, driven from start to a terminal state.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use sluice_worker::queue::TaskQueue;
+use sluice_worker::task::{now_ms, Outcome, TaskResult, TaskSpec, WorkerEvent};
+use tokio_util::sync::CancellationToken;
+
+use super::tasks::{attempt_dir, build_task};
+use super::{default_parallelism, resolve_params, EngineError, RunObserver, RunRequest};
+use crate::spec::condition::Operand;
+use crate::spec::{self, Pipeline};
+use crate::store::*;
+
+/// Most worker events applied in one batch (one flush).
+const EVENT_BATCH: usize = 4096;
+/// How long a cancelled run waits for its running steps to confirm they stopped.
+const CANCEL_WAIT: Duration = Duration::from_secs(15);
+
+/// Drives one run; see the module docs of [`crate::engine`].
+pub struct RunDriver {
+    store: Store,
+    queue: Arc<dyn TaskQueue>,
+    data_dir: PathBuf,
+    pipeline: Pipeline,
+    run: RunRecord,
+    steps: IndexMap<String, StepRecord>,
+    /// Steps that list each step in `depends`.
+    dependents: HashMap<String, Vec<String>>,
+    /// How many of each step's dependencies have not succeeded yet.
+    waiting_on: HashMap<String, usize>,
+    ready: VecDeque<String>,
+    retries: BinaryHeap<Reverse<(u64, String)>>,
+    in_flight: usize,
+    next_seq: u64,
+    changes: Changes,
+    changed_steps: Vec<String>,
+    run_changed: bool,
+    cancel_deadline: Option<tokio::time::Instant>,
+    observer: Box<dyn RunObserver>,
+}
+
+impl RunDriver {
+    /// Records a new run (pipeline text, run, every step pending) in one commit.
+    pub fn create(
+        store: Store,
+        queue: Arc<dyn TaskQueue>,
+        data_dir: PathBuf,
+        request: RunRequest,
+        observer: Box<dyn RunObserver>,
+    ) -> Result<RunDriver, EngineError> {
+        let loaded = request.loaded;
+        let params = resolve_params(&loaded.pipeline, &request.overrides)?;
+        let pipeline = loaded.pipeline;
+        let run = RunRecord {
+            id: ulid::Ulid::new().to_string(),
+            pipeline: pipeline.name.clone(),
+            definition_hash: loaded.hash.clone(),
+            trigger: request.trigger,
+            params,
+            base_dir: request.base_dir,
+            parallelism: request
+                .parallelism
+                .or(pipeline.parallelism)
+                .unwrap_or_else(default_parallelism),
+            status: RunStatus::Running,
+            created_ms: now_ms(),
+            finished_ms: None,
+            step_count: pipeline.steps.len(),
+        };
+        let steps = pipeline
+            .steps
+            .keys()
+            .enumerate()
+            .map(|(i, name)| {
+                let record = StepRecord {
+                    run_id: run.id.clone(),
+                    name: name.clone(),
+                    index: i as u32,
+                    status: StepStatus::Pending,
+                    attempts: Vec::new(),
+                    outputs: Default::default(),
+                    metrics: Default::default(),
+                    reason: None,
+                    retry_at_ms: None,
+                };
+                (name.clone(), record)
+            })
+            .collect();
+        let mut driver = RunDriver::new(store, queue, data_dir, pipeline, run, steps, 0, observer);
+        driver.changes.put_pipeline(&PipelineRecord {
+            name: driver.pipeline.name.clone(),
+            hash: loaded.hash,
+            text: loaded.text,
+            path: loaded.path,
+        });
+        let names: Vec<String> = driver.steps.keys().cloned().collect();
+        for name in names {
+            driver.touch_step(&name);
+        }
+        driver.run_changed = true;
+        driver.event(
+            None,
+            None,
+            "run.started",
+            Some(format!("trigger {}", driver.run.trigger)),
+        );
+        driver.commit()?;
+        Ok(driver)
+    }
+
+    /// Reloads a run that did not finish (its runner was killed) so it can be driven to the end.
+    /// Steps that succeeded stay; every other step runs again, attempts numbered on.
+    pub fn resume(
+        store: Store,
+        queue: Arc<dyn TaskQueue>,
+        data_dir: PathBuf,
+        run_id: &str,
+        observer: Box<dyn RunObserver>,
+    ) -> Result<RunDriver, EngineError> {
+        let mut run = match store.run(run_id)? {
+            Some(run) => run,
+            None => {
+                let matches = store.find_runs(run_id, 2)?;
+                match matches.as_slice() {
+                    [only] => only.clone(),
+                    _ => return Err(EngineError::UnknownRun(run_id.to_string())),
+                }
+            }
+        };
+        if run.status.is_terminal() {
+            return Err(EngineError::AlreadyFinished(run.id, run.status.as_str()));
+        }
+        let definition =
+            store
+                .pipeline(&run.definition_hash)?
+                .ok_or_else(|| EngineError::BadDefinition {
+                    run: run.id.clone(),
+                    message: "the definition is missing from the store".into(),
+                })?;
+        let pipeline = spec::parse_str(&definition.path.display().to_string(), &definition.text)
+            .map_err(|diags| EngineError::BadDefinition {
+                run: run.id.clone(),
+                message: diags.first().map(ToString::to_string).unwrap_or_default(),
+            })?;
+        let mut steps: IndexMap<String, StepRecord> = store
+            .steps(&run.id)?
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        let now = now_ms();
+        let mut reset = Vec::new();
+        for step in steps.values_mut() {
+            if step.status == StepStatus::Succeeded {
+                continue;
+            }
+            if let Some(attempt) = step.attempts.last_mut() {
+                if !attempt.status.is_terminal() {
+                    attempt.status = StepStatus::Failed;
+                    attempt.finished_ms = Some(now);
+                    attempt.message =
+                        Some("the runner stopped before this attempt finished".into());
+                }
+            }
+            step.status = StepStatus::Pending;
+            step.reason = None;
+            step.retry_at_ms = None;
+            reset.push(step.name.clone());
+        }
+        run.status = RunStatus::Running;
+        let next_seq = store.next_event_seq(&run.id)?;
+        let mut driver = RunDriver::new(
+            store, queue, data_dir, pipeline, run, steps, next_seq, observer,
+        );
+        for name in reset {
+            driver.touch_step(&name);
+        }
+        driver.run_changed = true;
+        driver.event(None, None, "run.resumed", None);
+        driver.commit()?;
+        Ok(driver)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        store: Store,
+        queue: Arc<dyn TaskQueue>,
+        data_dir: PathBuf,
+        pipeline: Pipeline,
+        run: RunRecord,
+        steps: IndexMap<String, StepRecord>,
+        next_seq: u64,
+        observer: Box<dyn RunObserver>,
+    ) -> RunDriver {
+        let mut dependents: HashMap<String, Vec<String>> = HashMap::new();
+        let mut waiting_on = HashMap::new();
+        let mut ready = VecDeque::new();
+        for step in pipeline.steps.values() {
+            for dep in &step.depends {
+                dependents
+                    .entry(dep.clone())
+                    .or_default()
+                    .push(step.name.clone());
+            }
+            let waiting = step
+                .depends
+                .iter()
+                .filter(|d| {
+                    steps
+                        .get(*d)
+                        .is_none_or(|s| s.status != StepStatus::Succeeded)
+                })
+                .count();
+            waiting_on.insert(step.name.clone(), waiting);
+            let pending = steps
+                .get(&step.name)
+                .is_some_and(|s| s.status == StepStatus::Pending);
+            if waiting == 0 && pending {
+                ready.push_back(step.name.clone());
+            }
+        }
+        RunDriver {
+            store,
+            queue,
+            data_dir,
+            pipeline,
+            run,
+            steps,
+            dependents,
+            waiting_on,
+            ready,
+            retries: BinaryHeap::new(),
+            in_flight: 0,
+            next_seq,
+            changes: Changes::default(),
+            changed_steps: Vec::new(),
+            run_changed: false,
+            cancel_deadline: None,
+            observer,
+        }
+    }
+
+    /// The run as it stands.
+    pub fn run(&self) -> &RunRecord {
+        &self.run
+    }
+
+    /// The pipeline the run follows.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// Drives the run to a terminal state; `cancel` cancels it cleanly.
+    pub async fn drive(mut self, cancel: CancellationToken) -> Result<RunRecord, EngineError> {
+        loop {
+            self.release_due_retries(now_ms());
+            let tasks = self.start_ready_steps();
+            self.commit()?;
+            for task in tasks {
+                self.queue
+                    .dispatch(task)
+                    .await
+                    .map_err(|_| EngineError::QueueClosed)?;
+            }
+            if self.in_flight == 0 && self.ready.is_empty() && self.retries.is_empty() {
+                break;
+            }
+            let next_retry = self.retries.peek().map(|Reverse((at, _))| *at);
+            let cancelling = self.cancel_deadline.is_some();
+            tokio::select! {
+                events = self.queue.next_events(EVENT_BATCH) => {
+                    for event in events.map_err(|_| EngineError::QueueClosed)? {
+                        self.apply(event);
+                    }
+                }
+                _ = sleep_until_ms(next_retry) => {}
+                _ = cancel.cancelled(), if !cancelling => self.cancel().await,
+                _ = deadline(self.cancel_deadline), if cancelling => self.abandon_in_flight(),
+            }
+        }
+        self.finish()?;
+        Ok(self.run)
+    }
+
+    fn start_ready_steps(&mut self) -> Vec<TaskSpec> {
+        let mut tasks = Vec::new();
+        while self.in_flight < self.run.parallelism {
+            let Some(name) = self.ready.pop_front() else {
+                break;
+            };
+            if let Some(reason) = self.false_condition(&name) {
+                self.set_terminal(&name, StepStatus::Skipped, Some(reason.clone()));
+                self.event(Some(&name), None, "step.skipped", Some(reason));
+                self.skip_dependents(&name, "was skipped");
+                continue;
+            }
+            let Some(record) = self.steps.get_mut(&name) else {
+                continue;
+            };
+            let number = record.attempts.len() as u32 + 1;
+            record.attempts.push(AttemptRecord {
+                number,
+                status: StepStatus::Queued,
+                outcome: None,
+                exit_code: None,
+                signal: None,
+                worker: None,
+                queued_ms: now_ms(),
+                started_ms: None,
+                finished_ms: None,
+                message: None,
+                dir: attempt_dir(&self.data_dir, &self.run.id, &name, number),
+            });
+            record.status = StepStatus::Queued;
+            record.retry_at_ms = None;
+            self.in_flight += 1;
+            if let Some(step) = self.pipeline.steps.get(&name) {
+                tasks.push(build_task(
+                    &self.data_dir,
+                    &self.run,
+                    step,
+                    &self.steps[&name],
+                    &self.steps,
+                ));
+            }
+            self.touch_step(&name);
+            self.event(Some(&name), Some(number), "step.queued", None);
+        }
+        tasks
+    }
+
+    /// `Some(reason)` when the step has a `when` that does not hold.
+    fn false_condition(&self, name: &str) -> Option<String> {
+        let when = self.pipeline.steps.get(name)?.when.as_ref()?;
+        let value = match &when.left {
+            Operand::StepOutput { step, key } => {
+                self.steps.get(step).and_then(|s| s.outputs.get(key))
+            }
+            Operand::Param(param) => self.run.params.get(param),
+        };
+        if when.holds(value.map(String::as_str)) {
+            return None;
+        }
+        Some(match value {
+            Some(v) => format!("condition `{when}` is false (value: {v:?})"),
+            None => format!("condition `{when}` is false ({} was never set)", when.left),
+        })
+    }
+
+    fn apply(&mut self, event: WorkerEvent) {
+        match event {
+            WorkerEvent::Started { key, worker, at_ms } => {
+                let Some(record) = self.steps.get_mut(&key.step) else {
+                    return;
+                };
+                let current = record.status == StepStatus::Queued
+                    && record.attempts.len() as u32 == key.attempt;
+                if !current {
+                    return;
+                }
+                record.status = StepStatus::Running;
+                if let Some(attempt) = record.attempts.last_mut() {
+                    attempt.status = StepStatus::Running;
+                    attempt.started_ms = Some(at_ms);
+                    attempt.worker = Some(worker);
+                }
+                self.touch_step(&key.step);
+                self.event(Some(&key.step), Some(key.attempt), "step.started", None);
+            }
+            WorkerEvent::Finished(result) => self.apply_result(result),
+        }
+    }
+
+    fn apply_result(&mut self, result: TaskResult) {
+        let key = result.key.clone();
+        let Some(record) = self.steps.get_mut(&key.step) else {
+            tracing::warn!(task = %key, "Result for an unknown step ignored.");
+            return;
+        };
+        let current = matches!(record.status, StepStatus::Queued | StepStatus::Running)
+            && record.attempts.len() as u32 == key.attempt
+            && key.run_id == self.run.id;
+        if !current {
+            // Fencing: an attempt that is no longer current cannot overwrite newer state.
+            tracing::warn!(task = %key, status = record.status.as_str(), "Stale result rejected.");
+            return;
+        }
+        self.in_flight -= 1;
+        let status = match result.outcome {
+            Outcome::Succeeded => StepStatus::Succeeded,
+            Outcome::Cancelled => StepStatus::Cancelled,
+            Outcome::Failed | Outcome::TimedOut | Outcome::Error => StepStatus::Failed,
+        };
+        if let Some(attempt) = record.attempts.last_mut() {
+            attempt.status = status;
+            attempt.outcome = Some(result.outcome.as_str().to_string());
+            attempt.exit_code = result.exit_code;
+            attempt.signal = result.signal;
+            attempt.started_ms.get_or_insert(result.started_ms);
+            attempt.finished_ms = Some(result.finished_ms);
+            attempt.message = result.message.clone();
+        }
+        let detail = describe_result(&result);
+        match status {
+            StepStatus::Succeeded => {
+                record.outputs = result.outputs;
+                record.metrics = result.metrics;
+                self.set_terminal(&key.step, StepStatus::Succeeded, None);
+                self.event(Some(&key.step), Some(key.attempt), "step.succeeded", None);
+                for dependent in self.dependents.get(&key.step).cloned().unwrap_or_default() {
+                    if let Some(waiting) = self.waiting_on.get_mut(&dependent) {
+                        *waiting = waiting.saturating_sub(1);
+                        let pending = self
+                            .steps
+                            .get(&dependent)
+                            .is_some_and(|s| s.status == StepStatus::Pending);
+                        if *waiting == 0 && pending {
+                            self.ready.push_back(dependent);
+                        }
+                    }
+                }
+            }
+            StepStatus::Cancelled => {
+                self.set_terminal(
+                    &key.step,
+                    StepStatus::Cancelled,
+                    Some("the run was cancelled".into()),
+                );
+                self.event(Some(&key.step), Some(key.attempt), "step.cancelled", None);
+            }
+            _ => {
+                if let Some(delay) = self.retry_delay(&key.step, &result) {
+                    let at = now_ms() + delay.as_millis() as u64;
+                    if let Some(record) = self.steps.get_mut(&key.step) {
+                        record.status = StepStatus::Pending;
+                        record.retry_at_ms = Some(at);
+                    }
+                    self.retries.push(Reverse((at, key.step.clone())));
+                    self.touch_step(&key.step);
+                    self.event(
+                        Some(&key.step),
+                        Some(key.attempt),
+                        "step.retrying",
+                        Some(format!(
+                            "{detail}; retry in {}",
+                            humantime::format_duration(delay)
+                        )),
+                    );
+                } else {
+                    if let Some(record) = self.steps.get_mut(&key.step) {
+                        // Kept for people: a failed gate's metrics say by how much it failed.
+                        record.outputs = result.outputs;
+                        record.metrics = result.metrics;
+                    }
+                    self.set_terminal(&key.step, StepStatus::Failed, None);
+                    self.event(
+                        Some(&key.step),
+                        Some(key.attempt),
+                        "step.failed",
+                        Some(detail),
+                    );
+                    self.skip_dependents(&key.step, "failed");
+                }
+            }
+        }
+    }
+
+    /// The wait before another attempt, or `None` when the policy allows no more.
+    fn retry_delay(&self, name: &str, result: &TaskResult) -> Option<Duration> {
+        if self.cancel_deadline.is_some() {
+            return None;
+        }
+        let policy = &self.pipeline.steps.get(name)?.retry;
+        let attempts = self.steps.get(name)?.attempts.len() as u32;
+        let allowed = attempts <= policy.limit && policy.retries_exit_code(result.exit_code);
+        allowed.then(|| policy.delay_before(attempts + 1))
+    }
+
+    fn release_due_retries(&mut self, now: u64) {
+        while let Some(Reverse((at, _))) = self.retries.peek() {
+            if *at > now {
+                break;
+            }
+            if let Some(Reverse((_, name))) = self.retries.pop() {
+                self.ready.push_back(name);
+            }
+        }
+    }
+
+    /// Marks every step downstream of `name` skipped, because `name` did not succeed.
+    fn skip_dependents(&mut self, name: &str, why: &str) {
+        let mut stack = vec![name.to_string()];
+        while let Some(upstream) = stack.pop() {
+            for dependent in self.dependents.get(&upstream).cloned().unwrap_or_default() {
+                let pending = self
+                    .steps
+                    .get(&dependent)
+                    .is_some_and(|s| s.status == StepStatus::Pending);
+                if pending {
+                    let reason = format!("upstream step `{name}` {why}");
+                    self.set_terminal(&dependent, StepStatus::Skipped, Some(reason.clone()));
+                    self.event(Some(&dependent), None, "step.skipped", Some(reason));
+                    stack.push(dependent);
+                }
+            }
+        }
+    }
+
+    /// Cancels the run: nothing new starts, queued work is withdrawn, running steps are told to
+    /// stop and get [`CANCEL_WAIT`] to confirm.
+    async fn cancel(&mut self) {
+        self.cancel_deadline = Some(tokio::time::Instant::now() + CANCEL_WAIT);
+        self.event(None, None, "run.cancelling", None);
+        if let Err(err) = self.queue.cancel_run(&self.run.id).await {
+            tracing::warn!(run = %self.run.id, error = %err, "Could not send the cancel to workers.");
+        }
+        self.ready.clear();
+        self.retries.clear();
+        let names: Vec<String> = self.steps.keys().cloned().collect();
+        for name in names {
+            match self.steps[&name].status {
+                StepStatus::Pending => {
+                    self.set_terminal(
+                        &name,
+                        StepStatus::Cancelled,
+                        Some("the run was cancelled".into()),
+                    );
+                }
+                // Queued but not started: withdrawn from the queue above. Should a worker have
+                // taken it in the same instant, its result is rejected as stale.
+                StepStatus::Queued => {
+                    self.set_terminal(
+                        &name,
+                        StepStatus::Cancelled,
+                        Some("the run was cancelled".into()),
+                    );
+                    self.in_flight = self.in_flight.saturating_sub(1);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Running steps that never confirmed the cancel are recorded as cancelled all the same.
+    fn abandon_in_flight(&mut self) {
+        let names: Vec<String> = self.steps.keys().cloned().collect();
+        for name in names {
+            let record = &self.steps[&name];
+            if matches!(record.status, StepStatus::Queued | StepStatus::Running) {
+                self.set_terminal(
+                    &name,
+                    StepStatus::Cancelled,
+                    Some("the run was cancelled; the worker did not confirm the stop".into()),
+                );
+                self.in_flight = self.in_flight.saturating_sub(1);
+            }
+        }
+        self.in_flight = 0;
+    }
+
+    fn finish(&mut self) -> Result<(), EngineError> {
+        let statuses = || self.steps.values().map(|s| s.status);
+        self.run.status = if self.cancel_deadline.is_some() {
+            RunStatus::Cancelled
+        } else if statuses().any(|s| s == StepStatus::Failed) {
+            RunStatus::Failed
+        } else if statuses().any(|s| s == StepStatus::Cancelled) {
+            RunStatus::Cancelled
+        } else {
+            RunStatus::Succeeded
+        };
+        self.run.finished_ms = Some(now_ms());
+        self.run_changed = true;
+        let kind = format!("run.{}", self.run.status.as_str());
+        self.event(None, None, &kind, None);
+        self.commit()?;
+        Ok(())
+    }
+
+    fn set_terminal(&mut self, name: &str, status: StepStatus, reason: Option<String>) {
+        if let Some(record) = self.steps.get_mut(name) {
+            record.status = status;
+            record.reason = reason;
+            record.retry_at_ms = None;
+            if let Some(attempt) = record.attempts.last_mut() {
+                if !attempt.status.is_terminal() {
+                    attempt.status = status;
+                    attempt.finished_ms.get_or_insert(now_ms());
+                }
+            }
+        }
+        self.touch_step(name);
+    }
+
+    fn touch_step(&mut self, name: &str) {
+        self.changed_steps.push(name.to_string());
+    }
+
+    fn event(
+        &mut self,
+        step: Option<&str>,
+        attempt: Option<u32>,
+        kind: &str,
+        detail: Option<String>,
+    ) {
+        let event = EventRecord {
+            seq: self.next_seq,
+            at_ms: now_ms(),
+            step: step.map(str::to_string),
+            attempt,
+            kind: kind.to_string(),
+            detail,
+        };
+        self.next_seq += 1;
+        self.changes.put_event(&self.run.id, &event);
+    }
+
+    /// Writes everything changed since the last commit with one flush, then tells the observer.
+    fn commit(&mut self) -> Result<(), EngineError> {
+        let mut changed = std::mem::take(&mut self.changed_steps);
+        changed.sort_by_key(|name| self.steps.get_index_of(name));
+        changed.dedup();
+        for name in &changed {
+            if let Some(record) = self.steps.get(name) {
+                self.changes.put_step(record);
+            }
+        }
+        if self.run_changed {
+            self.changes.put_run(&self.run);
+        }
+        let changes = std::mem::take(&mut self.changes);
+        let store = &self.store;
+        tokio::task::block_in_place(|| store.commit(changes))?;
+        for name in &changed {
+            if let Some(record) = self.steps.get(name) {
+                self.observer.on_step(&self.run, record);
+            }
+        }
+        if std::mem::take(&mut self.run_changed) {
+            self.observer.on_run(&self.run);
+        }
+        Ok(())
+    }
+}
+
+fn describe_result(result: &TaskResult) -> String {
+    let mut parts = vec![result.outcome.as_str().to_string()];
+    if let Some(code) = result.exit_code {
+        parts.push(format!("exit code {code}"));
+    }
+    if let Some(signal) = result.signal {
+        parts.push(format!("signal {signal}"));
+    }
+    if let Some(message) = &result.message {
+        parts.push(message.clone());
+    }
+    parts.join(", ")
+}
+
+async fn sleep_until_ms(at_ms: Option<u64>) {
+    match at_ms {
+        Some(at) => {
+            let wait = at.saturating_sub(now_ms());
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn deadline(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,126 @@
+//! The run engine: walks a pipeline's DAG, queues ready steps, applies results, and records every
+//! change in the store before anyone hears of it.
+//!
+//! One [`RunDriver`] owns one run. Its loop is: start what is ready, commit the batch of changes
+//! with one flush, hand the new tasks to the queue, tell the observer, then wait for worker events,
+//! a retry's delay, or a cancel. Batching matters: a wide fan-out finishes many steps at once and
+//! they share one flush instead of paying one each.
+
+mod driver;
+pub mod tasks;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::spec::{LoadedPipeline, Pipeline};
+use crate::store::{RunRecord, StepRecord, StoreError};
+
+pub use driver::RunDriver;
+
+/// Why a run could not be started or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The store failed; the run's state on disk is as of the last successful commit.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The queue closed while the run was in progress.
+    #[error("the task queue closed while the run was in progress")]
+    QueueClosed,
+    /// `--resume` named a run that is not in the store.
+    #[error("no run `{0}` in the store")]
+    UnknownRun(String),
+    /// `--resume` named a run that already finished.
+    #[error("run `{0}` already finished ({1}); nothing to resume")]
+    AlreadyFinished(String, &'static str),
+    /// The stored definition of a run cannot be read any more.
+    #[error("the stored definition of run `{run}` is not valid: {message}")]
+    BadDefinition {
+        /// The run.
+        run: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Parameters did not match the pipeline's declarations.
+    #[error("{0}")]
+    Params(String),
+}
+
+/// Hears about every committed change, in commit order (the CLI's progress display).
+pub trait RunObserver: Send {
+    /// A step changed; its record is as committed.
+    fn on_step(&mut self, run: &RunRecord, step: &StepRecord);
+    /// The run changed (started, finished).
+    fn on_run(&mut self, run: &RunRecord);
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+
+impl RunObserver for Silent {
+    fn on_step(&mut self, _: &RunRecord, _: &StepRecord) {}
+    fn on_run(&mut self, _: &RunRecord) {}
+}
+
+/// What a new run is asked to be.
+pub struct RunRequest {
+    /// The validated pipeline file.
+    pub loaded: LoadedPipeline,
+    /// `-p key=value` overrides, checked against the declarations by [`resolve_params`].
+    pub overrides: BTreeMap<String, String>,
+    /// What started it.
+    pub trigger: String,
+    /// Overrides the pipeline's `parallelism`.
+    pub parallelism: Option<usize>,
+    /// Folder relative workdirs resolve against.
+    pub base_dir: PathBuf,
+}
+
+/// Defaults overridden by `overrides`; every value checked against its declared type.
+pub fn resolve_params(
+    pipeline: &Pipeline,
+    overrides: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, EngineError> {
+    let mut problems = Vec::new();
+    for name in overrides.keys() {
+        if !pipeline.params.contains_key(name) {
+            let known: Vec<&str> = pipeline.params.keys().map(String::as_str).collect();
+            let hint = crate::spec::diagnostic::did_you_mean(name, &known)
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            problems.push(format!(
+                "unknown param `{name}`{hint}; `{}` declares: {}",
+                pipeline.name,
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ));
+        }
+    }
+    let mut params = BTreeMap::new();
+    for (name, spec) in &pipeline.params {
+        match overrides.get(name).or(spec.default.as_ref()) {
+            Some(value) => match spec.kind.check(value) {
+                Ok(()) => {
+                    params.insert(name.clone(), value.clone());
+                }
+                Err(message) => problems.push(format!("param `{name}`: {message}")),
+            },
+            None => problems.push(format!(
+                "param `{name}` is required: pass -p {name}=<{}>",
+                spec.kind.name()
+            )),
+        }
+    }
+    if problems.is_empty() {
+        Ok(params)
+    } else {
+        Err(EngineError::Params(problems.join("\n")))
+    }
+}
+
+/// The parallelism used when neither the pipeline nor the command line says.
+pub fn default_parallelism() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get() * 2)
+}

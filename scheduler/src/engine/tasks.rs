@@ -1,0 +1,100 @@
+//! Turning a step of a run into a task a worker can execute without knowing the pipeline.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use sluice_worker::task::{StepCommand, TaskKey, TaskSpec};
+
+use crate::spec::{Action, Step};
+use crate::store::{RunRecord, StepRecord};
+
+/// Where attempt `attempt` of `step` in `run_id` keeps its files.
+pub fn attempt_dir(data_dir: &Path, run_id: &str, step: &str, attempt: u32) -> PathBuf {
+    data_dir
+        .join("runs")
+        .join(run_id)
+        .join(step)
+        .join(attempt.to_string())
+}
+
+/// The environment variable a parameter reaches steps as: `min_accuracy` → `PARAM_MIN_ACCURACY`.
+pub fn param_env_name(param: &str) -> String {
+    format!("PARAM_{}", param.to_uppercase())
+}
+
+/// Builds the task for the step's newest attempt.
+pub fn build_task(
+    data_dir: &Path,
+    run: &RunRecord,
+    step: &Step,
+    record: &StepRecord,
+    steps: &IndexMap<String, StepRecord>,
+) -> TaskSpec {
+    let attempt = record.attempts.len() as u32;
+    let dir = attempt_dir(data_dir, &run.id, &step.name, attempt);
+    let key = TaskKey {
+        run_id: run.id.clone(),
+        step: step.name.clone(),
+        attempt,
+    };
+    let command = match &step.action {
+        Action::Shell(text) => StepCommand::Shell(text.clone()),
+        Action::Exec(argv) => StepCommand::Exec(argv.clone()),
+        // Validation refuses `uses` until built-in kinds exist; keep the task well-formed anyway.
+        Action::Uses { kind } => StepCommand::Exec(vec![format!("sluice-builtin-{kind}")]),
+    };
+    let inputs = step
+        .depends
+        .iter()
+        .filter_map(|dep| {
+            let upstream = steps.get(dep)?.last_attempt()?;
+            Some((dep.clone(), upstream.dir.join("out")))
+        })
+        .collect();
+    let mut task = TaskSpec {
+        key,
+        pipeline: run.pipeline.clone(),
+        queue: step.queue.clone(),
+        command,
+        image: step.image.clone(),
+        env: Vec::new(),
+        secrets: step.secrets.clone(),
+        workdir: match &step.workdir {
+            Some(w) => run.base_dir.join(w),
+            None => run.base_dir.clone(),
+        },
+        attempt_dir: dir,
+        inputs,
+        outputs: step.outputs.clone(),
+        timeout: step.timeout,
+    };
+    task.env = step_env(data_dir, run, &step.env, &run.params, &task);
+    task
+}
+
+/// The step's own env first, then what Sluice sets, so a step cannot shadow `SLUICE_OUT` by
+/// accident. Params arrive only as variables, never spliced into command text.
+fn step_env(
+    data_dir: &Path,
+    run: &RunRecord,
+    own: &IndexMap<String, String>,
+    params: &BTreeMap<String, String>,
+    task: &TaskSpec,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = own.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    env.extend(params.iter().map(|(k, v)| (param_env_name(k), v.clone())));
+    let path = |p: PathBuf| p.display().to_string();
+    env.extend([
+        ("SLUICE_RUN_ID".into(), run.id.clone()),
+        ("SLUICE_PIPELINE".into(), run.pipeline.clone()),
+        ("SLUICE_STEP".into(), task.key.step.clone()),
+        ("SLUICE_ATTEMPT".into(), task.key.attempt.to_string()),
+        ("SLUICE_OUT".into(), path(task.out_dir())),
+        ("SLUICE_IN".into(), path(task.in_dir())),
+        ("SLUICE_OUTPUTS".into(), path(task.outputs_file())),
+        ("SLUICE_METRICS".into(), path(task.metrics_file())),
+        ("SLUICE_DATA_DIR".into(), path(data_dir.to_path_buf())),
+    ]);
+    env
+}

@@ -1,0 +1,274 @@
+//! The sled store: the single source of truth for pipelines, runs, steps and history.
+//!
+//! Everything lives in one tree with prefixed keys, so that one [`Changes`] batch can update a
+//! run, its steps and its history atomically, and one flush makes the batch durable before it is
+//! reported to anyone.
+//!
+//! Keys: `p/<hash>` pipeline, `r/<run>` run, `s/<run>/<step>` step, `e/<run>/<seq>` event.
+
+pub mod records;
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use records::*;
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled could not open the data folder, commonly because another process holds it.
+    #[error("cannot open the store in {path}: {source} (is another sluice process using this data dir?)")]
+    Open {
+        /// The data folder.
+        path: String,
+        /// sled's error.
+        source: sled::Error,
+    },
+    /// sled failed to read or write.
+    #[error("store I/O failed: {0}")]
+    Io(#[from] sled::Error),
+    /// A record could not be decoded: the store was written by an incompatible version.
+    #[error("record `{key}` in the store cannot be read: {source}")]
+    Corrupt {
+        /// The record's key.
+        key: String,
+        /// The decoding error.
+        source: serde_json::Error,
+    },
+}
+
+/// The store, opened by one process at a time (sled takes a file lock).
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+}
+
+/// Records to write together: all or nothing, and durable once [`Store::commit`] returns.
+#[derive(Default)]
+pub struct Changes {
+    batch: sled::Batch,
+    len: usize,
+}
+
+impl Changes {
+    /// Stores a pipeline definition.
+    pub fn put_pipeline(&mut self, pipeline: &PipelineRecord) {
+        self.put(format!("p/{}", pipeline.hash), pipeline);
+    }
+
+    /// Stores a run.
+    pub fn put_run(&mut self, run: &RunRecord) {
+        self.put(format!("r/{}", run.id), run);
+    }
+
+    /// Stores a step.
+    pub fn put_step(&mut self, step: &StepRecord) {
+        self.put(format!("s/{}/{}", step.run_id, step.name), step);
+    }
+
+    /// Appends to a run's history.
+    pub fn put_event(&mut self, run_id: &str, event: &EventRecord) {
+        self.put(format!("e/{run_id}/{:016x}", event.seq), event);
+    }
+
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn put(&mut self, key: String, value: &impl Serialize) {
+        // Records are plain data; serialising them cannot fail.
+        let bytes = serde_json::to_vec(value).unwrap_or_default();
+        self.batch.insert(key.as_bytes(), bytes);
+        self.len += 1;
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store under `dir/store`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let path = dir.join("store");
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(16 * 1024 * 1024)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Ok(Store { db })
+    }
+
+    /// Applies `changes` atomically and flushes them to disk before returning.
+    pub fn commit(&self, changes: Changes) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.db.apply_batch(changes.batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A pipeline definition by hash.
+    pub fn pipeline(&self, hash: &str) -> Result<Option<PipelineRecord>, StoreError> {
+        self.get(&format!("p/{hash}"))
+    }
+
+    /// A run by id.
+    pub fn run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.get(&format!("r/{id}"))
+    }
+
+    /// A run's steps in pipeline-file order.
+    pub fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StoreError> {
+        let mut steps: Vec<StepRecord> = self.scan(&format!("s/{run_id}/"))?;
+        steps.sort_by_key(|s| s.index);
+        Ok(steps)
+    }
+
+    /// One step of a run.
+    pub fn step(&self, run_id: &str, step: &str) -> Result<Option<StepRecord>, StoreError> {
+        self.get(&format!("s/{run_id}/{step}"))
+    }
+
+    /// A run's history, oldest first.
+    pub fn events(&self, run_id: &str) -> Result<Vec<EventRecord>, StoreError> {
+        self.scan(&format!("e/{run_id}/"))
+    }
+
+    /// The sequence number the next event of a run gets.
+    pub fn next_event_seq(&self, run_id: &str) -> Result<u64, StoreError> {
+        let prefix = format!("e/{run_id}/");
+        match self.db.scan_prefix(prefix.as_bytes()).next_back() {
+            Some(entry) => {
+                let (key, value) = entry?;
+                let event: EventRecord = decode(&key, &value)?;
+                Ok(event.seq + 1)
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// Up to `limit` runs, newest first, older than `before` when given (for paging).
+    pub fn list_runs(
+        &self,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let end = match before {
+            Some(id) => format!("r/{id}"),
+            None => "r0".to_string(), // '0' sorts right after '/', so this ends the r/ range.
+        };
+        let mut runs = Vec::new();
+        for entry in self.db.range("r/".as_bytes()..end.as_bytes()).rev() {
+            let (key, value) = entry?;
+            runs.push(decode(&key, &value)?);
+            if runs.len() >= limit {
+                break;
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Runs whose id starts with `prefix` (ids are long; people type the start of one).
+    pub fn find_runs(&self, prefix: &str, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        let mut runs = Vec::new();
+        for entry in self.db.scan_prefix(format!("r/{prefix}").as_bytes()) {
+            let (key, value) = entry?;
+            runs.push(decode(&key, &value)?);
+            if runs.len() >= limit {
+                break;
+            }
+        }
+        Ok(runs)
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        match self.db.get(key.as_bytes())? {
+            Some(value) => decode(key.as_bytes(), &value).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn scan<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>, StoreError> {
+        self.db
+            .scan_prefix(prefix.as_bytes())
+            .map(|entry| {
+                let (key, value) = entry?;
+                decode(&key, &value)
+            })
+            .collect()
+    }
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(value).map_err(|source| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(id: &str) -> RunRecord {
+        RunRecord {
+            id: id.to_string(),
+            pipeline: "p".into(),
+            definition_hash: "h".into(),
+            trigger: "manual".into(),
+            params: Default::default(),
+            base_dir: "/".into(),
+            parallelism: 1,
+            status: RunStatus::Running,
+            created_ms: 0,
+            finished_ms: None,
+            step_count: 0,
+        }
+    }
+
+    #[test]
+    fn committed_records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut changes = Changes::default();
+            changes.put_run(&run("01A"));
+            changes.put_event(
+                "01A",
+                &EventRecord {
+                    seq: 0,
+                    at_ms: 1,
+                    step: None,
+                    attempt: None,
+                    kind: "run.created".into(),
+                    detail: None,
+                },
+            );
+            store.commit(changes).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.run("01A").unwrap().unwrap().id, "01A");
+        assert_eq!(store.next_event_seq("01A").unwrap(), 1);
+        assert_eq!(store.next_event_seq("01B").unwrap(), 0);
+    }
+
+    #[test]
+    fn runs_list_newest_first_with_paging() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut changes = Changes::default();
+        for id in ["01A", "01B", "01C"] {
+            changes.put_run(&run(id));
+        }
+        store.commit(changes).unwrap();
+        let ids = |runs: Vec<RunRecord>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(ids(store.list_runs(2, None).unwrap()), vec!["01C", "01B"]);
+        assert_eq!(ids(store.list_runs(2, Some("01B")).unwrap()), vec!["01A"]);
+        assert_eq!(ids(store.find_runs("01B", 5).unwrap()), vec!["01B"]);
+    }
+}

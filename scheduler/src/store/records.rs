@@ -1,0 +1,213 @@
+//! What the store keeps: pipelines, runs, steps with their attempts, and each run's history.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A run's lifecycle: `queued → running → succeeded | failed | cancelled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Accepted, not started.
+    Queued,
+    /// Steps are being run.
+    Running,
+    /// Every step succeeded or was skipped by its condition.
+    Succeeded,
+    /// A step failed.
+    Failed,
+    /// Someone cancelled it.
+    Cancelled,
+}
+
+impl RunStatus {
+    /// Whether the run is over.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled
+        )
+    }
+
+    /// The word shown to users.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A step's lifecycle: `pending → queued → running → succeeded | failed | skipped | cancelled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Waiting for its dependencies (or for a retry's delay).
+    Pending,
+    /// Handed to the queue; the attempt is committed.
+    Queued,
+    /// A worker started it.
+    Running,
+    /// Its last attempt succeeded.
+    Succeeded,
+    /// Its last attempt failed and no retry is left.
+    Failed,
+    /// Not run: its condition was false or an upstream step did not succeed.
+    Skipped,
+    /// The run was cancelled before it finished.
+    Cancelled,
+}
+
+impl StepStatus {
+    /// Whether the step will not change any more in this run.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            StepStatus::Succeeded
+                | StepStatus::Failed
+                | StepStatus::Skipped
+                | StepStatus::Cancelled
+        )
+    }
+
+    /// The word shown to users.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Queued => "queued",
+            StepStatus::Running => "running",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A pipeline definition as it was when a run used it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineRecord {
+    /// The pipeline's name.
+    pub name: String,
+    /// SHA-256 of `text`.
+    pub hash: String,
+    /// The file's text.
+    pub text: String,
+    /// Where it was read from.
+    pub path: PathBuf,
+}
+
+/// One run of a pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Sorts by creation time (a ULID).
+    pub id: String,
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// Hash of the definition it runs; the text is in the pipeline record.
+    pub definition_hash: String,
+    /// What started it: `manual`, `resume`, a trigger's name.
+    pub trigger: String,
+    /// Parameter values after defaults and overrides.
+    pub params: BTreeMap<String, String>,
+    /// Folder relative `workdir`s resolve against: the pipeline file's folder at start.
+    pub base_dir: PathBuf,
+    /// Most steps at once.
+    pub parallelism: usize,
+    /// Where it stands.
+    pub status: RunStatus,
+    /// Milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// When it finished, if it has.
+    pub finished_ms: Option<u64>,
+    /// Number of steps, for listings.
+    pub step_count: usize,
+}
+
+/// One attempt of a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// From 1.
+    pub number: u32,
+    /// How this attempt stands or ended.
+    pub status: StepStatus,
+    /// The worker's outcome word (`timed_out`, `error`, ...), once it ended.
+    pub outcome: Option<String>,
+    /// Exit code, when the process exited.
+    pub exit_code: Option<i32>,
+    /// Signal, when one ended it.
+    pub signal: Option<i32>,
+    /// Which worker ran it.
+    pub worker: Option<String>,
+    /// When it was queued, ms since the epoch.
+    pub queued_ms: u64,
+    /// When its process started.
+    pub started_ms: Option<u64>,
+    /// When it ended.
+    pub finished_ms: Option<u64>,
+    /// Why it failed, when there is more to say than the exit code.
+    pub message: Option<String>,
+    /// Folder with `out/`, logs, outputs and metrics of this attempt.
+    pub dir: PathBuf,
+}
+
+/// A step within a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// The run it belongs to.
+    pub run_id: String,
+    /// The step's name.
+    pub name: String,
+    /// Position in the pipeline file, for display in file order.
+    pub index: u32,
+    /// Where it stands.
+    pub status: StepStatus,
+    /// Every attempt so far, oldest first.
+    pub attempts: Vec<AttemptRecord>,
+    /// Outputs of the successful attempt.
+    pub outputs: BTreeMap<String, String>,
+    /// Metrics of the successful attempt.
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// Why it was skipped or cancelled.
+    pub reason: Option<String>,
+    /// A retry waits until this time (ms since the epoch).
+    pub retry_at_ms: Option<u64>,
+}
+
+impl StepRecord {
+    /// The latest attempt, if any.
+    pub fn last_attempt(&self) -> Option<&AttemptRecord> {
+        self.attempts.last()
+    }
+
+    /// Milliseconds from the first start to the last end, when both are known.
+    pub fn duration_ms(&self) -> Option<u64> {
+        let start = self.attempts.iter().find_map(|a| a.started_ms)?;
+        let end = self.attempts.last()?.finished_ms?;
+        Some(end.saturating_sub(start))
+    }
+}
+
+/// An entry in a run's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Order within the run.
+    pub seq: u64,
+    /// Milliseconds since the epoch.
+    pub at_ms: u64,
+    /// The step it concerns, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// The attempt it concerns, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// What happened, e.g. `step.succeeded`.
+    pub kind: String,
+    /// Details for people.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}

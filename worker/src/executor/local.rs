@@ -1,0 +1,280 @@
+//! Runs a step as a local process in its own process group.
+//!
+//! The group matters: a shell step that starts children (`python train.py | tee log`) must be
+//! killed whole on timeout or cancel, and anything it left in the background is killed when it
+//! exits, so no stray process outlives its step or keeps its log pipes open.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use super::{prepare_attempt_dir, read_step_reports, Executor};
+use crate::logs::{capture, Masker};
+use crate::task::{now_ms, Outcome, StepCommand, TaskResult, TaskSpec};
+
+/// Variables a local step inherits from the runner; everything else must be declared, so a
+/// step's behaviour does not depend on whoever happened to start the runner.
+const INHERITED_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "SHELL", "TERM",
+];
+
+/// How long a process gets between SIGTERM and SIGKILL on timeout or cancel.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// The local process executor.
+#[derive(Debug, Clone)]
+pub struct LocalExecutor {
+    /// Time between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+    /// Value of `CUDA_VISIBLE_DEVICES` for steps; `None` leaves it unset.
+    pub cuda_visible_devices: Option<String>,
+}
+
+impl Default for LocalExecutor {
+    fn default() -> Self {
+        LocalExecutor {
+            kill_grace: DEFAULT_KILL_GRACE,
+            cuda_visible_devices: None,
+        }
+    }
+}
+
+/// Why the wait for the process ended.
+enum Ending {
+    Exited(ExitStatus),
+    TimedOut,
+    Cancelled,
+    LogFailed,
+    WaitFailed(std::io::Error),
+}
+
+#[async_trait]
+impl Executor for LocalExecutor {
+    async fn run(&self, task: &TaskSpec, cancel: CancellationToken) -> TaskResult {
+        if let Some(image) = &task.image {
+            return TaskResult::error(
+                task.key.clone(),
+                format!("step asks for image `{image}`, but this worker runs local processes only"),
+            );
+        }
+        let mut secret_values = Vec::new();
+        for name in &task.secrets {
+            match std::env::var(name) {
+                Ok(value) => secret_values.push((name.clone(), value)),
+                Err(_) => {
+                    return TaskResult::error(
+                        task.key.clone(),
+                        format!("secret `{name}` is not set in the worker's environment"),
+                    )
+                }
+            }
+        }
+        if let Err(err) = prepare_attempt_dir(task).await {
+            return TaskResult::error(
+                task.key.clone(),
+                format!(
+                    "cannot prepare the attempt folder {}: {err}",
+                    task.attempt_dir.display()
+                ),
+            );
+        }
+        let mut command = match &task.command {
+            StepCommand::Shell(text) => {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(text);
+                c
+            }
+            StepCommand::Exec(argv) => {
+                let mut c = Command::new(&argv[0]);
+                c.args(&argv[1..]);
+                c
+            }
+        };
+        command
+            .current_dir(&task.workdir)
+            .env_clear()
+            .envs(
+                INHERITED_ENV
+                    .iter()
+                    .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
+            )
+            .envs(task.env.iter().map(|(k, v)| (k, v)))
+            .envs(secret_values.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(devices) = &self.cuda_visible_devices {
+            command.env("CUDA_VISIBLE_DEVICES", devices);
+        }
+        let started_ms = now_ms();
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(err) => {
+                let what = match &task.command {
+                    StepCommand::Shell(_) => "sh".to_string(),
+                    StepCommand::Exec(argv) => argv[0].clone(),
+                };
+                return TaskResult::error(
+                    task.key.clone(),
+                    format!("cannot start `{what}` in {}: {err}", task.workdir.display()),
+                );
+            }
+        };
+        let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+        let masks = || Masker::new(secret_values.iter().map(|(_, v)| v.clone()));
+        // A log that cannot be written (a full disk) ends the attempt rather than letting the
+        // process block on a pipe nobody reads.
+        let log_failed = CancellationToken::new();
+        let spawn_capture = |reader: Option<_>, path: std::path::PathBuf| {
+            let masker = masks();
+            let failed = log_failed.clone();
+            reader.map(|reader| {
+                tokio::spawn(async move {
+                    let copied = capture(reader, &path, masker).await;
+                    if copied.is_err() {
+                        failed.cancel();
+                    }
+                    copied
+                })
+            })
+        };
+        let stdout = spawn_capture(child.stdout.take().map(boxed), task.stdout_log());
+        let stderr = spawn_capture(child.stderr.take().map(boxed), task.stderr_log());
+        let ending = tokio::select! {
+            status = child.wait() => match status {
+                Ok(status) => Ending::Exited(status),
+                Err(err) => Ending::WaitFailed(err),
+            },
+            _ = sleep_or_forever(task.timeout) => Ending::TimedOut,
+            _ = cancel.cancelled() => Ending::Cancelled,
+            _ = log_failed.cancelled() => Ending::LogFailed,
+        };
+        let status = match ending {
+            Ending::Exited(status) => Ok(status),
+            other => {
+                let status = self.stop(&mut child, pgid).await;
+                Err((other, status))
+            }
+        };
+        // Whatever the step left in the background goes too, so the log pipes close.
+        if let Some(pgid) = pgid {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+        let log_error = join_log(stdout)
+            .await
+            .err()
+            .or(join_log(stderr).await.err());
+        let finished_ms = now_ms();
+        let mut result = TaskResult::error(task.key.clone(), "");
+        result.started_ms = started_ms;
+        result.finished_ms = finished_ms;
+        result.message = None;
+        match status {
+            Ok(status) => {
+                result.exit_code = status.code();
+                result.signal = status.signal();
+                result.outcome = if status.success() {
+                    Outcome::Succeeded
+                } else {
+                    Outcome::Failed
+                };
+                if let Some(signal) = status.signal() {
+                    result.message = Some(format!("killed by signal {signal}"));
+                }
+            }
+            Err((ending, status)) => {
+                result.exit_code = status.and_then(|s| s.code());
+                result.signal = status.and_then(|s| s.signal());
+                let (outcome, message) = match ending {
+                    Ending::TimedOut => (
+                        Outcome::TimedOut,
+                        format!(
+                            "timed out after {}",
+                            humanize(task.timeout.unwrap_or_default())
+                        ),
+                    ),
+                    Ending::Cancelled => (Outcome::Cancelled, "cancelled".to_string()),
+                    Ending::LogFailed => {
+                        (Outcome::Error, "cannot write the step's log".to_string())
+                    }
+                    Ending::WaitFailed(err) => {
+                        (Outcome::Error, format!("lost track of the process: {err}"))
+                    }
+                    Ending::Exited(_) => unreachable!("handled above"),
+                };
+                result.outcome = outcome;
+                result.message = Some(message);
+            }
+        }
+        if let Some(err) = log_error {
+            if matches!(
+                result.outcome,
+                Outcome::Succeeded | Outcome::Failed | Outcome::Error
+            ) {
+                result.outcome = Outcome::Error;
+                result.message = Some(format!("cannot write the step's log: {err}"));
+            }
+        }
+        if matches!(result.outcome, Outcome::Succeeded | Outcome::Failed) {
+            read_step_reports(task, &mut result).await;
+        }
+        result
+    }
+}
+
+impl LocalExecutor {
+    /// SIGTERM to the group, then SIGKILL after the grace period; returns the exit status.
+    async fn stop(&self, child: &mut Child, pgid: Option<Pid>) -> Option<ExitStatus> {
+        if let Some(pgid) = pgid {
+            let _ = killpg(pgid, Signal::SIGTERM);
+        }
+        match tokio::time::timeout(self.kill_grace, child.wait()).await {
+            Ok(status) => status.ok(),
+            Err(_) => {
+                if let Some(pgid) = pgid {
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                }
+                child.wait().await.ok()
+            }
+        }
+    }
+}
+
+type LogTask = tokio::task::JoinHandle<std::io::Result<u64>>;
+
+/// Both pipes as one type, so one closure can spawn either copy.
+fn boxed(
+    pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+) -> Box<dyn tokio::io::AsyncRead + Unpin + Send> {
+    Box::new(pipe)
+}
+
+async fn join_log(task: Option<LogTask>) -> std::io::Result<u64> {
+    match task {
+        Some(task) => task.await.map_err(std::io::Error::other)?,
+        None => Ok(0),
+    }
+}
+
+async fn sleep_or_forever(timeout: Option<Duration>) {
+    match timeout {
+        Some(t) => tokio::time::sleep(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    if d.as_millis() < 1000 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}

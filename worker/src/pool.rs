@@ -1,0 +1,133 @@
+//! The worker loop: take tasks from the queue, run up to `slots` at once, report what happened.
+//!
+//! The embedded mode runs this loop in-process over the in-memory queue; `sluice worker` runs the
+//! same loop over Redis.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{broadcast, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::executor::Executor;
+use crate::queue::{QueueError, TaskQueue};
+use crate::task::{now_ms, TaskKey, TaskResult, WorkerEvent};
+
+/// How a worker loop is set up.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The worker's name in events and labels.
+    pub name: String,
+    /// Queues to take tasks from, in order of preference.
+    pub queues: Vec<String>,
+    /// Most tasks run at once.
+    pub slots: usize,
+}
+
+/// Runs cancellations just received, remembered briefly so a task taken in the same instant as
+/// its run was cancelled does not start.
+const REMEMBERED_CANCELS: usize = 1024;
+
+#[derive(Default)]
+struct Running {
+    tokens: HashMap<TaskKey, CancellationToken>,
+    recently_cancelled: VecDeque<String>,
+}
+
+/// Runs the worker loop until `shutdown` fires or the queue closes; waits for running tasks.
+pub async fn run_worker(
+    queue: Arc<dyn TaskQueue>,
+    executor: Arc<dyn Executor>,
+    config: WorkerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), QueueError> {
+    let slots = Arc::new(Semaphore::new(config.slots.max(1)));
+    let running = Arc::new(Mutex::new(Running::default()));
+    let cancel_listener = tokio::spawn(listen_for_cancels(
+        queue.cancellations(),
+        running.clone(),
+        shutdown.clone(),
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    let outcome = loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break Ok(()),
+            },
+            _ = shutdown.cancelled() => break Ok(()),
+        };
+        let task = tokio::select! {
+            task = queue.take(&config.queues) => match task {
+                Ok(task) => task,
+                Err(QueueError::Closed) => break Ok(()),
+            },
+            _ = shutdown.cancelled() => break Ok(()),
+        };
+        let token = CancellationToken::new();
+        {
+            let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
+            if running.recently_cancelled.contains(&task.key.run_id) {
+                token.cancel();
+            }
+            running.tokens.insert(task.key.clone(), token.clone());
+        }
+        let queue = queue.clone();
+        let executor = executor.clone();
+        let running = running.clone();
+        let worker = config.name.clone();
+        tasks.spawn(async move {
+            let started = WorkerEvent::Started {
+                key: task.key.clone(),
+                worker,
+                at_ms: now_ms(),
+            };
+            let result = if queue.report(started).await.is_err() {
+                TaskResult::error(task.key.clone(), "the queue closed before the task started")
+            } else {
+                executor.run(&task, token).await
+            };
+            running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .tokens
+                .remove(&task.key);
+            if let Err(err) = queue.report(WorkerEvent::Finished(result)).await {
+                tracing::warn!(task = %task.key, error = %err, "Could not report a finished task.");
+            }
+            drop(permit);
+        });
+        // Reap finished tasks as we go so the set does not grow with every task ever run.
+        while tasks.try_join_next().is_some() {}
+    };
+    while tasks.join_next().await.is_some() {}
+    cancel_listener.abort();
+    outcome
+}
+
+async fn listen_for_cancels(
+    mut cancels: broadcast::Receiver<String>,
+    running: Arc<Mutex<Running>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let run_id = tokio::select! {
+            received = cancels.recv() => match received {
+                Ok(run_id) => run_id,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, token) in &running.tokens {
+            if key.run_id == run_id {
+                token.cancel();
+            }
+        }
+        if running.recently_cancelled.len() >= REMEMBERED_CANCELS {
+            running.recently_cancelled.pop_front();
+        }
+        running.recently_cancelled.push_back(run_id);
+    }
+}

@@ -1,0 +1,44 @@
+//! The queue between the scheduler and workers. The in-memory queue serves the embedded mode;
+//! the Redis Streams queue (distributed mode) implements the same trait.
+
+pub mod memory;
+
+use async_trait::async_trait;
+
+use crate::task::{TaskSpec, WorkerEvent};
+
+pub use memory::MemoryQueue;
+
+/// Why a queue operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The queue was shut down; no more tasks or events will flow.
+    #[error("the queue is closed")]
+    Closed,
+}
+
+/// Transport of tasks to workers and of their events back.
+#[async_trait]
+pub trait TaskQueue: Send + Sync {
+    /// Scheduler side: hands a task to the workers of its queue.
+    async fn dispatch(&self, task: TaskSpec) -> Result<(), QueueError>;
+
+    /// Worker side: waits for the next task from any of `queues`.
+    async fn take(&self, queues: &[String]) -> Result<TaskSpec, QueueError>;
+
+    /// Worker side: reports that a task started or ended.
+    async fn report(&self, event: WorkerEvent) -> Result<(), QueueError>;
+
+    /// Scheduler side: waits for at least one event, then returns up to `max` of them, so the
+    /// scheduler can commit a batch of state changes with one flush.
+    async fn next_events(&self, max: usize) -> Result<Vec<WorkerEvent>, QueueError>;
+
+    /// Scheduler side: asks the workers to stop every task of `run_id`.
+    async fn cancel_run(&self, run_id: &str) -> Result<(), QueueError>;
+
+    /// Worker side: a stream of run ids to cancel, from now on.
+    fn cancellations(&self) -> tokio::sync::broadcast::Receiver<String>;
+
+    /// Stops the flow: pending and future waits return [`QueueError::Closed`].
+    fn close(&self);
+}

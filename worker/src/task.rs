@@ -1,0 +1,189 @@
+//! The contract between the scheduler and workers: what a task says and what a worker reports.
+//!
+//! A task is one attempt of one step of one run. It carries everything a worker needs, so a
+//! worker never reads pipeline files or the store: the scheduler resolves params, env and paths.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Which attempt of which step of which run: the fencing token of the queue protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskKey {
+    /// The run's id.
+    pub run_id: String,
+    /// The step's name.
+    pub step: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+}
+
+impl fmt::Display for TaskKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}#{}", self.run_id, self.step, self.attempt)
+    }
+}
+
+/// What to execute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepCommand {
+    /// Text for `sh -c`.
+    Shell(String),
+    /// argv, executed without a shell.
+    Exec(Vec<String>),
+}
+
+/// One attempt of one step, ready to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Run, step and attempt.
+    pub key: TaskKey,
+    /// The pipeline's name, for labels and `SLUICE_PIPELINE`.
+    pub pipeline: String,
+    /// The worker queue this task travels on.
+    pub queue: String,
+    /// What to run.
+    pub command: StepCommand,
+    /// A container image; tasks with one need the Docker executor.
+    pub image: Option<String>,
+    /// The step's whole environment (params, `SLUICE_*`, step env), in order.
+    pub env: Vec<(String, String)>,
+    /// Names of variables to forward from the worker's own environment, masked in logs.
+    pub secrets: Vec<String>,
+    /// Working directory of the process.
+    pub workdir: PathBuf,
+    /// Folder of this attempt: `out/`, `in/`, logs, outputs and metrics files live here.
+    pub attempt_dir: PathBuf,
+    /// Upstream step name to the folder holding its outputs, linked as `in/<step>`.
+    pub inputs: Vec<(String, PathBuf)>,
+    /// Files or folders (ending in `/`) the step must leave in `out/`.
+    pub outputs: Vec<String>,
+    /// Longest the attempt may run.
+    pub timeout: Option<Duration>,
+}
+
+/// Paths inside an attempt's folder, named once.
+impl TaskSpec {
+    /// `$SLUICE_OUT`.
+    pub fn out_dir(&self) -> PathBuf {
+        self.attempt_dir.join("out")
+    }
+    /// `$SLUICE_IN`.
+    pub fn in_dir(&self) -> PathBuf {
+        self.attempt_dir.join("in")
+    }
+    /// `$SLUICE_OUTPUTS`.
+    pub fn outputs_file(&self) -> PathBuf {
+        self.attempt_dir.join("outputs.env")
+    }
+    /// `$SLUICE_METRICS`.
+    pub fn metrics_file(&self) -> PathBuf {
+        self.attempt_dir.join("metrics.json")
+    }
+    /// Captured standard output.
+    pub fn stdout_log(&self) -> PathBuf {
+        self.attempt_dir.join("stdout.log")
+    }
+    /// Captured standard error.
+    pub fn stderr_log(&self) -> PathBuf {
+        self.attempt_dir.join("stderr.log")
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Exit code 0 and every declared output present.
+    Succeeded,
+    /// A non-zero exit, a signal, or a broken promise (missing output, bad metrics).
+    Failed,
+    /// Killed after its timeout.
+    TimedOut,
+    /// Killed because the run was cancelled.
+    Cancelled,
+    /// It could not be run at all (spawn failed, disk full, no executor for it).
+    Error,
+}
+
+impl Outcome {
+    /// The word shown to users.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// What a worker reports when an attempt ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// Which attempt this is about.
+    pub key: TaskKey,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The process's exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, when one did.
+    pub signal: Option<i32>,
+    /// Milliseconds since the Unix epoch.
+    pub started_ms: u64,
+    /// Milliseconds since the Unix epoch.
+    pub finished_ms: u64,
+    /// Why it failed, in a sentence, when there is more to say than the exit code.
+    pub message: Option<String>,
+    /// `key=value` lines the step wrote to `$SLUICE_OUTPUTS`.
+    pub outputs: BTreeMap<String, String>,
+    /// The JSON object the step wrote to `$SLUICE_METRICS`.
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+}
+
+impl TaskResult {
+    /// A result for an attempt that never ran a process.
+    pub fn error(key: TaskKey, message: impl Into<String>) -> Self {
+        let now = now_ms();
+        TaskResult {
+            key,
+            outcome: Outcome::Error,
+            exit_code: None,
+            signal: None,
+            started_ms: now,
+            finished_ms: now,
+            message: Some(message.into()),
+            outputs: BTreeMap::new(),
+            metrics: serde_json::Map::new(),
+        }
+    }
+}
+
+/// What workers tell the scheduler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerEvent {
+    /// The attempt's process started.
+    Started {
+        /// Which attempt.
+        key: TaskKey,
+        /// The worker that runs it.
+        worker: String,
+        /// Milliseconds since the Unix epoch.
+        at_ms: u64,
+    },
+    /// The attempt ended.
+    Finished(TaskResult),
+}
+
+/// Milliseconds since the Unix epoch (0 on a clock set before 1970).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -13,18 +13,23 @@ use super::reader::Reader;
 use super::yaml::Mark;
 
 /// Runs every cross-field check, recording problems in the reader.
-pub fn check(r: &mut Reader, pipeline: &Pipeline, steps: &[ParsedStep], root: Mark) {
-    let names: Vec<&str> = steps.iter().map(|s| s.step.name.as_str()).collect();
+/// Runs on whatever could be read: steps with broken fields still take part (by name and
+/// `depends`), so one pass reports a typo'd dependency and a bad timeout together. `pipeline` is
+/// `None` when the top-level fields were broken; the checks that need params are then skipped.
+pub fn check(r: &mut Reader, pipeline: Option<&Pipeline>, steps: &[ParsedStep], root: Mark) {
+    let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
     let known: HashSet<&str> = names.iter().copied().collect();
     depends_targets(r, steps, &names, &known);
     cycles(r, steps, &known);
-    conditions(r, pipeline, steps);
-    trigger_params(r, pipeline, root);
+    if let Some(pipeline) = pipeline {
+        conditions(r, pipeline, steps);
+        trigger_params(r, pipeline, root);
+    }
 }
 
 fn depends_targets(r: &mut Reader, steps: &[ParsedStep], names: &[&str], known: &HashSet<&str>) {
     for parsed in steps {
-        let step = &parsed.step;
+        let step = parsed;
         let mut seen = HashSet::new();
         for (dep, mark) in step.depends.iter().zip(&parsed.depends_marks) {
             let field = format!("steps.{}.depends", step.name);
@@ -60,13 +65,13 @@ fn cycles(r: &mut Reader, steps: &[ParsedStep], known: &HashSet<&str>) {
     let order: HashMap<&str, usize> = steps
         .iter()
         .enumerate()
-        .map(|(i, s)| (s.step.name.as_str(), i))
+        .map(|(i, s)| (s.name.as_str(), i))
         .collect();
     for parsed in steps {
-        graph.add_node(parsed.step.name.as_str());
-        for dep in &parsed.step.depends {
-            if known.contains(dep.as_str()) && dep != &parsed.step.name {
-                graph.add_edge(parsed.step.name.as_str(), dep.as_str(), ());
+        graph.add_node(parsed.name.as_str());
+        for dep in &parsed.depends {
+            if known.contains(dep.as_str()) && dep != &parsed.name {
+                graph.add_edge(parsed.name.as_str(), dep.as_str(), ());
             }
         }
     }
@@ -84,12 +89,11 @@ fn cycles(r: &mut Reader, steps: &[ParsedStep], known: &HashSet<&str>) {
         let parsed = &steps[order[start]];
         let next = chain.get(1).copied().unwrap_or(start);
         let mark = parsed
-            .step
             .depends
             .iter()
             .position(|d| d == next)
             .and_then(|i| parsed.depends_marks.get(i).copied())
-            .unwrap_or(parsed.step.mark);
+            .unwrap_or(parsed.mark);
         r.diags
             .error(
                 mark,
@@ -142,22 +146,21 @@ fn cycle_through<'a>(
 
 /// A condition may read only a step that is upstream of its own, and only declared params.
 fn conditions(r: &mut Reader, pipeline: &Pipeline, steps: &[ParsedStep]) {
-    let by_name: HashMap<&str, &ParsedStep> =
-        steps.iter().map(|s| (s.step.name.as_str(), s)).collect();
+    let by_name: HashMap<&str, &ParsedStep> = steps.iter().map(|s| (s.name.as_str(), s)).collect();
     for parsed in steps {
-        let (Some(when), Some(mark)) = (&parsed.step.when, parsed.when_mark) else {
+        let (Some(when), Some(mark)) = (&parsed.when, parsed.when_mark) else {
             continue;
         };
-        let field = format!("steps.{}.when", parsed.step.name);
+        let field = format!("steps.{}.when", parsed.name);
         match &when.left {
             Operand::StepOutput { step, .. } => {
-                if !upstream_of(&by_name, &parsed.step.name).contains(step.as_str()) {
+                if !upstream_of(&by_name, &parsed.name).contains(step.as_str()) {
                     r.error(
                         mark,
                         &field,
                         format!(
                             "`when` of step `{}` reads step `{step}`, which it does not depend on (directly or through others)",
-                            parsed.step.name
+                            parsed.name
                         ),
                     );
                 }
@@ -180,12 +183,12 @@ fn upstream_of<'a>(by_name: &HashMap<&'a str, &'a ParsedStep>, step: &str) -> Ha
     let mut seen = HashSet::new();
     let mut stack: Vec<&str> = by_name
         .get(step)
-        .map(|s| s.step.depends.iter().map(String::as_str).collect())
+        .map(|s| s.depends.iter().map(String::as_str).collect())
         .unwrap_or_default();
     while let Some(name) = stack.pop() {
         if let Some((key, parsed)) = by_name.get_key_value(name) {
             if seen.insert(*key) {
-                stack.extend(parsed.step.depends.iter().map(String::as_str));
+                stack.extend(parsed.depends.iter().map(String::as_str));
             }
         }
     }

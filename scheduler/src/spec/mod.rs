@@ -102,18 +102,25 @@ pub fn parse_str(file: &str, text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
             ));
         }
     }
-    let Some((mut pipeline, steps)) = parse::pipeline(&mut r, &tree.root) else {
-        return Err(r.diags.into_sorted());
-    };
-    check::check(&mut r, &pipeline, &steps, tree.root.mark);
-    if !r.diags.is_empty() {
-        return Err(r.diags.into_sorted());
+    let parsed = parse::pipeline(&mut r, &tree.root);
+    check::check(
+        &mut r,
+        parsed.pipeline.as_ref(),
+        &parsed.steps,
+        tree.root.mark,
+    );
+    match parsed.pipeline {
+        Some(mut pipeline) if r.diags.is_empty() => {
+            pipeline.steps = parsed
+                .steps
+                .into_iter()
+                .filter_map(|p| p.step)
+                .map(|step| (step.name.clone(), step))
+                .collect();
+            Ok(pipeline)
+        }
+        _ => Err(r.diags.into_sorted()),
     }
-    pipeline.steps = steps
-        .into_iter()
-        .map(|parsed| (parsed.step.name.clone(), parsed.step))
-        .collect();
-    Ok(pipeline)
 }
 
 /// The SHA-256 of a pipeline's text, hex: the identity of a definition in the store.

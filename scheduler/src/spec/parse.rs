@@ -56,14 +56,32 @@ pub const CONCURRENCY_KEYS: &[&str] = &["limit", "overlap"];
 /// Most retries a step may ask for: enough for flaky networks, not enough to hide a broken step.
 pub const MAX_RETRIES: i64 = 100;
 
-/// A step as read, with the positions graph checks need.
+/// A step as read: what the graph checks need, which is there even when other fields of the
+/// step are broken, and the typed step when all of it was valid.
 pub struct ParsedStep {
-    /// The typed step.
-    pub step: Step,
-    /// Each `depends` entry with where it was written.
+    /// The step's name.
+    pub name: String,
+    /// Where its key stands.
+    pub mark: Mark,
+    /// Its dependencies.
+    pub depends: Vec<String>,
+    /// Each `depends` entry's position.
     pub depends_marks: Vec<Mark>,
+    /// Its condition, when valid.
+    pub when: Option<Condition>,
     /// Where `when:` was written.
     pub when_mark: Option<Mark>,
+    /// The typed step, when every field was valid.
+    pub step: Option<Step>,
+}
+
+/// What a file yields: the pipeline when everything was valid, and the steps as far as they
+/// could be read, for the checks across steps.
+pub struct Parsed {
+    /// The pipeline without its steps (the caller attaches them after the graph checks).
+    pub pipeline: Option<Pipeline>,
+    /// Every step, valid or not.
+    pub steps: Vec<ParsedStep>,
 }
 
 /// The pipeline-wide step defaults.
@@ -77,17 +95,26 @@ struct StepDefaults {
     resources: Option<Resources>,
 }
 
-/// Reads the whole pipeline; `None` when anything was wrong (the reader holds the diagnostics).
-pub fn pipeline(r: &mut Reader, root: &Node) -> Option<(Pipeline, Vec<ParsedStep>)> {
+/// Where whole-file problems are reported: a mapping's own mark points inside it, not at its start.
+const FILE_START: Mark = Mark { line: 1, column: 1 };
+
+/// Reads the whole pipeline; the reader collects every problem found.
+pub fn pipeline(r: &mut Reader, root: &Node) -> Parsed {
+    let nothing = || Parsed {
+        pipeline: None,
+        steps: Vec::new(),
+    };
     if root.value == Value::Null {
         r.error(
-            root.mark,
+            FILE_START,
             "",
             "the file is empty: a pipeline needs at least `name` and `steps`",
         );
-        return None;
+        return nothing();
     }
-    let fields = r.mapping(root, "", "the pipeline", PIPELINE_KEYS)?;
+    let Some(fields) = r.mapping(root, "", "the pipeline", PIPELINE_KEYS) else {
+        return nothing();
+    };
     let name = match fields.get("name") {
         Some((_, node)) => r.string(node, "name").and_then(|name| {
             values::pipeline_name(&name)
@@ -96,7 +123,7 @@ pub fn pipeline(r: &mut Reader, root: &Node) -> Option<(Pipeline, Vec<ParsedStep
                 .map(|_| name)
         }),
         None => {
-            r.error(root.mark, "name", "the pipeline has no `name`");
+            r.error(FILE_START, "name", "the pipeline has no `name`");
             None
         }
     };
@@ -119,30 +146,33 @@ pub fn pipeline(r: &mut Reader, root: &Node) -> Option<(Pipeline, Vec<ParsedStep
     let triggers = fields
         .get("triggers")
         .map_or(Some(Vec::new()), |(_, n)| triggers::triggers(r, n));
-    let steps = match (fields.get("steps"), &env, &defaults) {
-        (Some((_, node)), Some(env), Some(defaults)) => steps(r, node, env, defaults),
-        (Some((_, node)), _, _) => {
-            // Still read the steps so their own problems are reported in this pass.
-            steps(r, node, &IndexMap::new(), &StepDefaults::default());
-            None
+    let (steps, steps_ok) = match fields.get("steps") {
+        Some((_, node)) => {
+            // With broken `env` or `defaults` the steps are still read, for their own problems.
+            let fallback = (IndexMap::new(), StepDefaults::default());
+            let env_ref = env.as_ref().unwrap_or(&fallback.0);
+            let defaults_ref = defaults.as_ref().unwrap_or(&fallback.1);
+            steps(r, node, env_ref, defaults_ref)
         }
-        (None, _, _) => {
-            r.error(root.mark, "steps", "the pipeline has no `steps`");
-            None
+        None => {
+            r.error(FILE_START, "steps", "the pipeline has no `steps`");
+            (Vec::new(), false)
         }
     };
-    let pipeline = Pipeline {
-        name: name?,
-        description,
-        params: params?,
-        env: env?,
-        parallelism: parallelism.unwrap_or(Some(0)).filter(|p| *p > 0),
-        concurrency: concurrency.unwrap_or(Some(None))?,
-        triggers: triggers?,
-        steps: IndexMap::new(),
-    };
-    let parsed = steps?;
-    Some((pipeline, parsed))
+    let pipeline = (|| {
+        Some(Pipeline {
+            name: name?,
+            description,
+            params: params?,
+            env: env?,
+            parallelism: parallelism.unwrap_or(Some(0)).filter(|p| *p > 0),
+            concurrency: concurrency.unwrap_or(Some(None))?,
+            triggers: triggers?,
+            steps: IndexMap::new(),
+        })
+    })()
+    .filter(|_| steps_ok && defaults.is_some());
+    Parsed { pipeline, steps }
 }
 
 fn params(r: &mut Reader, node: &Node) -> Option<IndexMap<String, ParamSpec>> {
@@ -446,7 +476,7 @@ fn steps(
     node: &Node,
     env: &IndexMap<String, String>,
     defaults: &StepDefaults,
-) -> Option<Vec<ParsedStep>> {
+) -> (Vec<ParsedStep>, bool) {
     let Value::Map(entries) = &node.value else {
         r.error(
             node.mark,
@@ -456,11 +486,11 @@ fn steps(
                 node.value.kind()
             ),
         );
-        return None;
+        return (Vec::new(), false);
     };
     if entries.is_empty() {
         r.error(node.mark, "steps", "the pipeline has no steps");
-        return None;
+        return (Vec::new(), false);
     }
     let mut out = Vec::with_capacity(entries.len());
     let mut ok = true;
@@ -471,12 +501,11 @@ fn steps(
             r.error(key.mark, &path, message);
             ok = false;
         }
-        match step(r, &name, key.mark, value, &path, env, defaults) {
-            Some(parsed) => out.push(parsed),
-            None => ok = false,
-        }
+        let parsed = step(r, &name, key.mark, value, &path, env, defaults);
+        ok &= parsed.step.is_some();
+        out.push(parsed);
     }
-    ok.then_some(out)
+    (out, ok)
 }
 
 fn step(
@@ -487,12 +516,23 @@ fn step(
     path: &str,
     pipeline_env: &IndexMap<String, String>,
     defaults: &StepDefaults,
-) -> Option<ParsedStep> {
-    let fields = r.mapping(node, path, &format!("step `{name}`"), STEP_KEYS)?;
+) -> ParsedStep {
+    let mut parsed = ParsedStep {
+        name: name.to_string(),
+        mark,
+        depends: Vec::new(),
+        depends_marks: Vec::new(),
+        when: None,
+        when_mark: None,
+        step: None,
+    };
+    let Some(fields) = r.mapping(node, path, &format!("step `{name}`"), STEP_KEYS) else {
+        return parsed;
+    };
     let mut ok = true;
     let mut get = |key: &str| fields.get(key).map(|(_, v)| *v);
 
-    let action = action(r, name, node.mark, path, &mut get);
+    let action = action(r, name, mark, path, &mut get);
     let description = get("description").and_then(|n| r.text(n, &join(path, "description")));
     let (depends, depends_marks): (Vec<String>, Vec<Mark>) = match get("depends") {
         Some(n) => match r.text_list(n, &join(path, "depends")) {
@@ -559,11 +599,15 @@ fn step(
         Some(n) => outputs(r, n, &join(path, "outputs")),
         None => Some(Vec::new()),
     };
+    parsed.depends = depends.clone();
+    parsed.depends_marks = depends_marks;
+    parsed.when = when.clone();
+    parsed.when_mark = when_mark;
     if !ok {
-        return None;
+        return parsed;
     }
-    Some(ParsedStep {
-        step: Step {
+    parsed.step = (|| {
+        Some(Step {
             name: name.to_string(),
             mark,
             description,
@@ -579,10 +623,9 @@ fn step(
             resources: resources?,
             queue: queue?,
             outputs: outputs?,
-        },
-        depends_marks,
-        when_mark,
-    })
+        })
+    })();
+    parsed
 }
 
 fn action<'n>(

@@ -13,8 +13,8 @@ pub fn duration(text: &str) -> Result<Duration, String> {
             "`{trimmed}` has no unit: write for example `{trimmed}s` or `{trimmed}m`"
         ));
     }
-    humantime::parse_duration(trimmed).map_err(|err| {
-        format!("`{trimmed}` is not a duration ({err}); use units ms, s, m, h, d as in `90s` or `1h30m`")
+    humantime::parse_duration(trimmed).map_err(|_| {
+        format!("`{trimmed}` is not a duration: use a number with a unit (ms, s, m, h, d) as in `90s` or `1h30m`")
     })
 }
 

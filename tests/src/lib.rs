@@ -1,1 +1,169 @@
-//! Helpers for end-to-end tests.
+//! Helpers for end-to-end tests: build and run the real `sluice` binary in a scratch folder.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The workspace root (where `pipelines/` and `examples/` are).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
+}
+
+/// The `sluice` binary, built once per test process with the same cargo that runs the tests.
+///
+/// Cargo only exposes `CARGO_BIN_EXE_*` to tests of the package that owns the binary; this
+/// crate holds the cross-crate tests, so it asks cargo to build the binary instead.
+pub fn sluice_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(path) = std::env::var("SLUICE_BIN") {
+            return PathBuf::from(path);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "sluice", "--bin", "sluice"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the sluice binary failed");
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace_root().join("target"));
+        target.join("debug").join("sluice")
+    })
+}
+
+/// A scratch folder with a data dir, for one test.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scratch {
+    /// A new empty scratch folder.
+    pub fn new() -> Scratch {
+        Scratch {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The data dir used by [`Scratch::sluice`].
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Writes a file (a pipeline, usually) and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&path, text).expect("write file");
+        path
+    }
+
+    /// A `sluice` command with this scratch's data dir in its environment.
+    pub fn sluice(&self) -> Command {
+        let mut command = Command::new(sluice_bin());
+        command
+            .env("SLUICE_DATA_DIR", self.data_dir())
+            .env_remove("RUST_LOG")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `sluice ARGS...` to completion, with a generous timeout.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let child = self
+            .sluice()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sluice");
+        wait_output(child, Duration::from_secs(120))
+    }
+
+    /// `sluice show RUN --json`, parsed.
+    pub fn show(&self, run_id: &str) -> serde_json::Value {
+        let out = self.run(&["show", run_id, "--json"]);
+        assert!(out.status.success(), "show failed: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("show --json prints JSON")
+    }
+
+    /// The id of the newest run in the store.
+    pub fn latest_run_id(&self) -> String {
+        let out = self.run(&["runs", "--json", "--limit", "1"]);
+        assert!(out.status.success(), "runs failed: {}", text(&out.stderr));
+        let runs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        runs[0]["id"].as_str().expect("a run id").to_string()
+    }
+}
+
+/// Waits for a child with a timeout, killing it if it overstays, and collects its output.
+pub fn wait_output(mut child: Child, timeout: Duration) -> Output {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait().expect("wait") {
+            Some(_) => return child.wait_with_output().expect("output"),
+            None if Instant::now() > deadline => {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "command did not finish within {timeout:?}\nstdout: {}\nstderr: {}",
+                    text(&out.stdout),
+                    text(&out.stderr)
+                );
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Polls `condition` until it holds, failing the test after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Bytes as text, for messages.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The step called `name` in a `show --json` document.
+pub fn step<'a>(show: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    show["steps"]
+        .as_array()
+        .and_then(|steps| steps.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no step {name} in {show}"))
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}

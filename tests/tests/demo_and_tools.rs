@@ -1,0 +1,164 @@
+//! The shipped demo pipeline, and the tools around pipeline files: validate, schema, graph.
+
+use sluice_tests::{step, text, workspace_root, Scratch};
+
+fn demo() -> String {
+    workspace_root()
+        .join("pipelines/mlops.yaml")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn the_demo_trains_gates_registers_and_deploys() {
+    let s = Scratch::new();
+    let out = s.run(&["run", &demo()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("validate succeeded"), "{stdout}");
+    let show = s.show(&s.latest_run_id());
+    assert_eq!(show["run"]["status"], "succeeded");
+    for name in [
+        "ingest", "version", "train", "validate", "register", "deploy", "monitor",
+    ] {
+        assert_eq!(step(&show, name)["status"], "succeeded", "{name}");
+    }
+    let accuracy: f64 = step(&show, "validate")["metrics"]["accuracy"]
+        .as_f64()
+        .unwrap();
+    assert!(accuracy >= 0.9, "the gate passed with accuracy {accuracy}");
+    assert_eq!(step(&show, "monitor")["outputs"]["drift"], "false");
+    assert_eq!(
+        step(&show, "retrain")["status"],
+        "skipped",
+        "no drift, no retrain"
+    );
+    let production = s.data_dir().join("registry/mlops/production.json");
+    let pointer: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(production).unwrap()).unwrap();
+    assert_eq!(pointer["version"], 1, "{pointer}");
+}
+
+#[test]
+fn the_demo_retrains_when_the_fresh_batch_drifts() {
+    let s = Scratch::new();
+    let out = s.run(&["run", &demo(), "-p", "drift_shift=0.5"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let show = s.show(&s.latest_run_id());
+    assert_eq!(step(&show, "monitor")["outputs"]["drift"], "true");
+    assert_eq!(step(&show, "retrain")["status"], "succeeded");
+    assert_eq!(step(&show, "retrain")["outputs"]["model_version"], "2");
+}
+
+#[test]
+fn the_demo_gate_fails_the_run_and_keeps_its_metrics() {
+    let s = Scratch::new();
+    let out = s.run(&["run", &demo(), "-p", "min_accuracy=0.9999"]);
+    assert_eq!(out.status.code(), Some(1));
+    let show = s.show(&s.latest_run_id());
+    let validate = step(&show, "validate");
+    assert_eq!(validate["status"], "failed");
+    assert!(
+        validate["metrics"]["accuracy"].as_f64().is_some(),
+        "a failed gate still records its metrics"
+    );
+    assert_eq!(step(&show, "register")["status"], "skipped");
+    let logs = s.run(&["logs", &s.latest_run_id(), "validate", "--stderr"]);
+    assert!(
+        text(&logs.stderr).contains("below PARAM_MIN_ACCURACY"),
+        "{}",
+        text(&logs.stderr)
+    );
+}
+
+#[test]
+fn validate_exits_0_for_valid_files_and_1_with_every_error_listed() {
+    let s = Scratch::new();
+    let out = s.run(&[
+        "validate",
+        &workspace_root().join("pipelines").display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    s.write(
+        "dir/nested/bad.yml",
+        "name: bad\nsteps:\n  a:\n    run: x\n    timout: 5s\n  b:\n    depends: [a, c]\n    run: y\n",
+    );
+    s.write("dir/good.yaml", "name: good\nsteps:\n  a: {run: x}\n");
+    let dir = s.path().join("dir").display().to_string();
+    let out = s.run(&["validate", &dir]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("error: unknown key `timout` in step `a`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("bad.yml:5:5"), "{stderr}");
+    assert!(stderr.contains("did you mean `timeout`?"), "{stderr}");
+    assert!(
+        stderr.contains("step `b` depends on `c`, which is not a step"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 errors in 1 of 2 files"), "{stderr}");
+
+    let out = s.run(&["validate", "--format", "json", &dir]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["valid"], false);
+    let bad = report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["valid"] == false)
+        .unwrap();
+    assert_eq!(bad["errors"][0]["line"], 5);
+    assert_eq!(bad["errors"][0]["step"], "a");
+    assert_eq!(bad["errors"][0]["field"], "steps.a.timout");
+}
+
+#[test]
+fn the_schema_accepts_every_shipped_pipeline_and_rejects_unknown_keys() {
+    let s = Scratch::new();
+    let out = s.run(&["schema"]);
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let pipelines = std::fs::read_dir(workspace_root().join("pipelines")).unwrap();
+    let mut checked = 0;
+    for entry in pipelines {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let doc: serde_json::Value = yaml_to_json(&text);
+        let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();
+        assert!(
+            errors.is_empty(),
+            "{} does not match the schema: {errors:?}",
+            path.display()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 1);
+    let bad = yaml_to_json("name: x\nsteps:\n  a: {run: x, dependz: [b]}\n");
+    assert!(!validator.is_valid(&bad));
+}
+
+#[test]
+fn graph_prints_dot_and_mermaid() {
+    let s = Scratch::new();
+    let out = s.run(&["graph", &demo()]);
+    let dot = text(&out.stdout);
+    assert!(dot.contains("\"monitor\" -> \"retrain\";"), "{dot}");
+    let out = s.run(&["graph", "--format", "mermaid", &demo()]);
+    let mermaid = text(&out.stdout);
+    assert!(mermaid.starts_with("flowchart LR\n"), "{mermaid}");
+    assert!(
+        mermaid.contains("{\"retrain\"}"),
+        "conditional steps are drawn as decisions"
+    );
+}
+
+/// Reads YAML with serde_yaml, a reader independent of Sluice's own, so the schema is checked
+/// against the file as any YAML tool sees it.
+fn yaml_to_json(text: &str) -> serde_json::Value {
+    let value: serde_yaml::Value = serde_yaml::from_str(text).expect("valid YAML");
+    serde_json::to_value(value).expect("YAML that maps to JSON")
+}

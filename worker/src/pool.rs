@@ -85,7 +85,15 @@ pub async fn run_worker(
             let result = if queue.report(started).await.is_err() {
                 TaskResult::error(task.key.clone(), "the queue closed before the task started")
             } else {
-                executor.run(&task, token).await
+                // Run in a task of its own so a panicking executor still yields a result and
+                // the scheduler is not left waiting for a task it saw start.
+                let (executor, spec) = (executor.clone(), task.clone());
+                match tokio::spawn(async move { executor.run(&spec, token).await }).await {
+                    Ok(result) => result,
+                    Err(err) => {
+                        TaskResult::error(task.key.clone(), format!("the executor crashed: {err}"))
+                    }
+                }
             };
             running
                 .lock()

@@ -75,6 +75,11 @@ impl Executor for LocalExecutor {
                 }
             }
         }
+        if let StepCommand::Exec(argv) = &task.command {
+            if argv.is_empty() {
+                return TaskResult::error(task.key.clone(), "the step's command is empty");
+            }
+        }
         if let Err(err) = prepare_attempt_dir(task).await {
             return TaskResult::error(
                 task.key.clone(),
@@ -168,10 +173,7 @@ impl Executor for LocalExecutor {
         if let Some(pgid) = pgid {
             let _ = killpg(pgid, Signal::SIGKILL);
         }
-        let log_error = join_log(stdout)
-            .await
-            .err()
-            .or(join_log(stderr).await.err());
+        let drained = drain_logs(stdout, stderr, self.kill_grace, &cancel).await;
         let finished_ms = now_ms();
         let mut result = TaskResult::error(task.key.clone(), "");
         result.started_ms = started_ms;
@@ -214,6 +216,15 @@ impl Executor for LocalExecutor {
                 result.message = Some(message);
             }
         }
+        let log_error = match drained {
+            Drained::Complete => None,
+            Drained::Abandoned(note) => {
+                // The step's own exit decides its outcome; the escaped process is worth a note.
+                result.message.get_or_insert(note);
+                None
+            }
+            Drained::Failed(err) => Some(err),
+        };
         if let Some(err) = log_error {
             if matches!(
                 result.outcome,
@@ -257,11 +268,51 @@ fn boxed(
     Box::new(pipe)
 }
 
-async fn join_log(task: Option<LogTask>) -> std::io::Result<u64> {
-    match task {
-        Some(task) => task.await.map_err(std::io::Error::other)?,
-        None => Ok(0),
+/// Waits for both log copies to reach the end of their pipes, for at most `grace` (or until a
+/// cancel). A process the step started outside its group (`setsid`) survives the group kill and
+/// can hold a pipe open forever; the attempt must still end, so the copies are then abandoned.
+async fn drain_logs(
+    stdout: Option<LogTask>,
+    stderr: Option<LogTask>,
+    grace: Duration,
+    cancel: &CancellationToken,
+) -> Drained {
+    let tasks: Vec<LogTask> = stdout.into_iter().chain(stderr).collect();
+    let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+    let joined = async {
+        let mut first_error = None;
+        for task in tasks {
+            let copied = task.await.map_err(std::io::Error::other).and_then(|r| r);
+            if let Err(err) = copied {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Drained::Complete, Drained::Failed)
+    };
+    tokio::select! {
+        result = joined => result,
+        _ = tokio::time::sleep(grace) => {
+            aborts.iter().for_each(|a| a.abort());
+            Drained::Abandoned(format!(
+                "a process the step started outside its process group still held its output {} after the step exited; the rest of its output was not captured",
+                humanize(grace)
+            ))
+        }
+        _ = cancel.cancelled() => {
+            aborts.iter().for_each(|a| a.abort());
+            Drained::Complete
+        }
     }
+}
+
+/// How the copying of a step's output ended.
+enum Drained {
+    /// Both pipes reached their end and every byte was written.
+    Complete,
+    /// Something outside the step's group kept a pipe open; copying stopped. Says why.
+    Abandoned(String),
+    /// Writing the log failed (a full disk).
+    Failed(std::io::Error),
 }
 
 async fn sleep_or_forever(timeout: Option<Duration>) {

@@ -29,6 +29,18 @@ pub trait Executor: Send + Sync {
 /// Creates the attempt's folder: an empty `out/`, `in/` with a link per upstream step, and an
 /// empty outputs file. A retried attempt gets a fresh folder of its own.
 pub async fn prepare_attempt_dir(task: &TaskSpec) -> io::Result<()> {
+    // A redelivered attempt must not see what an earlier delivery of it left behind (logs are
+    // truncated when they are opened).
+    for dir in [task.out_dir(), task.in_dir()] {
+        match tokio::fs::remove_dir_all(&dir).await {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+            _ => {}
+        }
+    }
+    match tokio::fs::remove_file(task.metrics_file()).await {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
+        _ => {}
+    }
     let out = task.out_dir();
     tokio::fs::create_dir_all(&out).await?;
     let inputs = task.in_dir();

@@ -5,7 +5,6 @@
 //! with an error that the executor turns into a failed attempt.
 
 use std::io;
-use std::path::Path;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufWriter};
 
@@ -87,13 +86,15 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Copies `reader` into a new file at `path`, masking secrets; returns the bytes written.
+/// Copies `reader` into `file`, masking secrets; returns the bytes written.
+///
+/// The file is not fsynced: what was written survives the worker being killed (it is in the
+/// page cache), and syncing every step's log would cost more than a short step itself.
 pub async fn capture(
     mut reader: impl AsyncRead + Unpin,
-    path: &Path,
+    file: tokio::fs::File,
     mut masker: Masker,
 ) -> io::Result<u64> {
-    let file = tokio::fs::File::create(path).await?;
     let mut writer = BufWriter::with_capacity(CHUNK, file);
     let mut buffer = vec![0u8; CHUNK];
     let mut written = 0u64;
@@ -110,7 +111,6 @@ pub async fn capture(
     writer.write_all(&rest).await?;
     written += rest.len() as u64;
     writer.flush().await?;
-    writer.get_ref().sync_data().await?;
     Ok(written)
 }
 
@@ -159,7 +159,8 @@ mod tests {
         let path = dir.path().join("stdout.log");
         std::os::unix::fs::symlink("/dev/full", &path).unwrap();
         let data = vec![b'x'; 200_000];
-        let err = capture(&data[..], &path, Masker::new(Vec::new()))
+        let file = tokio::fs::File::create(&path).await.unwrap();
+        let err = capture(&data[..], file, Masker::new(Vec::new()))
             .await
             .unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));

@@ -19,6 +19,8 @@ use crate::store::*;
 
 /// Most worker events applied in one batch (one flush).
 const EVENT_BATCH: usize = 4096;
+/// Longest a change that nothing waits on (a step started) stays uncommitted.
+const LAZY_COMMIT: Duration = Duration::from_millis(100);
 /// How long a cancelled run waits for its running steps to confirm they stopped.
 const CANCEL_WAIT: Duration = Duration::from_secs(15);
 
@@ -41,6 +43,10 @@ pub struct RunDriver {
     changes: Changes,
     changed_steps: Vec<String>,
     run_changed: bool,
+    /// Changes wait in `changes` until committed; `urgent` ones are committed before the loop
+    /// goes on, the rest (a step started) ride along with the next commit or a short timer.
+    dirty: bool,
+    urgent: bool,
     cancel_deadline: Option<tokio::time::Instant>,
     observer: Box<dyn RunObserver>,
 }
@@ -240,6 +246,8 @@ impl RunDriver {
             changes: Changes::default(),
             changed_steps: Vec::new(),
             run_changed: false,
+            dirty: false,
+            urgent: false,
             cancel_deadline: None,
             observer,
         }
@@ -260,7 +268,10 @@ impl RunDriver {
         loop {
             self.release_due_retries(now_ms());
             let tasks = self.start_ready_steps();
-            self.commit()?;
+            if self.urgent {
+                // The attempt is committed before its task is queued.
+                self.commit()?;
+            }
             for task in tasks {
                 self.queue
                     .dispatch(task)
@@ -279,6 +290,7 @@ impl RunDriver {
                     }
                 }
                 _ = sleep_until_ms(next_retry) => {}
+                _ = tokio::time::sleep(LAZY_COMMIT), if self.dirty => self.commit()?,
                 _ = cancel.cancelled(), if !cancelling => self.cancel().await,
                 _ = deadline(self.cancel_deadline), if cancelling => self.abandon_in_flight(),
             }
@@ -369,8 +381,12 @@ impl RunDriver {
                     attempt.started_ms = Some(at_ms);
                     attempt.worker = Some(worker);
                 }
+                // A start changes nothing a crash could lose: resume treats queued and running
+                // alike. It is committed with the next change, not on its own.
+                let urgent = self.urgent;
                 self.touch_step(&key.step);
                 self.event(Some(&key.step), Some(key.attempt), "step.started", None);
+                self.urgent = urgent;
             }
             WorkerEvent::Finished(result) => self.apply_result(result),
         }
@@ -599,6 +615,8 @@ impl RunDriver {
 
     fn touch_step(&mut self, name: &str) {
         self.changed_steps.push(name.to_string());
+        self.dirty = true;
+        self.urgent = true;
     }
 
     fn event(
@@ -618,6 +636,8 @@ impl RunDriver {
         };
         self.next_seq += 1;
         self.changes.put_event(&self.run.id, &event);
+        self.dirty = true;
+        self.urgent = true;
     }
 
     /// Writes everything changed since the last commit with one flush, then tells the observer.
@@ -634,6 +654,8 @@ impl RunDriver {
             self.changes.put_run(&self.run);
         }
         let changes = std::mem::take(&mut self.changes);
+        self.dirty = false;
+        self.urgent = false;
         let store = &self.store;
         tokio::task::block_in_place(|| store.commit(changes))?;
         for name in &changed {

@@ -18,8 +18,14 @@ pub use records::*;
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// sled could not open the data folder, commonly because another process holds it.
-    #[error("cannot open the store in {path}: {source} (is another sluice process using this data dir?)")]
+    /// Another process has the store open (sled takes an exclusive file lock).
+    #[error("the store in {path} is in use by another sluice process; one process at a time can open a data dir")]
+    Locked {
+        /// The store's folder.
+        path: String,
+    },
+    /// sled could not open the data folder.
+    #[error("cannot open the store in {path}")]
     Open {
         /// The data folder.
         path: String,
@@ -27,10 +33,10 @@ pub enum StoreError {
         source: sled::Error,
     },
     /// sled failed to read or write.
-    #[error("store I/O failed: {0}")]
+    #[error("store I/O failed")]
     Io(#[from] sled::Error),
     /// A record could not be decoded: the store was written by an incompatible version.
-    #[error("record `{key}` in the store cannot be read: {source}")]
+    #[error("record `{key}` in the store cannot be read")]
     Corrupt {
         /// The record's key.
         key: String,
@@ -95,9 +101,16 @@ impl Store {
             .cache_capacity(16 * 1024 * 1024)
             .flush_every_ms(None)
             .open()
-            .map_err(|source| StoreError::Open {
-                path: path.display().to_string(),
-                source,
+            .map_err(|source| match &source {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    StoreError::Locked {
+                        path: path.display().to_string(),
+                    }
+                }
+                _ => StoreError::Open {
+                    path: path.display().to_string(),
+                    source,
+                },
             })?;
         Ok(Store { db })
     }

@@ -80,23 +80,26 @@ impl Executor for LocalExecutor {
                 return TaskResult::error(task.key.clone(), "the step's command is empty");
             }
         }
-        if let Err(err) = prepare_attempt_dir(task).await {
-            return TaskResult::error(
-                task.key.clone(),
-                format!(
-                    "cannot prepare the attempt folder {}: {err}",
-                    task.attempt_dir.display()
-                ),
-            );
-        }
+        let logs = match prepare_attempt_dir(task).await {
+            Ok(logs) => logs,
+            Err(err) => {
+                return TaskResult::error(
+                    task.key.clone(),
+                    format!(
+                        "cannot prepare the attempt folder {}: {err}",
+                        task.attempt_dir.display()
+                    ),
+                )
+            }
+        };
         let mut command = match &task.command {
             StepCommand::Shell(text) => {
-                let mut c = Command::new("sh");
+                let mut c = Command::new("/bin/sh");
                 c.arg("-c").arg(text);
                 c
             }
             StepCommand::Exec(argv) => {
-                let mut c = Command::new(&argv[0]);
+                let mut c = Command::new(resolve_program(&argv[0], &task.env));
                 c.args(&argv[1..]);
                 c
             }
@@ -138,12 +141,12 @@ impl Executor for LocalExecutor {
         // A log that cannot be written (a full disk) ends the attempt rather than letting the
         // process block on a pipe nobody reads.
         let log_failed = CancellationToken::new();
-        let spawn_capture = |reader: Option<_>, path: std::path::PathBuf| {
+        let spawn_capture = |reader: Option<_>, file: std::fs::File| {
             let masker = masks();
             let failed = log_failed.clone();
             reader.map(|reader| {
                 tokio::spawn(async move {
-                    let copied = capture(reader, &path, masker).await;
+                    let copied = capture(reader, tokio::fs::File::from_std(file), masker).await;
                     if copied.is_err() {
                         failed.cancel();
                     }
@@ -151,8 +154,8 @@ impl Executor for LocalExecutor {
                 })
             })
         };
-        let stdout = spawn_capture(child.stdout.take().map(boxed), task.stdout_log());
-        let stderr = spawn_capture(child.stderr.take().map(boxed), task.stderr_log());
+        let stdout = spawn_capture(child.stdout.take().map(boxed), logs.stdout);
+        let stderr = spawn_capture(child.stderr.take().map(boxed), logs.stderr);
         let ending = tokio::select! {
             status = child.wait() => match status {
                 Ok(status) => Ending::Exited(status),
@@ -235,7 +238,7 @@ impl Executor for LocalExecutor {
             }
         }
         if matches!(result.outcome, Outcome::Succeeded | Outcome::Failed) {
-            read_step_reports(task, &mut result).await;
+            result = read_step_reports(task, result).await;
         }
         result
     }
@@ -260,6 +263,33 @@ impl LocalExecutor {
 }
 
 type LogTask = tokio::task::JoinHandle<std::io::Result<u64>>;
+
+/// Finds a bare program name on the step's `PATH` (its own if it sets one, else the worker's).
+///
+/// Giving the spawn an absolute path lets the standard library use `posix_spawn` instead of
+/// `fork`: with a changed environment it must otherwise search `PATH` itself after a fork, and
+/// forking a large multi-threaded worker costs more than a short step.
+fn resolve_program(program: &str, env: &[(String, String)]) -> std::path::PathBuf {
+    if program.contains('/') {
+        return program.into();
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .or_else(|| std::env::var("PATH").ok())
+        .unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
+        .unwrap_or_else(|| program.into())
+}
+
+fn is_executable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
 
 /// Both pipes as one type, so one closure can spawn either copy.
 fn boxed(

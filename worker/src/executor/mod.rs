@@ -26,40 +26,62 @@ pub trait Executor: Send + Sync {
     async fn run(&self, task: &TaskSpec, cancel: CancellationToken) -> TaskResult;
 }
 
-/// Creates the attempt's folder: an empty `out/`, `in/` with a link per upstream step, and an
-/// empty outputs file. A retried attempt gets a fresh folder of its own.
-pub async fn prepare_attempt_dir(task: &TaskSpec) -> io::Result<()> {
-    // A redelivered attempt must not see what an earlier delivery of it left behind (logs are
-    // truncated when they are opened).
-    for dir in [task.out_dir(), task.in_dir()] {
-        match tokio::fs::remove_dir_all(&dir).await {
-            Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
-            _ => {}
-        }
-    }
-    match tokio::fs::remove_file(task.metrics_file()).await {
-        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err),
-        _ => {}
-    }
-    let out = task.out_dir();
-    tokio::fs::create_dir_all(&out).await?;
+/// The log files of an attempt, created (or truncated) while its folder is prepared.
+pub struct AttemptLogs {
+    /// Captured standard output.
+    pub stdout: std::fs::File,
+    /// Captured standard error.
+    pub stderr: std::fs::File,
+}
+
+/// Creates the attempt's folder: an empty `out/`, `in/` with a link per upstream step, an empty
+/// outputs file and fresh log files. The file system work runs as one blocking job: a step is
+/// short, and a dozen separate hops to the blocking pool cost more than the work itself.
+pub async fn prepare_attempt_dir(task: &TaskSpec) -> io::Result<AttemptLogs> {
+    let task = task.clone();
+    tokio::task::spawn_blocking(move || prepare_blocking(&task))
+        .await
+        .map_err(io::Error::other)?
+}
+
+fn prepare_blocking(task: &TaskSpec) -> io::Result<AttemptLogs> {
+    let ignore_missing = |result: io::Result<()>| match result {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
+    };
+    // A redelivered attempt must not see what an earlier delivery of it left behind.
+    ignore_missing(std::fs::remove_dir_all(task.out_dir()))?;
+    ignore_missing(std::fs::remove_dir_all(task.in_dir()))?;
+    ignore_missing(std::fs::remove_file(task.metrics_file()))?;
+    std::fs::create_dir_all(task.out_dir())?;
     let inputs = task.in_dir();
-    tokio::fs::create_dir_all(&inputs).await?;
+    std::fs::create_dir_all(&inputs)?;
     for (step, path) in &task.inputs {
-        let link = inputs.join(step);
-        match tokio::fs::symlink(path, &link).await {
-            Err(err) if err.kind() != io::ErrorKind::AlreadyExists => return Err(err),
-            _ => {}
-        }
+        std::os::unix::fs::symlink(path, inputs.join(step))?;
     }
-    tokio::fs::write(task.outputs_file(), b"").await?;
-    Ok(())
+    std::fs::write(task.outputs_file(), b"")?;
+    Ok(AttemptLogs {
+        stdout: std::fs::File::create(task.stdout_log())?,
+        stderr: std::fs::File::create(task.stderr_log())?,
+    })
 }
 
 /// After the process exited: reads the outputs and metrics files (a failed quality gate's metrics
 /// matter as much as a passing one's) and, after a successful exit, checks declared outputs.
 /// On success, a broken promise turns the result into a failure with a message that says which.
-pub async fn read_step_reports(task: &TaskSpec, result: &mut TaskResult) {
+pub async fn read_step_reports(task: &TaskSpec, result: TaskResult) -> TaskResult {
+    let task = task.clone();
+    let fallback = result.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut result = result;
+        read_reports_blocking(&task, &mut result);
+        result
+    })
+    .await
+    .unwrap_or(fallback)
+}
+
+fn read_reports_blocking(task: &TaskSpec, result: &mut TaskResult) {
     let succeeded = result.outcome == Outcome::Succeeded;
     let mut fail = |message: String| {
         if succeeded {
@@ -69,7 +91,7 @@ pub async fn read_step_reports(task: &TaskSpec, result: &mut TaskResult) {
     };
     for output in task.outputs.iter().filter(|_| succeeded) {
         let path = task.out_dir().join(output.trim_end_matches('/'));
-        let ok = match tokio::fs::metadata(&path).await {
+        let ok = match std::fs::metadata(&path) {
             Ok(meta) if output.ends_with('/') => meta.is_dir(),
             Ok(_) => true,
             Err(_) => false,
@@ -81,7 +103,7 @@ pub async fn read_step_reports(task: &TaskSpec, result: &mut TaskResult) {
             return;
         }
     }
-    match read_capped(&task.outputs_file(), MAX_OUTPUTS_BYTES).await {
+    match read_capped(&task.outputs_file(), MAX_OUTPUTS_BYTES) {
         Ok(Some(text)) => match parse_outputs(&text) {
             Ok(outputs) => result.outputs = outputs,
             Err(message) => return fail(message),
@@ -89,7 +111,7 @@ pub async fn read_step_reports(task: &TaskSpec, result: &mut TaskResult) {
         Ok(None) => {}
         Err(message) => return fail(format!("$SLUICE_OUTPUTS: {message}")),
     }
-    match read_capped(&task.metrics_file(), MAX_METRICS_BYTES).await {
+    match read_capped(&task.metrics_file(), MAX_METRICS_BYTES) {
         Ok(Some(text)) if !text.trim().is_empty() => match serde_json::from_str(&text) {
             Ok(serde_json::Value::Object(map)) => result.metrics = map,
             Ok(_) => fail("$SLUICE_METRICS must hold a JSON object".to_string()),
@@ -100,8 +122,8 @@ pub async fn read_step_reports(task: &TaskSpec, result: &mut TaskResult) {
     }
 }
 
-async fn read_capped(path: &Path, cap: u64) -> Result<Option<String>, String> {
-    let meta = match tokio::fs::metadata(path).await {
+fn read_capped(path: &Path, cap: u64) -> Result<Option<String>, String> {
+    let meta = match std::fs::metadata(path) {
         Ok(meta) => meta,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(err) => return Err(err.to_string()),
@@ -109,7 +131,7 @@ async fn read_capped(path: &Path, cap: u64) -> Result<Option<String>, String> {
     if meta.len() > cap {
         return Err(format!("{} bytes, over the limit of {cap}", meta.len()));
     }
-    let bytes = tokio::fs::read(path).await.map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     String::from_utf8(bytes)
         .map(Some)
         .map_err(|_| "not valid UTF-8".to_string())

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Embedded-mode benchmarks, each against a baseline measured in the same run (machines are noisy).
+#
+#   bench/embedded.sh [CHAIN_N] [FANOUT_N] [DAG_N] [REPEAT]     defaults: 1000 5000 10000 3
+#
+# 1. Parse + validate a generated DAG_N-step pipeline (`sluice validate`): wall time and peak RSS,
+#    against `sluice validate` of a 1-step pipeline (the process's fixed cost).
+# 2. `sluice run` of a CHAIN_N-step chain and a FANOUT_N-step fan-out of `true` steps, against
+#    spawning the same number of `/bin/sh -c true` processes from a shell loop.
+# Each figure is the median of REPEAT runs (wall clock, ns resolution; peak RSS from /usr/bin/time). Prints a Markdown table for BENCHMARKS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CHAIN_N=${1:-1000}
+FANOUT_N=${2:-5000}
+DAG_N=${3:-10000}
+REPEAT=${4:-3}
+
+cargo build --release -q -p sluice
+SLUICE=$PWD/target/release/sluice
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+python3 bench/gen.py chain "$CHAIN_N" > "$WORK/chain.yaml"
+python3 bench/gen.py fanout "$FANOUT_N" > "$WORK/fanout.yaml"
+python3 bench/gen.py dag "$DAG_N" > "$WORK/dag.yaml"
+printf 'name: one\nsteps:\n  a: {run: "true"}\n' > "$WORK/one.yaml"
+
+# measure NAME CMD...: runs CMD REPEAT times; records median wall seconds and max peak RSS (KiB).
+declare -A WALL RSS
+measure() {
+    local name=$1; shift
+    local walls=() rss=0
+    for _ in $(seq "$REPEAT"); do
+        rm -rf "$WORK/data"
+        local start end
+        start=$(date +%s%N)
+        /usr/bin/time -f "%M" -o "$WORK/time" "$@" > /dev/null 2>&1
+        end=$(date +%s%N)
+        read -r kib < "$WORK/time"
+        walls+=("$(python3 -c "print(f'{($end - $start) / 1e9:.3f}')")")
+        (( kib > rss )) && rss=$kib
+    done
+    WALL[$name]=$(printf '%s\n' "${walls[@]}" | sort -n | sed -n "$(( (REPEAT + 1) / 2 ))p")
+    RSS[$name]=$rss
+}
+
+spawn_loop() { for _ in $(seq "$1"); do /bin/sh -c true; done; }
+export -f spawn_loop
+
+measure validate_one "$SLUICE" validate "$WORK/one.yaml"
+measure validate_dag "$SLUICE" validate --max-file-bytes 100000000 "$WORK/dag.yaml"
+measure bare_chain bash -c "spawn_loop $CHAIN_N"
+measure run_chain "$SLUICE" run "$WORK/chain.yaml" --data-dir "$WORK/data"
+measure bare_fanout bash -c "spawn_loop $FANOUT_N"
+measure run_fanout "$SLUICE" run "$WORK/fanout.yaml" --data-dir "$WORK/data"
+
+ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
+per_step_ms() { python3 -c "print(f'{($1 - $2) * 1000 / $3:.2f}')"; }
+mib() { python3 -c "print(f'{$1 / 1024:.1f}')"; }
+
+echo "| workload | sluice | baseline | ratio | sluice overhead per step | sluice peak RSS |"
+echo "| --- | --- | --- | --- | --- | --- |"
+echo "| validate $DAG_N-step DAG ($(du -k "$WORK/dag.yaml" | cut -f1) KiB) | ${WALL[validate_dag]} s | ${WALL[validate_one]} s (1-step file) | $(ratio "${WALL[validate_dag]}" "${WALL[validate_one]}") | - | $(mib "${RSS[validate_dag]}") MiB |"
+echo "| run $CHAIN_N-step chain of \`true\` | ${WALL[run_chain]} s | ${WALL[bare_chain]} s ($CHAIN_N \`sh -c true\` in a loop) | $(ratio "${WALL[run_chain]}" "${WALL[bare_chain]}") | $(per_step_ms "${WALL[run_chain]}" "${WALL[bare_chain]}" "$CHAIN_N") ms | $(mib "${RSS[run_chain]}") MiB |"
+echo "| run $FANOUT_N-step fan-out of \`true\` | ${WALL[run_fanout]} s | ${WALL[bare_fanout]} s ($FANOUT_N \`sh -c true\` in a loop) | $(ratio "${WALL[run_fanout]}" "${WALL[bare_fanout]}") | $(per_step_ms "${WALL[run_fanout]}" "${WALL[bare_fanout]}" "$FANOUT_N") ms | $(mib "${RSS[run_fanout]}") MiB |"

@@ -7,6 +7,9 @@
 #    against `sluice validate` of a 1-step pipeline (the process's fixed cost).
 # 2. `sluice run` of a CHAIN_N-step chain and a FANOUT_N-step fan-out of `true` steps, against
 #    spawning the same number of `/bin/sh -c true` processes from a shell loop.
+# 3. When ../shared/peers/celery/run.sh is there (and redis-server), Celery with a Redis broker on
+#    the same chain and fan-out of no-op tasks, for a side-by-side ratio. Celery's tasks are Python
+#    function calls in a warm worker; Sluice's steps are processes, so this ratio favours Celery.
 # Each figure is the median of REPEAT runs (wall clock, ns resolution; peak RSS from /usr/bin/time). Prints a Markdown table for BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,6 +57,14 @@ measure run_chain "$SLUICE" run "$WORK/chain.yaml" --data-dir "$WORK/data"
 measure bare_fanout bash -c "spawn_loop $FANOUT_N"
 measure run_fanout "$SLUICE" run "$WORK/fanout.yaml" --data-dir "$WORK/data"
 
+CELERY=../shared/peers/celery/run.sh
+CELERY_CHAIN="" CELERY_FANOUT=""
+if [ -f "$CELERY" ] && command -v redis-server >/dev/null; then
+    bash "$CELERY" "$CHAIN_N" "$FANOUT_N" > "$WORK/celery.txt" 2>&1 || true
+    CELERY_CHAIN=$(awk '/^celery chain/ {print $4}' "$WORK/celery.txt")
+    CELERY_FANOUT=$(awk '/^celery fanout/ {print $4}' "$WORK/celery.txt")
+fi
+
 ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 per_step_ms() { python3 -c "print(f'{($1 - $2) * 1000 / $3:.2f}')"; }
 mib() { python3 -c "print(f'{$1 / 1024:.1f}')"; }
@@ -63,3 +74,10 @@ echo "| --- | --- | --- | --- | --- | --- |"
 echo "| validate $DAG_N-step DAG ($(du -k "$WORK/dag.yaml" | cut -f1) KiB) | ${WALL[validate_dag]} s | ${WALL[validate_one]} s (1-step file) | $(ratio "${WALL[validate_dag]}" "${WALL[validate_one]}") | - | $(mib "${RSS[validate_dag]}") MiB |"
 echo "| run $CHAIN_N-step chain of \`true\` | ${WALL[run_chain]} s | ${WALL[bare_chain]} s ($CHAIN_N \`sh -c true\` in a loop) | $(ratio "${WALL[run_chain]}" "${WALL[bare_chain]}") | $(per_step_ms "${WALL[run_chain]}" "${WALL[bare_chain]}" "$CHAIN_N") ms | $(mib "${RSS[run_chain]}") MiB |"
 echo "| run $FANOUT_N-step fan-out of \`true\` | ${WALL[run_fanout]} s | ${WALL[bare_fanout]} s ($FANOUT_N \`sh -c true\` in a loop) | $(ratio "${WALL[run_fanout]}" "${WALL[bare_fanout]}") | $(per_step_ms "${WALL[run_fanout]}" "${WALL[bare_fanout]}" "$FANOUT_N") ms | $(mib "${RSS[run_fanout]}") MiB |"
+if [ -n "$CELERY_CHAIN" ] && [ -n "$CELERY_FANOUT" ]; then
+    echo
+    echo "| workload | sluice run | celery (redis broker, 2 prefork workers) | sluice / celery |"
+    echo "| --- | --- | --- | --- |"
+    echo "| $CHAIN_N-step chain | ${WALL[run_chain]} s | $CELERY_CHAIN s | $(ratio "${WALL[run_chain]}" "$CELERY_CHAIN") |"
+    echo "| $FANOUT_N-step fan-out | ${WALL[run_fanout]} s | $CELERY_FANOUT s | $(ratio "${WALL[run_fanout]}" "$CELERY_FANOUT") |"
+fi

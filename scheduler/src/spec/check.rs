@@ -5,18 +5,21 @@ use std::collections::{HashMap, HashSet};
 use petgraph::algo::tarjan_scc;
 use petgraph::graphmap::DiGraphMap;
 
-use super::condition::Operand;
+use super::condition::{Condition, Operand};
 use super::diagnostic::did_you_mean;
 use super::model::{Pipeline, Trigger};
 use super::parse::ParsedStep;
 use super::reader::Reader;
-use super::yaml::Mark;
+use super::yaml::{Node, Value};
 
 /// Runs every cross-field check, recording problems in the reader.
+/// Above this many steps, unknown dependencies get no "did you mean" (it costs steps x typos).
+const MAX_SUGGESTION_CANDIDATES: usize = 2_000;
+
 /// Runs on whatever could be read: steps with broken fields still take part (by name and
 /// `depends`), so one pass reports a typo'd dependency and a bad timeout together. `pipeline` is
 /// `None` when the top-level fields were broken; the checks that need params are then skipped.
-pub fn check(r: &mut Reader, pipeline: Option<&Pipeline>, steps: &[ParsedStep], root: Mark) {
+pub fn check(r: &mut Reader, pipeline: Option<&Pipeline>, steps: &[ParsedStep], root: &Node) {
     let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
     let known: HashSet<&str> = names.iter().copied().collect();
     depends_targets(r, steps, &names, &known);
@@ -44,8 +47,11 @@ fn depends_targets(r: &mut Reader, steps: &[ParsedStep], names: &[&str], known: 
                         step.name
                     ),
                 );
-                if let Some(s) = did_you_mean(dep, names) {
-                    d.help(format!("did you mean `{s}`?"));
+                // Suggestions compare against every name: keep them for files of human size.
+                if names.len() <= MAX_SUGGESTION_CANDIDATES {
+                    if let Some(s) = did_you_mean(dep, names) {
+                        d.help(format!("did you mean `{s}`?"));
+                    }
                 }
             } else if !seen.insert(dep.as_str()) {
                 r.error(
@@ -147,6 +153,7 @@ fn cycle_through<'a>(
 /// A condition may read only a step that is upstream of its own, and only declared params.
 fn conditions(r: &mut Reader, pipeline: &Pipeline, steps: &[ParsedStep]) {
     let by_name: HashMap<&str, &ParsedStep> = steps.iter().map(|s| (s.name.as_str(), s)).collect();
+    let mut upstream = Upstream::new(steps);
     for parsed in steps {
         let (Some(when), Some(mark)) = (&parsed.when, parsed.when_mark) else {
             continue;
@@ -154,7 +161,7 @@ fn conditions(r: &mut Reader, pipeline: &Pipeline, steps: &[ParsedStep]) {
         let field = format!("steps.{}.when", parsed.name);
         match &when.left {
             Operand::StepOutput { step, .. } => {
-                if !upstream_of(&by_name, &parsed.name).contains(step.as_str()) {
+                if !upstream.contains(&by_name, &parsed.name, step.as_str()) {
                     r.error(
                         mark,
                         &field,
@@ -178,25 +185,105 @@ fn conditions(r: &mut Reader, pipeline: &Pipeline, steps: &[ParsedStep]) {
     }
 }
 
-/// Every step that `step` depends on, directly or through others.
-fn upstream_of<'a>(by_name: &HashMap<&'a str, &'a ParsedStep>, step: &str) -> HashSet<&'a str> {
+/// Answers "is `upstream` among the steps `step` depends on, directly or through others?".
+///
+/// A step read by many conditions gets its downstream set computed once; otherwise the walk goes
+/// up from the reading step and stops as soon as it meets the step it reads. Both common shapes
+/// (each step reads its parent; many steps read one early step) stay linear.
+#[derive(Default)]
+struct Upstream<'a> {
+    readers: HashMap<&'a str, usize>,
+    downstream: HashMap<&'a str, HashSet<&'a str>>,
+}
+
+/// A step read by more conditions than this gets its downstream set computed once.
+const SHARED_READ: usize = 8;
+
+impl<'a> Upstream<'a> {
+    fn new(steps: &'a [ParsedStep]) -> Self {
+        let mut readers = HashMap::new();
+        for parsed in steps {
+            if let Some(Condition {
+                left: Operand::StepOutput { step, .. },
+                ..
+            }) = &parsed.when
+            {
+                *readers.entry(step.as_str()).or_insert(0) += 1;
+            }
+        }
+        Upstream {
+            readers,
+            downstream: HashMap::new(),
+        }
+    }
+
+    fn contains(
+        &mut self,
+        by_name: &HashMap<&'a str, &'a ParsedStep>,
+        step: &str,
+        upstream: &'a str,
+    ) -> bool {
+        if self.readers.get(upstream).copied().unwrap_or(0) > SHARED_READ {
+            let set = self
+                .downstream
+                .entry(upstream)
+                .or_insert_with(|| downstream_of(by_name, upstream));
+            return set.contains(step);
+        }
+        let mut seen = HashSet::new();
+        let mut stack: Vec<&str> = vec![step];
+        while let Some(name) = stack.pop() {
+            for dep in by_name
+                .get(name)
+                .map(|p| p.depends.as_slice())
+                .unwrap_or_default()
+            {
+                if dep == upstream {
+                    return true;
+                }
+                if seen.insert(dep.as_str()) {
+                    stack.push(dep.as_str());
+                }
+            }
+        }
+        false
+    }
+}
+
+/// Every step that depends on `step`, directly or through others.
+fn downstream_of<'a>(by_name: &HashMap<&'a str, &'a ParsedStep>, step: &str) -> HashSet<&'a str> {
+    let mut dependents: HashMap<&str, Vec<&'a str>> = HashMap::new();
+    for (name, parsed) in by_name {
+        for dep in &parsed.depends {
+            dependents.entry(dep.as_str()).or_default().push(name);
+        }
+    }
     let mut seen = HashSet::new();
-    let mut stack: Vec<&str> = by_name
-        .get(step)
-        .map(|s| s.depends.iter().map(String::as_str).collect())
-        .unwrap_or_default();
+    let mut stack = vec![step];
     while let Some(name) = stack.pop() {
-        if let Some((key, parsed)) = by_name.get_key_value(name) {
-            if seen.insert(*key) {
-                stack.extend(parsed.depends.iter().map(String::as_str));
+        for dependent in dependents.get(name).map(Vec::as_slice).unwrap_or_default() {
+            if seen.insert(*dependent) {
+                stack.push(dependent);
             }
         }
     }
     seen
 }
 
-fn trigger_params(r: &mut Reader, pipeline: &Pipeline, root: Mark) {
+fn trigger_params(r: &mut Reader, pipeline: &Pipeline, root: &Node) {
+    let trigger_nodes: &[Node] = match &root.value {
+        Value::Map(entries) => entries
+            .iter()
+            .find(|(k, _)| k.value == Value::String("triggers".into()))
+            .and_then(|(_, v)| match &v.value {
+                Value::Seq(items) => Some(items.as_slice()),
+                _ => None,
+            })
+            .unwrap_or_default(),
+        _ => &[],
+    };
     for (i, trigger) in pipeline.triggers.iter().enumerate() {
+        let mark = trigger_nodes.get(i).map_or(root.mark, |n| n.mark);
         let targets: Vec<&String> = match trigger {
             Trigger::Webhook { params, .. } => params.keys().collect(),
             Trigger::Watch { param, .. } => vec![param],
@@ -205,7 +292,7 @@ fn trigger_params(r: &mut Reader, pipeline: &Pipeline, root: Mark) {
         for name in targets {
             if !pipeline.params.contains_key(name) {
                 r.error(
-                    root,
+                    mark,
                     &format!("triggers[{i}]"),
                     format!(
                         "trigger {} sets param `{name}`, which is not declared in `params`",

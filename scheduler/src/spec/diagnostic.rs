@@ -32,7 +32,7 @@ impl Diagnostic {
     pub fn render(&self, source: &str) -> String {
         let mut out = format!("error: {}\n", self.message);
         let _ = writeln!(out, "  --> {}:{}:{}", self.file, self.line, self.column);
-        if let Some(text) = source.lines().nth(self.line.saturating_sub(1)) {
+        if let Some(text) = source_lines(source).get(self.line.saturating_sub(1)) {
             let number = self.line.to_string();
             let pad = " ".repeat(number.len());
             let text: String = text.chars().take(200).collect();
@@ -65,6 +65,26 @@ impl fmt::Display for Diagnostic {
         }
         Ok(())
     }
+}
+
+/// The file's lines as YAML counts them: `\n`, `\r\n` and a lone `\r` each end a line.
+pub fn source_lines(source: &str) -> Vec<&str> {
+    let mut lines = Vec::new();
+    let mut rest = source;
+    while !rest.is_empty() {
+        match rest.find(['\n', '\r']) {
+            Some(at) => {
+                lines.push(&rest[..at]);
+                let skip = if rest[at..].starts_with("\r\n") { 2 } else { 1 };
+                rest = &rest[at + skip..];
+            }
+            None => {
+                lines.push(rest);
+                break;
+            }
+        }
+    }
+    lines
 }
 
 /// Collects diagnostics for one file while it is being read.

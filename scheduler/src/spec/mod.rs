@@ -11,6 +11,11 @@ mod triggers;
 pub mod values;
 pub mod yaml;
 
+#[cfg(test)]
+mod fuzz;
+#[cfg(test)]
+mod tests;
+
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -94,7 +99,9 @@ pub fn parse_str(file: &str, text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
         }
     };
     for problem in &tree.problems {
-        let d = r.diags.error(problem.mark, "", problem.message.clone());
+        let d = r
+            .diags
+            .error(problem.mark, &problem.path, problem.message.clone());
         if let Some(first) = problem.first {
             d.help(format!(
                 "first defined at line {}, column {}",
@@ -103,12 +110,7 @@ pub fn parse_str(file: &str, text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
         }
     }
     let parsed = parse::pipeline(&mut r, &tree.root);
-    check::check(
-        &mut r,
-        parsed.pipeline.as_ref(),
-        &parsed.steps,
-        tree.root.mark,
-    );
+    check::check(&mut r, parsed.pipeline.as_ref(), &parsed.steps, &tree.root);
     match parsed.pipeline {
         Some(mut pipeline) if r.diags.is_empty() => {
             pipeline.steps = parsed

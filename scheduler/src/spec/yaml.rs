@@ -83,6 +83,8 @@ pub struct TreeProblem {
     pub message: String,
     /// Where the first of two duplicate keys stands.
     pub first: Option<Mark>,
+    /// The dotted path of the key (`steps.train`), for the diagnostic's field.
+    pub path: String,
 }
 
 /// The outcome of reading a document.
@@ -107,15 +109,26 @@ pub struct SyntaxError {
 /// aliases would otherwise grow without bound.
 pub const MAX_NODES: usize = 1_000_000;
 
+/// Deepest nesting accepted. Pipelines nest a handful of levels; the limit keeps recursive
+/// work on the tree (dropping it, among others) far from the stack's end.
+pub const MAX_DEPTH: usize = 128;
+
 /// Reads one YAML document into a marked tree.
 pub fn parse(text: &str) -> Result<Tree, SyntaxError> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
-    if let Err(err) = parser.load(&mut builder, true) {
-        return Err(SyntaxError {
-            mark: mark_of(err.marker()),
+    // Events are pulled one by one rather than with `Parser::load`, which recurses once per
+    // nesting level and would let a deeply nested file overflow the stack.
+    loop {
+        let (event, marker) = parser.next_token().map_err(|err| SyntaxError {
+            mark: clamp(mark_of(err.marker()), text),
             message: err.info().to_string(),
-        });
+        })?;
+        let end = event == Event::StreamEnd;
+        builder.on_event(event, marker);
+        if end || builder.fatal.is_some() {
+            break;
+        }
     }
     if let Some(err) = builder.fatal {
         return Err(err);
@@ -128,6 +141,21 @@ pub fn parse(text: &str) -> Result<Tree, SyntaxError> {
         root,
         problems: builder.problems,
     })
+}
+
+/// The scanner reports an unexpected end of input one line past the last; point at the last.
+fn clamp(mark: Mark, text: &str) -> Mark {
+    let all = super::diagnostic::source_lines(text);
+    let lines = all.len().max(1);
+    if mark.line > lines {
+        let last = all.last().copied().unwrap_or("");
+        Mark {
+            line: lines,
+            column: last.chars().count() + 1,
+        }
+    } else {
+        mark
+    }
 }
 
 fn mark_of(marker: &Marker) -> Mark {
@@ -183,6 +211,13 @@ impl MarkedEventReceiver for Builder {
                 }
             }
             Event::Scalar(text, style, anchor, tag) => {
+                // An empty value (`run:` and nothing) is marked where the next token starts,
+                // possibly lines below; its key's place is where a person looks for it.
+                let empty = text.is_empty() && style == TScalarStyle::Plain;
+                let mark = match self.stack.last() {
+                    Some(Frame::Map { key: Some(key), .. }) if empty => key.mark,
+                    _ => mark,
+                };
                 let value = resolve_scalar(text, style, tag.as_ref());
                 self.finish(Node { value, mark }, anchor);
             }
@@ -193,6 +228,9 @@ impl MarkedEventReceiver for Builder {
                 }
                 None => self.fail(mark, "alias to an unknown anchor"),
             },
+            Event::SequenceStart(..) | Event::MappingStart(..) if self.stack.len() >= MAX_DEPTH => {
+                self.fail(mark, "the document nests deeper than 128 levels");
+            }
             Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq {
                 mark,
                 anchor,
@@ -278,11 +316,17 @@ impl Builder {
                 Some(k) => {
                     let text = k.value.scalar_text();
                     match text.as_ref().and_then(|t| seen.get(t)) {
-                        Some(first) => self.problems.push(TreeProblem {
-                            mark: k.mark,
-                            message: format!("duplicate key `{}`", text.unwrap_or_default()),
-                            first: Some(*first),
-                        }),
+                        Some(first) => {
+                            let first = *first;
+                            let key = text.unwrap_or_default();
+                            let path = path_to(&self.stack, &key);
+                            self.problems.push(TreeProblem {
+                                mark: k.mark,
+                                message: format!("duplicate key `{key}`"),
+                                first: Some(first),
+                                path,
+                            });
+                        }
                         None => {
                             if let Some(text) = text {
                                 seen.insert(text, k.mark);
@@ -296,9 +340,32 @@ impl Builder {
     }
 }
 
+/// The dotted path of `key` inside the collections being built: `steps.train`.
+fn path_to(stack: &[Frame], key: &str) -> String {
+    let mut path = String::new();
+    for frame in stack {
+        match frame {
+            Frame::Map { key: Some(k), .. } => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&k.value.scalar_text().unwrap_or_default());
+            }
+            Frame::Seq { items, .. } => path.push_str(&format!("[{}]", items.len())),
+            Frame::Map { key: None, .. } => {}
+        }
+    }
+    if !path.is_empty() {
+        path.push('.');
+    }
+    path.push_str(key);
+    path
+}
+
 /// YAML merge keys (`<<: *base`): keys written in the mapping itself win over merged ones, and
 /// earlier merge sources win over later ones, as the merge-key spec says.
 fn apply_merges(entries: &mut Vec<(Node, Node)>, seen: &HashMap<String, Mark>, merges: Vec<Node>) {
+    let mut merged: std::collections::HashSet<String> = std::collections::HashSet::new();
     let sources = merges.into_iter().flat_map(|merge| match merge.value {
         Value::Seq(items) => items,
         _ => vec![merge],
@@ -306,11 +373,10 @@ fn apply_merges(entries: &mut Vec<(Node, Node)>, seen: &HashMap<String, Mark>, m
     for source in sources {
         if let Value::Map(source_entries) = source.value {
             for (k, v) in source_entries {
-                let written = k.value.scalar_text().is_some_and(|t| seen.contains_key(&t));
-                let merged = entries
-                    .iter()
-                    .any(|(existing, _)| existing.value == k.value);
-                if !written && !merged {
+                let Some(text) = k.value.scalar_text() else {
+                    continue;
+                };
+                if !seen.contains_key(&text) && merged.insert(text) {
                     entries.push((k, v));
                 }
             }

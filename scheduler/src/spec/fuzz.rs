@@ -711,7 +711,7 @@ fn depends(g: &mut Gen, steps: &[String], index: usize) -> Vec<String> {
         let target = if g.wrong() {
             match g.below(6) {
                 0..=3 => steps[g.below(steps.len())].clone(),
-                2 => "ghost".to_string(),
+                4 => "ghost".to_string(),
                 _ => g.draw(&STEP_NAMES),
             }
         } else if index > 0 {
@@ -1008,9 +1008,9 @@ fn cyclic_groups(deps: &[Vec<Option<usize>>]) -> Vec<BTreeSet<usize>> {
         }
     }
     let mut groups: Vec<BTreeSet<usize>> = Vec::new();
-    for i in 0..n {
+    for (i, row) in reach.iter().enumerate() {
         let group: BTreeSet<usize> = (0..n)
-            .filter(|j| *j == i || (reach[i][*j] && reach[*j][i]))
+            .filter(|j| *j == i || (row[*j] && reach[*j][i]))
             .collect();
         if group.len() > 1 && !groups.contains(&group) {
             groups.push(group);

@@ -264,7 +264,15 @@ impl MarkedEventReceiver for Builder {
                     seen,
                     ..
                 }) => {
-                    apply_merges(&mut entries, &seen, merges);
+                    for bad in apply_merges(&mut entries, &seen, merges) {
+                        self.problems.push(TreeProblem {
+                            mark: bad,
+                            message: "a merge key `<<` takes a mapping or a list of mappings"
+                                .into(),
+                            first: None,
+                            path: path_to(&self.stack, "<<"),
+                        });
+                    }
                     self.finish(
                         Node {
                             value: Value::Map(entries),
@@ -364,24 +372,33 @@ fn path_to(stack: &[Frame], key: &str) -> String {
 
 /// YAML merge keys (`<<: *base`): keys written in the mapping itself win over merged ones, and
 /// earlier merge sources win over later ones, as the merge-key spec says.
-fn apply_merges(entries: &mut Vec<(Node, Node)>, seen: &HashMap<String, Mark>, merges: Vec<Node>) {
+/// Returns where a merge source that is not a mapping was written.
+fn apply_merges(
+    entries: &mut Vec<(Node, Node)>,
+    seen: &HashMap<String, Mark>,
+    merges: Vec<Node>,
+) -> Vec<Mark> {
+    let mut not_mappings = Vec::new();
     let mut merged: std::collections::HashSet<String> = std::collections::HashSet::new();
     let sources = merges.into_iter().flat_map(|merge| match merge.value {
         Value::Seq(items) => items,
         _ => vec![merge],
     });
     for source in sources {
-        if let Value::Map(source_entries) = source.value {
-            for (k, v) in source_entries {
-                let Some(text) = k.value.scalar_text() else {
-                    continue;
-                };
-                if !seen.contains_key(&text) && merged.insert(text) {
-                    entries.push((k, v));
-                }
+        let Value::Map(source_entries) = source.value else {
+            not_mappings.push(source.mark);
+            continue;
+        };
+        for (k, v) in source_entries {
+            let Some(text) = k.value.scalar_text() else {
+                continue;
+            };
+            if !seen.contains_key(&text) && merged.insert(text) {
+                entries.push((k, v));
             }
         }
     }
+    not_mappings
 }
 
 fn count_nodes(node: &Node) -> usize {
@@ -509,6 +526,14 @@ mod tests {
             panic!()
         };
         assert_eq!(used_entries[0].1.value, Value::Int(3));
+    }
+
+    #[test]
+    fn a_merge_of_something_that_is_not_a_mapping_is_a_problem() {
+        let tree = parse("a:\n  <<: 5\n  b: 1\n").unwrap();
+        assert_eq!(tree.problems.len(), 1);
+        assert_eq!(tree.problems[0].mark, Mark { line: 2, column: 7 });
+        assert!(tree.problems[0].message.contains("merge key"));
     }
 
     #[test]

@@ -396,7 +396,15 @@ steps:
         "the store holds the run as it was"
     );
     assert_eq!(step(&show, "first")["status"], "succeeded");
-    assert_eq!(step(&show, "second")["status"], "running");
+    // A start is committed with the next change or within 100 ms, so either is a faithful record.
+    let second = step(&show, "second")["status"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        second == "running" || second == "queued",
+        "second is {second}"
+    );
 
     std::fs::write(s.path().join("go"), "").unwrap();
     let out = s.run(&["run", "--resume", &run_id]);

@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use clap::Args;
 
 use super::{human_ms, DataDirArg, EXIT_INVALID};
-use crate::store::{RunRecord, StepRecord, Store};
+use crate::store::{RunLookup, RunRecord, StepRecord, Store};
 
 /// Arguments of `sluice runs`.
 #[derive(Debug, Args)]
@@ -67,17 +67,17 @@ fn open_store(data: &DataDirArg) -> anyhow::Result<Store> {
     Ok(Store::open(&data.data_dir)?)
 }
 
-/// Finds a run by id or unique id prefix; `Err` holds the message for the user.
-fn find_run(store: &Store, id: &str) -> anyhow::Result<Result<RunRecord, String>> {
-    if let Some(run) = store.run(id)? {
-        return Ok(Ok(run));
-    }
-    let matches = store.find_runs(id, 2)?;
-    Ok(match matches.as_slice() {
-        [only] => Ok(only.clone()),
-        [] => Err(format!("no run `{id}`")),
-        _ => Err(format!("`{id}` matches several runs; give more of the id")),
-    })
+/// Opens the store and finds a run by id or unique prefix; `Err` is the exit code, after the
+/// problem was printed.
+fn open_run(data: &DataDirArg, id: &str) -> anyhow::Result<Result<(Store, RunRecord), u8>> {
+    let store = open_store(data)?;
+    let message = match store.lookup_run(id)? {
+        RunLookup::Found(run) => return Ok(Ok((store, run))),
+        RunLookup::NotFound => format!("no run `{id}`"),
+        RunLookup::Ambiguous => format!("`{id}` matches several runs; give more of the id"),
+    };
+    eprintln!("error: {message}");
+    Ok(Err(EXIT_INVALID))
 }
 
 /// Lists runs, newest first.
@@ -115,13 +115,9 @@ pub fn runs(args: RunsArgs) -> anyhow::Result<u8> {
 
 /// Shows one run in full.
 pub fn show(args: ShowArgs) -> anyhow::Result<u8> {
-    let store = open_store(&args.data)?;
-    let run = match find_run(&store, &args.run_id)? {
-        Ok(run) => run,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return Ok(EXIT_INVALID);
-        }
+    let (store, run) = match open_run(&args.data, &args.run_id)? {
+        Ok(found) => found,
+        Err(code) => return Ok(code),
     };
     let steps = store.steps(&run.id)?;
     if args.json {
@@ -230,13 +226,9 @@ fn write_step(out: &mut impl Write, step: &StepRecord, width: usize) -> std::io:
 
 /// Prints an attempt's logs: stdout to stdout and stderr to stderr, so redirection keeps them apart.
 pub fn logs(args: LogsArgs) -> anyhow::Result<u8> {
-    let store = open_store(&args.data)?;
-    let run = match find_run(&store, &args.run_id)? {
-        Ok(run) => run,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return Ok(EXIT_INVALID);
-        }
+    let (store, run) = match open_run(&args.data, &args.run_id)? {
+        Ok(found) => found,
+        Err(code) => return Ok(code),
     };
     let Some(step) = store.step(&run.id, &args.step)? else {
         eprintln!("error: run {} has no step `{}`", run.id, args.step);

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::progress::Progress;
 use super::{human_ms, DataDirArg, EXIT_CANCELLED, EXIT_FAILED, EXIT_INVALID};
-use crate::engine::{EngineError, RunDriver, RunRequest};
+use crate::engine::{Engine, EngineError, RunDriver, RunRequest};
 use crate::spec::{self, Pipeline};
 use crate::store::{RunRecord, RunStatus, StepStatus, Store};
 
@@ -134,18 +134,17 @@ async fn run_embedded(
     let store = Store::open(&data_dir)?;
     let queue: Arc<dyn TaskQueue> = Arc::new(MemoryQueue::default());
     let shutdown = CancellationToken::new();
+    let engine = Engine {
+        store: store.clone(),
+        queue: queue.clone(),
+        data_dir: data_dir.clone(),
+    };
 
     let driver = match (request, resume) {
         (Some(request), _) => {
             let widths = request.loaded.pipeline.steps.keys().map(String::len);
             let progress = Box::new(Progress::new(widths));
-            RunDriver::create(
-                store.clone(),
-                queue.clone(),
-                data_dir.clone(),
-                request,
-                progress,
-            )
+            RunDriver::create(engine.clone(), request, progress)
         }
         (None, Some(run_id)) => {
             let widths = store
@@ -155,13 +154,7 @@ async fn run_embedded(
                 .map(|s| s.name.len())
                 .collect::<Vec<_>>();
             let progress = Box::new(Progress::new(widths.into_iter()));
-            RunDriver::resume(
-                store.clone(),
-                queue.clone(),
-                data_dir.clone(),
-                &run_id,
-                progress,
-            )
+            RunDriver::resume(engine.clone(), &run_id, progress)
         }
         (None, None) => unreachable!("clap requires a file or --resume"),
     };

@@ -2,17 +2,14 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use indexmap::IndexMap;
-use sluice_worker::queue::TaskQueue;
 use sluice_worker::task::{now_ms, Outcome, TaskResult, TaskSpec, WorkerEvent};
 use tokio_util::sync::CancellationToken;
 
 use super::tasks::{attempt_dir, build_task};
-use super::{default_parallelism, resolve_params, EngineError, RunObserver, RunRequest};
+use super::{default_parallelism, resolve_params, Engine, EngineError, RunObserver, RunRequest};
 use crate::spec::condition::Operand;
 use crate::spec::{self, Pipeline};
 use crate::store::*;
@@ -26,9 +23,7 @@ const CANCEL_WAIT: Duration = Duration::from_secs(15);
 
 /// Drives one run; see the module docs of [`crate::engine`].
 pub struct RunDriver {
-    store: Store,
-    queue: Arc<dyn TaskQueue>,
-    data_dir: PathBuf,
+    engine: Engine,
     pipeline: Pipeline,
     run: RunRecord,
     steps: IndexMap<String, StepRecord>,
@@ -54,9 +49,7 @@ pub struct RunDriver {
 impl RunDriver {
     /// Records a new run (pipeline text, run, every step pending) in one commit.
     pub fn create(
-        store: Store,
-        queue: Arc<dyn TaskQueue>,
-        data_dir: PathBuf,
+        engine: Engine,
         request: RunRequest,
         observer: Box<dyn RunObserver>,
     ) -> Result<RunDriver, EngineError> {
@@ -98,7 +91,7 @@ impl RunDriver {
                 (name.clone(), record)
             })
             .collect();
-        let mut driver = RunDriver::new(store, queue, data_dir, pipeline, run, steps, 0, observer);
+        let mut driver = RunDriver::new(engine, pipeline, run, steps, 0, observer);
         driver.changes.put_pipeline(&PipelineRecord {
             name: driver.pipeline.name.clone(),
             hash: loaded.hash,
@@ -123,38 +116,33 @@ impl RunDriver {
     /// Reloads a run that did not finish (its runner was killed) so it can be driven to the end.
     /// Steps that succeeded stay; every other step runs again, attempts numbered on.
     pub fn resume(
-        store: Store,
-        queue: Arc<dyn TaskQueue>,
-        data_dir: PathBuf,
+        engine: Engine,
         run_id: &str,
         observer: Box<dyn RunObserver>,
     ) -> Result<RunDriver, EngineError> {
-        let mut run = match store.run(run_id)? {
-            Some(run) => run,
-            None => {
-                let matches = store.find_runs(run_id, 2)?;
-                match matches.as_slice() {
-                    [only] => only.clone(),
-                    _ => return Err(EngineError::UnknownRun(run_id.to_string())),
-                }
+        let mut run = match engine.store.lookup_run(run_id)? {
+            RunLookup::Found(run) => run,
+            RunLookup::NotFound | RunLookup::Ambiguous => {
+                return Err(EngineError::UnknownRun(run_id.to_string()))
             }
         };
         if run.status.is_terminal() {
             return Err(EngineError::AlreadyFinished(run.id, run.status.as_str()));
         }
-        let definition =
-            store
-                .pipeline(&run.definition_hash)?
-                .ok_or_else(|| EngineError::BadDefinition {
-                    run: run.id.clone(),
-                    message: "the definition is missing from the store".into(),
-                })?;
+        let definition = engine
+            .store
+            .pipeline(&run.definition_hash)?
+            .ok_or_else(|| EngineError::BadDefinition {
+                run: run.id.clone(),
+                message: "the definition is missing from the store".into(),
+            })?;
         let pipeline = spec::parse_str(&definition.path.display().to_string(), &definition.text)
             .map_err(|diags| EngineError::BadDefinition {
                 run: run.id.clone(),
                 message: diags.first().map(ToString::to_string).unwrap_or_default(),
             })?;
-        let mut steps: IndexMap<String, StepRecord> = store
+        let mut steps: IndexMap<String, StepRecord> = engine
+            .store
             .steps(&run.id)?
             .into_iter()
             .map(|s| (s.name.clone(), s))
@@ -179,10 +167,8 @@ impl RunDriver {
             reset.push(step.name.clone());
         }
         run.status = RunStatus::Running;
-        let next_seq = store.next_event_seq(&run.id)?;
-        let mut driver = RunDriver::new(
-            store, queue, data_dir, pipeline, run, steps, next_seq, observer,
-        );
+        let next_seq = engine.store.next_event_seq(&run.id)?;
+        let mut driver = RunDriver::new(engine, pipeline, run, steps, next_seq, observer);
         for name in reset {
             driver.touch_step(&name);
         }
@@ -192,11 +178,8 @@ impl RunDriver {
         Ok(driver)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn new(
-        store: Store,
-        queue: Arc<dyn TaskQueue>,
-        data_dir: PathBuf,
+        engine: Engine,
         pipeline: Pipeline,
         run: RunRecord,
         steps: IndexMap<String, StepRecord>,
@@ -231,9 +214,7 @@ impl RunDriver {
             }
         }
         RunDriver {
-            store,
-            queue,
-            data_dir,
+            engine,
             pipeline,
             run,
             steps,
@@ -273,7 +254,8 @@ impl RunDriver {
                 self.commit()?;
             }
             for task in tasks {
-                self.queue
+                self.engine
+                    .queue
                     .dispatch(task)
                     .await
                     .map_err(|_| EngineError::QueueClosed)?;
@@ -284,7 +266,7 @@ impl RunDriver {
             let next_retry = self.retries.peek().map(|Reverse((at, _))| *at);
             let cancelling = self.cancel_deadline.is_some();
             tokio::select! {
-                events = self.queue.next_events(EVENT_BATCH) => {
+                events = self.engine.queue.next_events(EVENT_BATCH) => {
                     for event in events.map_err(|_| EngineError::QueueClosed)? {
                         self.apply(event);
                     }
@@ -326,14 +308,14 @@ impl RunDriver {
                 started_ms: None,
                 finished_ms: None,
                 message: None,
-                dir: attempt_dir(&self.data_dir, &self.run.id, &name, number),
+                dir: attempt_dir(&self.engine.data_dir, &self.run.id, &name, number),
             });
             record.status = StepStatus::Queued;
             record.retry_at_ms = None;
             self.in_flight += 1;
             if let Some(step) = self.pipeline.steps.get(&name) {
                 tasks.push(build_task(
-                    &self.data_dir,
+                    &self.engine.data_dir,
                     &self.run,
                     step,
                     &self.steps[&name],
@@ -532,7 +514,7 @@ impl RunDriver {
     async fn cancel(&mut self) {
         self.cancel_deadline = Some(tokio::time::Instant::now() + CANCEL_WAIT);
         self.event(None, None, "run.cancelling", None);
-        if let Err(err) = self.queue.cancel_run(&self.run.id).await {
+        if let Err(err) = self.engine.queue.cancel_run(&self.run.id).await {
             tracing::warn!(run = %self.run.id, error = %err, "Could not send the cancel to workers.");
         }
         self.ready.clear();
@@ -656,7 +638,7 @@ impl RunDriver {
         let changes = std::mem::take(&mut self.changes);
         self.dirty = false;
         self.urgent = false;
-        let store = &self.store;
+        let store = &self.engine.store;
         tokio::task::block_in_place(|| store.commit(changes))?;
         for name in &changed {
             if let Some(record) = self.steps.get(name) {

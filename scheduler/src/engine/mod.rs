@@ -11,11 +11,26 @@ pub mod tasks;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use sluice_worker::queue::TaskQueue;
 
 use crate::spec::{LoadedPipeline, Pipeline};
-use crate::store::{RunRecord, StepRecord, StoreError};
+use crate::store::{RunRecord, StepRecord, Store, StoreError};
 
 pub use driver::RunDriver;
+
+/// What every run needs from its surroundings: the store, the queue to workers, and the data
+/// dir where attempts keep their files.
+#[derive(Clone)]
+pub struct Engine {
+    /// The store, the only record of state.
+    pub store: Store,
+    /// Transport of tasks to workers and of their events back.
+    pub queue: Arc<dyn TaskQueue>,
+    /// Absolute path of the data dir.
+    pub data_dir: PathBuf,
+}
 
 /// Why a run could not be started or driven.
 #[derive(Debug, thiserror::Error)]

@@ -45,6 +45,17 @@ pub enum StoreError {
     },
 }
 
+/// What looking a run up by id or prefix found.
+#[derive(Debug)]
+pub enum RunLookup {
+    /// Exactly one run.
+    Found(RunRecord),
+    /// No run has that id or prefix.
+    NotFound,
+    /// Several runs start with that prefix.
+    Ambiguous,
+}
+
 /// The store, opened by one process at a time (sled takes a file lock).
 #[derive(Clone)]
 pub struct Store {
@@ -186,17 +197,24 @@ impl Store {
         Ok(runs)
     }
 
-    /// Runs whose id starts with `prefix` (ids are long; people type the start of one).
-    pub fn find_runs(&self, prefix: &str, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
-        let mut runs = Vec::new();
-        for entry in self.db.scan_prefix(format!("r/{prefix}").as_bytes()) {
-            let (key, value) = entry?;
-            runs.push(decode(&key, &value)?);
-            if runs.len() >= limit {
-                break;
-            }
+    /// A run by its id or by a prefix of it that only one run has (ids are long; people type
+    /// the start of one).
+    pub fn lookup_run(&self, id_or_prefix: &str) -> Result<RunLookup, StoreError> {
+        if let Some(run) = self.run(id_or_prefix)? {
+            return Ok(RunLookup::Found(run));
         }
-        Ok(runs)
+        let mut matches = self.db.scan_prefix(format!("r/{id_or_prefix}").as_bytes());
+        let first = match matches.next() {
+            Some(entry) => {
+                let (key, value) = entry?;
+                decode(&key, &value)?
+            }
+            None => return Ok(RunLookup::NotFound),
+        };
+        Ok(match matches.next() {
+            Some(_) => RunLookup::Ambiguous,
+            None => RunLookup::Found(first),
+        })
     }
 
     fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
@@ -282,6 +300,14 @@ mod tests {
         let ids = |runs: Vec<RunRecord>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
         assert_eq!(ids(store.list_runs(2, None).unwrap()), vec!["01C", "01B"]);
         assert_eq!(ids(store.list_runs(2, Some("01B")).unwrap()), vec!["01A"]);
-        assert_eq!(ids(store.find_runs("01B", 5).unwrap()), vec!["01B"]);
+        assert!(matches!(store.lookup_run("01B").unwrap(), RunLookup::Found(r) if r.id == "01B"));
+        assert!(matches!(
+            store.lookup_run("01").unwrap(),
+            RunLookup::Ambiguous
+        ));
+        assert!(matches!(
+            store.lookup_run("02").unwrap(),
+            RunLookup::NotFound
+        ));
     }
 }

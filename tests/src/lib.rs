@@ -167,3 +167,81 @@ pub fn process_alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+/// The image the Docker tests run steps in (see `tests/docker/Dockerfile`).
+pub const TEST_IMAGE: &str = "sluice-test-busybox";
+
+/// Whether Docker tests can run here. Without an engine they are skipped with a printed reason,
+/// unless `SLUICE_REQUIRE_DOCKER=1` (CI sets it), where a missing engine fails the test.
+pub fn docker_ready() -> bool {
+    static READY: OnceLock<Result<(), String>> = OnceLock::new();
+    let ready = READY.get_or_init(|| {
+        let info = Command::new("docker")
+            .args(["info", "--format", "{{.ServerVersion}}"])
+            .output();
+        match info {
+            Ok(out) if out.status.success() => build_test_image(),
+            Ok(out) => Err(format!("docker info failed: {}", text(&out.stderr).trim())),
+            Err(err) => Err(format!("no docker command: {err}")),
+        }
+    });
+    match ready {
+        Ok(()) => true,
+        Err(why) if std::env::var("SLUICE_REQUIRE_DOCKER").as_deref() == Ok("1") => {
+            panic!("SLUICE_REQUIRE_DOCKER=1 but Docker is not usable: {why}")
+        }
+        Err(why) => {
+            eprintln!("skipped: Docker is not usable here ({why}); set SLUICE_REQUIRE_DOCKER=1 to fail instead");
+            false
+        }
+    }
+}
+
+/// Builds the test image from a static busybox unless it is already there.
+fn build_test_image() -> Result<(), String> {
+    let present = Command::new("docker")
+        .args(["image", "inspect", TEST_IMAGE])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if present.status.success() {
+        return Ok(());
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or("no static busybox (apt-get install busybox-static)")?;
+    let context = tempfile::tempdir().map_err(|e| e.to_string())?;
+    std::fs::copy(busybox, context.path().join("busybox")).map_err(|e| e.to_string())?;
+    std::fs::copy(
+        workspace_root().join("tests/docker/Dockerfile"),
+        context.path().join("Dockerfile"),
+    )
+    .map_err(|e| e.to_string())?;
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", TEST_IMAGE])
+        .arg(context.path())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "building {TEST_IMAGE} failed: {}",
+            text(&out.stderr)
+        ))
+    }
+}
+
+/// Containers (running or not) that carry the label `sluice.run=<run_id>`.
+pub fn containers_of_run(run_id: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=sluice.run={run_id}"),
+        ])
+        .output()
+        .expect("docker ps");
+    text(&out.stdout).lines().map(str::to_string).collect()
+}

@@ -122,10 +122,17 @@ fn the_schema_accepts_every_shipped_pipeline_and_rejects_unknown_keys() {
     assert!(out.status.success());
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
-    let pipelines = std::fs::read_dir(workspace_root().join("pipelines")).unwrap();
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    for dir in ["pipelines", "examples/docker"] {
+        for entry in std::fs::read_dir(workspace_root().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                files.push(path);
+            }
+        }
+    }
     let mut checked = 0;
-    for entry in pipelines {
-        let path = entry.unwrap().path();
+    for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
         let doc: serde_json::Value = yaml_to_json(&text);
         let errors: Vec<String> = validator.iter_errors(&doc).map(|e| e.to_string()).collect();

@@ -2,6 +2,7 @@
 //! them and the loop that ties them together. It knows nothing of pipeline files or the store.
 
 pub mod executor;
+pub mod gpu;
 pub mod logs;
 pub mod pool;
 pub mod queue;

@@ -10,6 +10,7 @@ use tokio::sync::{broadcast, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::Executor;
+use crate::gpu::{GpuInventory, GpuLease};
 use crate::queue::{QueueError, TaskQueue};
 use crate::task::{now_ms, TaskKey, TaskResult, WorkerEvent};
 
@@ -22,6 +23,8 @@ pub struct WorkerConfig {
     pub queues: Vec<String>,
     /// Most tasks run at once.
     pub slots: usize,
+    /// The GPUs this worker owns (device ids); GPU steps lease them one attempt at a time.
+    pub gpus: Vec<String>,
 }
 
 /// Runs cancellations just received, remembered briefly so a task taken in the same instant as
@@ -42,6 +45,7 @@ pub async fn run_worker(
     shutdown: CancellationToken,
 ) -> Result<(), QueueError> {
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
+    let gpus = GpuInventory::new(config.gpus.clone());
     let running = Arc::new(Mutex::new(Running::default()));
     let cancel_listener = tokio::spawn(listen_for_cancels(
         queue.cancellations(),
@@ -76,22 +80,37 @@ pub async fn run_worker(
         let executor = executor.clone();
         let running = running.clone();
         let worker = config.name.clone();
+        let gpus = gpus.clone();
+        let mut task = task;
         tasks.spawn(async move {
-            let started = WorkerEvent::Started {
-                key: task.key.clone(),
-                worker,
-                at_ms: now_ms(),
-            };
-            let result = if queue.report(started).await.is_err() {
-                TaskResult::error(task.key.clone(), "the queue closed before the task started")
-            } else {
-                // Run in a task of its own so a panicking executor still yields a result and
-                // the scheduler is not left waiting for a task it saw start.
-                let (executor, spec) = (executor.clone(), task.clone());
-                match tokio::spawn(async move { executor.run(&spec, token).await }).await {
-                    Ok(result) => result,
-                    Err(err) => {
-                        TaskResult::error(task.key.clone(), format!("the executor crashed: {err}"))
+            let result = match lease_gpus(&gpus, &mut task, &token).await {
+                Err(message) => TaskResult::error(task.key.clone(), message),
+                Ok(lease) => {
+                    // Started once the step has what it needs: a wait for a free GPU is not run time.
+                    let started = WorkerEvent::Started {
+                        key: task.key.clone(),
+                        worker,
+                        at_ms: now_ms(),
+                    };
+                    if queue.report(started).await.is_err() {
+                        TaskResult::error(
+                            task.key.clone(),
+                            "the queue closed before the task started",
+                        )
+                    } else {
+                        // Run in a task of its own so a panicking executor still yields a result
+                        // and the scheduler is not left waiting for a task it saw start.
+                        let (executor, spec) = (executor.clone(), task.clone());
+                        let outcome =
+                            tokio::spawn(async move { executor.run(&spec, token).await }).await;
+                        drop(lease);
+                        match outcome {
+                            Ok(result) => result,
+                            Err(err) => TaskResult::error(
+                                task.key.clone(),
+                                format!("the executor crashed: {err}"),
+                            ),
+                        }
                     }
                 }
             };
@@ -111,6 +130,27 @@ pub async fn run_worker(
     while tasks.join_next().await.is_some() {}
     cancel_listener.abort();
     outcome
+}
+
+/// Leases the GPUs a task asks for and writes their ids into it. A container step on a worker
+/// that knows no GPUs passes its request to Docker as written (`--gpus` semantics).
+async fn lease_gpus(
+    gpus: &Arc<GpuInventory>,
+    task: &mut crate::task::TaskSpec,
+    cancel: &CancellationToken,
+) -> Result<Option<GpuLease>, String> {
+    let Some(request) = task.resources.gpu.clone() else {
+        return Ok(None);
+    };
+    if gpus.ids().is_empty() && task.image.is_some() {
+        return Ok(None);
+    }
+    let lease = tokio::select! {
+        lease = gpus.acquire(&request) => lease?,
+        _ = cancel.cancelled() => return Err("cancelled while waiting for a free GPU".into()),
+    };
+    task.gpus = lease.ids().to_vec();
+    Ok(Some(lease))
 }
 
 async fn listen_for_cancels(

@@ -37,6 +37,42 @@ pub enum StepCommand {
     Exec(Vec<String>),
 }
 
+/// How many GPUs a step asks for, with the meaning of `docker run --gpus`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuRequest {
+    /// This many devices.
+    Count(u32),
+    /// Every device the worker has.
+    All,
+    /// These device ids.
+    Ids(Vec<String>),
+}
+
+/// When a worker pulls a step's image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    /// Pull only when the image is not on the worker.
+    #[default]
+    IfNotPresent,
+    /// Pull before every attempt (picks up a moved tag).
+    Always,
+    /// Never pull: the image must already be on the worker.
+    Never,
+}
+
+/// What a step may use of the machine; enforced by the Docker executor.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct TaskResources {
+    /// CPU cores (0.5 = half a core).
+    pub cpu: Option<f64>,
+    /// Memory limit in bytes.
+    pub memory: Option<u64>,
+    /// GPU devices asked for.
+    pub gpu: Option<GpuRequest>,
+}
+
 /// One attempt of one step, ready to run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
@@ -50,11 +86,24 @@ pub struct TaskSpec {
     pub command: StepCommand,
     /// A container image; tasks with one need the Docker executor.
     pub image: Option<String>,
+    /// When to pull `image`.
+    #[serde(default)]
+    pub pull: PullPolicy,
+    /// User (and group) the container runs as, `uid[:gid]` or a name the image knows.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Machine resources the step asks for.
+    #[serde(default)]
+    pub resources: TaskResources,
+    /// GPU device ids the worker assigned to this attempt (empty until it does).
+    #[serde(default)]
+    pub gpus: Vec<String>,
     /// The step's whole environment (params, `SLUICE_*`, step env), in order.
     pub env: Vec<(String, String)>,
     /// Names of variables to forward from the worker's own environment, masked in logs.
     pub secrets: Vec<String>,
-    /// Working directory of the process.
+    /// Working directory of the process. For an image step: a path inside the container, or
+    /// empty for the image's own.
     pub workdir: PathBuf,
     /// Folder of this attempt: `out/`, `in/`, logs, outputs and metrics files live here.
     pub attempt_dir: PathBuf,

@@ -25,6 +25,10 @@ fn task(dir: &Path, command: StepCommand) -> TaskSpec {
         queue: "default".to_string(),
         command,
         image: None,
+        pull: Default::default(),
+        user: None,
+        resources: Default::default(),
+        gpus: Vec::new(),
         env: Vec::new(),
         secrets: Vec::new(),
         workdir: dir.to_path_buf(),
@@ -452,7 +456,6 @@ async fn a_step_ignoring_sigterm_is_killed_after_the_grace_period() {
     t.timeout = Some(Duration::from_secs(1));
     let executor = LocalExecutor {
         kill_grace: Duration::from_millis(500),
-        ..LocalExecutor::default()
     };
     let result = run_with(&executor, &t, CancellationToken::new()).await;
     assert_eq!(result.outcome, Outcome::TimedOut, "{result:?}");

@@ -27,6 +27,10 @@ fn task(dir: &Path, run_id: &str, step: &str, queue: &str, script: &str) -> Task
         queue: queue.to_string(),
         command: StepCommand::Shell(script.to_string()),
         image: None,
+        pull: Default::default(),
+        user: None,
+        resources: Default::default(),
+        gpus: Vec::new(),
         env: vec![("SLUICE_STEP".to_string(), step.to_string())],
         secrets: Vec::new(),
         workdir: dir.to_path_buf(),
@@ -49,6 +53,7 @@ impl Worker {
             name: name.to_string(),
             queues: queues.iter().map(|q| q.to_string()).collect(),
             slots,
+            gpus: Vec::new(),
         };
         let handle = tokio::spawn(run_worker(
             queue.clone() as Arc<dyn TaskQueue>,

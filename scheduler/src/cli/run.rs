@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use sluice_worker::executor::LocalExecutor;
+use sluice_worker::executor::{DockerExecutor, StepExecutor};
+use sluice_worker::gpu::parse_gpus_flag;
 use sluice_worker::pool::{run_worker, WorkerConfig};
 use sluice_worker::queue::{MemoryQueue, TaskQueue};
 use tokio_util::sync::CancellationToken;
@@ -33,6 +34,10 @@ pub struct RunArgs {
     /// Most steps at once (default: the pipeline's `parallelism`, else twice the CPU count).
     #[arg(long)]
     pub parallelism: Option<usize>,
+    /// GPUs this machine may hand to steps: device ids (`0,1`) or `auto` (asks `nvidia-smi -L`).
+    /// Each GPU step gets devices of its own.
+    #[arg(long, env = "SLUICE_GPUS", default_value = "")]
+    pub gpus: String,
     #[command(flatten)]
     pub data: DataDirArg,
 }
@@ -51,7 +56,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run_embedded(data_dir, request, args.resume))
+    let gpus = match parse_gpus_flag(&args.gpus) {
+        Ok(gpus) => gpus,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    if let Some(request) = &request {
+        if let Some(problem) = gpu_steps_without_gpus(&request.loaded.pipeline, &gpus) {
+            eprintln!("error: {problem}");
+            return Ok(EXIT_INVALID);
+        }
+    }
+    runtime.block_on(run_embedded(data_dir, request, args.resume, gpus))
 }
 
 fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -89,10 +107,6 @@ fn prepare_request(file: &Path, args: &RunArgs) -> Result<RunRequest, u8> {
         eprintln!("error: {err}");
         return Err(EXIT_INVALID);
     }
-    if let Some(problem) = unsupported_here(&loaded.pipeline) {
-        eprintln!("error: {problem}");
-        return Err(EXIT_INVALID);
-    }
     let base_dir = file
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -108,29 +122,87 @@ fn prepare_request(file: &Path, args: &RunArgs) -> Result<RunRequest, u8> {
     })
 }
 
-/// Steps this runner cannot execute, refused before anything starts rather than failing midway.
-fn unsupported_here(pipeline: &Pipeline) -> Option<String> {
-    pipeline.steps.values().find_map(|step| {
-        if let Some(image) = &step.image {
-            return Some(format!(
-                "step `{}` runs in image `{image}`, but this build of sluice has no Docker executor yet; remove `image` to run it as a local process",
-                step.name
-            ));
-        }
-        step.resources.gpu.as_ref().map(|_| {
+/// Local GPU steps need devices to hand out; refused before anything starts rather than midway.
+fn gpu_steps_without_gpus(pipeline: &Pipeline, gpus: &[String]) -> Option<String> {
+    if !gpus.is_empty() {
+        return None;
+    }
+    pipeline
+        .steps
+        .values()
+        .find(|s| s.resources.gpu.is_some() && s.image.is_none())
+        .map(|step| {
             format!(
-                "step `{}` asks for GPUs, but GPU assignment is not available in this build yet",
+                "step `{}` asks for GPUs: pass --gpus with device ids (`--gpus 0,1`) or `--gpus auto`",
                 step.name
             )
         })
-    })
+}
+
+/// This runner's name on the containers it starts: `embedded:<host>:<pid>`, so a later runner on
+/// the same host can tell a dead runner's leftovers from a live one's.
+fn embedded_worker_name() -> String {
+    format!("embedded:{}:{}", hostname(), std::process::id())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Whether a container labelled with `worker` belongs to an embedded runner of this host that
+/// is no longer alive.
+fn dead_embedded_runner(worker: &str) -> bool {
+    let prefix = format!("embedded:{}:", hostname());
+    match worker
+        .strip_prefix(&prefix)
+        .and_then(|pid| pid.parse::<u32>().ok())
+    {
+        Some(pid) => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        None => false,
+    }
+}
+
+/// Local processes always; Docker too when a step has an image. `Err` says why Docker is needed
+/// and not there.
+async fn executor_for(pipeline: &Pipeline, worker: &str) -> Result<StepExecutor, String> {
+    let Some(step) = pipeline.steps.values().find(|s| s.image.is_some()) else {
+        return Ok(StepExecutor::local_only(
+            "no step of this pipeline needs it",
+        ));
+    };
+    let docker = DockerExecutor::connect(worker)
+        .await
+        .map_err(|why| format!("step `{}` runs in an image, but {why}", step.name))?;
+    match docker.reap_orphans(dead_embedded_runner).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            containers = n,
+            "Removed containers left by runners that died."
+        ),
+        Err(err) => tracing::warn!(error = %err, "Could not look for leftover containers."),
+    }
+    Ok(StepExecutor::with_docker(Arc::new(docker)))
 }
 
 async fn run_embedded(
     data_dir: PathBuf,
     request: Option<RunRequest>,
     resume: Option<String>,
+    gpus: Vec<String>,
 ) -> anyhow::Result<u8> {
+    let worker_name = embedded_worker_name();
+    let mut executor = None;
+    if let Some(request) = &request {
+        match executor_for(&request.loaded.pipeline, &worker_name).await {
+            Ok(ready) => executor = Some(ready),
+            Err(message) => {
+                eprintln!("error: {message}");
+                return Ok(EXIT_INVALID);
+            }
+        }
+    }
     let store = Store::open(&data_dir)?;
     let queue: Arc<dyn TaskQueue> = Arc::new(MemoryQueue::default());
     let shutdown = CancellationToken::new();
@@ -170,6 +242,16 @@ async fn run_embedded(
         }
         Err(err) => return Err(err.into()),
     };
+    let executor = match executor {
+        Some(ready) => ready,
+        None => match executor_for(driver.pipeline(), &worker_name).await {
+            Ok(ready) => ready,
+            Err(message) => {
+                eprintln!("error: {message}; the run stays resumable");
+                return Ok(EXIT_FAILED);
+            }
+        },
+    };
     let started = driver.run().clone();
     println!(
         "run {} of `{}`: {} steps, parallelism {}, data in {}",
@@ -182,11 +264,12 @@ async fn run_embedded(
 
     let workers = tokio::spawn(run_worker(
         queue.clone(),
-        Arc::new(LocalExecutor::default()),
+        Arc::new(executor),
         WorkerConfig {
-            name: format!("local-{}", std::process::id()),
+            name: worker_name,
             queues: queues_of(driver.pipeline()),
             slots: started.parallelism,
+            gpus: gpus.clone(),
         },
         shutdown.clone(),
     ));

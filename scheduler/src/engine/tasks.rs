@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
-use sluice_worker::task::{StepCommand, TaskKey, TaskSpec};
+use sluice_worker::task::{StepCommand, TaskKey, TaskResources, TaskSpec};
 
 use crate::spec::{Action, Step};
 use crate::store::{RunRecord, StepRecord};
@@ -58,11 +58,22 @@ pub fn build_task(
         queue: step.queue.clone(),
         command,
         image: step.image.clone(),
+        pull: step.pull,
+        user: step.user.clone(),
+        resources: TaskResources {
+            cpu: step.resources.cpu,
+            memory: step.resources.memory,
+            gpu: step.resources.gpu.clone(),
+        },
+        gpus: Vec::new(),
         env: Vec::new(),
         secrets: step.secrets.clone(),
-        workdir: match &step.workdir {
-            Some(w) => run.base_dir.join(w),
-            None => run.base_dir.clone(),
+        workdir: match (&step.image, &step.workdir) {
+            // Inside a container the workdir is the image's (validation made it absolute).
+            (Some(_), Some(w)) => PathBuf::from(w),
+            (Some(_), None) => PathBuf::new(),
+            (None, Some(w)) => run.base_dir.join(w),
+            (None, None) => run.base_dir.clone(),
         },
         attempt_dir: dir,
         inputs,

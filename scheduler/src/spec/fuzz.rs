@@ -751,8 +751,21 @@ fn step_value(g: &mut Gen, key: &str, upstream: &[String]) -> String {
             good: &["gpu", "big", "cpu-1"],
             bad: &["bad queue", "''", "1"],
         }),
-        "image" | "workdir" => g.draw(&Pool {
-            good: &["python:3.12", "work", "/abs/dir"],
+        "pull" => g.draw(&Pool {
+            good: &["if_not_present", "always", "never"],
+            bad: &["sometimes", "1", "[x]"],
+        }),
+        "user" => g.draw(&Pool {
+            good: &["nobody", "'1000:1000'", "1000"],
+            bad: &["[x]", "{a: 1}", "''"],
+        }),
+        "image" => g.draw(&Pool {
+            good: &["python:3.12", "work"],
+            bad: &["''", "1", "[x]"],
+        }),
+        // Absolute, so it is valid for local and image steps alike.
+        "workdir" => g.draw(&Pool {
+            good: &["/abs/dir", "/work"],
             bad: &["''", "1", "[x]"],
         }),
         _ => g.draw(&TEXT),
@@ -775,6 +788,10 @@ fn step(g: &mut Gen, out: &mut String, steps: &[String], index: usize) {
         if !["run", "command", "uses", "with"].contains(key) && g.chance(percent) {
             keys.push(key);
         }
+    }
+    // Container settings belong to image steps; on a local step they are a mistake.
+    if !keys.contains(&"image") && !g.wrong() {
+        keys.retain(|k| !["pull", "user"].contains(k));
     }
     if g.wrong() {
         keys.push(g.pick(EXTRA_KEYS));

@@ -139,17 +139,7 @@ impl RetryPolicy {
     }
 }
 
-/// How many GPUs a step asks for, with the meaning of `docker run --gpus`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GpuRequest {
-    /// This many devices.
-    Count(u32),
-    /// Every device the worker has.
-    All,
-    /// These device ids.
-    Ids(Vec<String>),
-}
+pub use sluice_worker::task::{GpuRequest, PullPolicy};
 
 /// What a step needs from the machine.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -209,6 +199,10 @@ pub struct Step {
     pub queue: String,
     /// Files or folders (ending in `/`) the step must leave in `$SLUICE_OUT`.
     pub outputs: Vec<String>,
+    /// When to pull `image`.
+    pub pull: PullPolicy,
+    /// User an image step's container runs as.
+    pub user: Option<String>,
 }
 
 /// Limits on concurrent runs of one pipeline.

@@ -41,9 +41,20 @@ pub const STEP_KEYS: &[&str] = &[
     "resources",
     "queue",
     "outputs",
+    "pull",
+    "user",
 ];
 /// Keys of `defaults`: the step settings that can have a pipeline-wide default.
-pub const DEFAULTS_KEYS: &[&str] = &["timeout", "retry", "workdir", "image", "queue", "resources"];
+pub const DEFAULTS_KEYS: &[&str] = &[
+    "timeout",
+    "retry",
+    "workdir",
+    "image",
+    "queue",
+    "resources",
+    "pull",
+    "user",
+];
 /// Keys of `retry`.
 pub const RETRY_KEYS: &[&str] = &["limit", "backoff", "delay", "max_delay", "on_exit_codes"];
 /// Keys of `resources`.
@@ -92,6 +103,8 @@ struct StepDefaults {
     workdir: Option<String>,
     image: Option<String>,
     queue: Option<String>,
+    pull: Option<PullPolicy>,
+    user: Option<String>,
     resources: Option<Resources>,
 }
 
@@ -303,6 +316,8 @@ fn defaults(r: &mut Reader, node: &Node) -> Option<StepDefaults> {
             "workdir" => r.string(value, &path).map(|w| out.workdir = Some(w)),
             "image" => r.string(value, &path).map(|i| out.image = Some(i)),
             "queue" => queue_name(r, value, &path).map(|q| out.queue = Some(q)),
+            "pull" => pull_policy(r, value, &path).map(|p| out.pull = Some(p)),
+            "user" => r.text(value, &path).map(|u| out.user = Some(u)),
             "resources" => resources(r, value, &path).map(|res| out.resources = Some(res)),
             _ => Some(()),
         };
@@ -572,8 +587,11 @@ fn step(
         Some(n) => secrets(r, n, &join(path, "secrets")),
         None => Some(Vec::new()),
     };
+    let has_image = get("image").is_some() || defaults.image.is_some();
     let workdir = match get("workdir") {
         Some(n) => r.string(n, &join(path, "workdir")).map(Some),
+        // A relative default is a folder of the repository: it means nothing inside an image.
+        None if has_image => Some(defaults.workdir.clone().filter(|w| w.starts_with('/'))),
         None => Some(defaults.workdir.clone()),
     };
     let retry = match get("retry") {
@@ -599,6 +617,17 @@ fn step(
         Some(n) => outputs(r, n, &join(path, "outputs")),
         None => Some(Vec::new()),
     };
+    let pull = match get("pull") {
+        Some(n) => pull_policy(r, n, &join(path, "pull")),
+        None => Some(defaults.pull.unwrap_or_default()),
+    };
+    let user = match get("user") {
+        Some(n) => r.text(n, &join(path, "user")).map(Some),
+        None if has_image => Some(defaults.user.clone()),
+        None => Some(None),
+    };
+    let is_image_step = matches!(image, Some(Some(_)));
+    ok &= container_only(r, path, name, is_image_step, &get, &workdir);
     parsed.depends = depends.clone();
     parsed.depends_marks = depends_marks;
     parsed.when = when.clone();
@@ -623,9 +652,62 @@ fn step(
             resources: resources?,
             queue: queue?,
             outputs: outputs?,
+            pull: pull?,
+            user: user?,
         })
     })();
     parsed
+}
+
+/// Settings that only a container can honour are refused on a local step instead of being
+/// dropped, and an image step's workdir must be a path inside its image.
+fn container_only<'n>(
+    r: &mut Reader,
+    path: &str,
+    name: &str,
+    is_image_step: bool,
+    get: &impl Fn(&str) -> Option<&'n Node>,
+    workdir: &Option<Option<String>>,
+) -> bool {
+    let mut ok = true;
+    if is_image_step {
+        if let (Some(Some(dir)), Some(at)) = (workdir, get("workdir").map(|n| n.mark)) {
+            if !dir.starts_with('/') {
+                r.error(
+                    at,
+                    &join(path, "workdir"),
+                    format!("step `{name}` runs in an image, so its workdir `{dir}` must be an absolute path inside the image"),
+                );
+                ok = false;
+            }
+        }
+        return ok;
+    }
+    // A step's own container setting on a local step is a mistake; defaults only apply where
+    // they can.
+    for key in ["pull", "user"] {
+        if let Some(at) = get(key).map(|n| n.mark) {
+            r.error(
+                at,
+                &join(path, key),
+                format!("`{key}` applies to steps with an `image`; step `{name}` runs as a local process"),
+            );
+            ok = false;
+        }
+    }
+    ok
+}
+
+fn pull_policy(r: &mut Reader, node: &Node, path: &str) -> Option<PullPolicy> {
+    r.choice(
+        node,
+        path,
+        &[
+            ("if_not_present", PullPolicy::IfNotPresent),
+            ("always", PullPolicy::Always),
+            ("never", PullPolicy::Never),
+        ],
+    )
 }
 
 fn action<'n>(

@@ -71,7 +71,9 @@ pub fn pipeline_schema() -> Value {
             "timeout": duration,
             "resources": resources,
             "queue": {"type": "string"},
-            "outputs": string_or_list
+            "outputs": string_or_list,
+            "pull": {"enum": ["if_not_present", "always", "never"]},
+            "user": {"type": ["string", "integer"], "description": "uid[:gid] or a user name the image knows."}
         }),
     );
     let param = json!({
@@ -111,7 +113,9 @@ pub fn pipeline_schema() -> Value {
             "env": env,
             "defaults": object(DEFAULTS_KEYS, json!({
                 "timeout": duration, "retry": retry, "workdir": {"type": "string"},
-                "image": {"type": "string"}, "queue": {"type": "string"}, "resources": resources
+                "image": {"type": "string"}, "queue": {"type": "string"}, "resources": resources,
+                "pull": {"enum": ["if_not_present", "always", "never"]},
+                "user": {"type": ["string", "integer"]}
             })),
             "parallelism": {"type": "integer", "minimum": 1},
             "concurrency": object(CONCURRENCY_KEYS, json!({

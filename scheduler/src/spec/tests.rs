@@ -323,6 +323,8 @@ fn a_step_without_settings_of_its_own_gets_the_pipeline_defaults() {
             resources: Resources::default(),
             queue: "default".into(),
             outputs: strings(&["raw.csv", "stats/"]),
+            pull: PullPolicy::IfNotPresent,
+            user: None,
         }
     );
 }
@@ -1515,4 +1517,49 @@ fn a_diagnostic_renders_with_the_source_line_and_a_caret() {
         d.to_string(),
         "p.yaml:6:15: step `train` depends on `ingset`, which is not a step (did you mean `ingest`?)"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Container settings
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn container_settings_on_a_local_step_are_refused_not_dropped() {
+    let d = one_error("name: p\nsteps:\n  a:\n    run: x\n    user: nobody\n");
+    assert_eq!(d.line, 5);
+    assert_eq!(d.field, "steps.a.user");
+    assert_eq!(
+        d.message,
+        "`user` applies to steps with an `image`; step `a` runs as a local process"
+    );
+    let d = one_error("name: p\nsteps:\n  a: {run: x, pull: always}\n");
+    assert_eq!(d.field, "steps.a.pull");
+}
+
+#[test]
+fn an_image_step_needs_an_absolute_workdir_of_its_own() {
+    let d = one_error("name: p\nsteps:\n  a: {image: busybox, run: x, workdir: src}\n");
+    assert_eq!(d.field, "steps.a.workdir");
+    assert_eq!(
+        d.message,
+        "step `a` runs in an image, so its workdir `src` must be an absolute path inside the image"
+    );
+}
+
+#[test]
+fn defaults_apply_only_where_they_can() {
+    let p = valid(
+        "name: p\ndefaults: {workdir: ../src, user: '1000', pull: never}\nsteps:\n  local: {run: x}\n  boxed: {image: busybox, run: x}\n  placed: {image: busybox, run: x, workdir: /app}\n",
+    );
+    let local = &p.steps["local"];
+    assert_eq!(local.workdir.as_deref(), Some("../src"));
+    assert_eq!(local.user, None, "a default user is for containers only");
+    let boxed = &p.steps["boxed"];
+    assert_eq!(
+        boxed.workdir, None,
+        "a relative default means nothing inside an image"
+    );
+    assert_eq!(boxed.user.as_deref(), Some("1000"));
+    assert_eq!(boxed.pull, PullPolicy::Never);
+    assert_eq!(p.steps["placed"].workdir.as_deref(), Some("/app"));
 }

@@ -113,7 +113,8 @@ impl Store {
             .flush_every_ms(None)
             .open()
             .map_err(|source| match &source {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                // sled wraps the failed file lock in an `Other` error that only its text tells.
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
                     StoreError::Locked {
                         path: path.display().to_string(),
                     }
@@ -262,6 +263,31 @@ mod tests {
         }
     }
 
+    /// sled lets go of its file lock when its last background thread has ended, which can be a
+    /// moment after the `Db` is dropped; another process would simply start later.
+    fn reopen(dir: &std::path::Path) -> Store {
+        for _ in 0..100 {
+            match Store::open(dir) {
+                Err(StoreError::Locked { .. }) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                other => return other.unwrap(),
+            }
+        }
+        panic!("the store stayed locked after it was closed");
+    }
+
+    #[test]
+    fn a_second_opener_is_told_the_store_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).err().expect("the lock is held");
+        assert!(
+            err.to_string().contains("in use by another sluice process"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn committed_records_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
@@ -282,7 +308,7 @@ mod tests {
             );
             store.commit(changes).unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(store.run("01A").unwrap().unwrap().id, "01A");
         assert_eq!(store.next_event_seq("01A").unwrap(), 1);
         assert_eq!(store.next_event_seq("01B").unwrap(), 0);

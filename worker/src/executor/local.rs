@@ -32,15 +32,12 @@ pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
 pub struct LocalExecutor {
     /// Time between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
-    /// Value of `CUDA_VISIBLE_DEVICES` for steps; `None` leaves it unset.
-    pub cuda_visible_devices: Option<String>,
 }
 
 impl Default for LocalExecutor {
     fn default() -> Self {
         LocalExecutor {
             kill_grace: DEFAULT_KILL_GRACE,
-            cuda_visible_devices: None,
         }
     }
 }
@@ -119,8 +116,9 @@ impl Executor for LocalExecutor {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        if let Some(devices) = &self.cuda_visible_devices {
-            command.env("CUDA_VISIBLE_DEVICES", devices);
+        if task.resources.gpu.is_some() {
+            // The devices the worker leased to this attempt, and no others.
+            command.env("CUDA_VISIBLE_DEVICES", task.gpus.join(","));
         }
         let started_ms = now_ms();
         let mut child = match command.spawn() {

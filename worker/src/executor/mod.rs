@@ -1,7 +1,11 @@
 //! Executors run one attempt and say how it ended. A failing step is a normal result, not an
 //! `Err`: the trait returns a [`TaskResult`] for every attempt, whatever happened.
 
+pub mod container_spec;
+pub mod docker;
 pub mod local;
+pub mod registry_auth;
+pub mod routing;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -12,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::task::{Outcome, TaskResult, TaskSpec};
 
+pub use docker::DockerExecutor;
 pub use local::LocalExecutor;
+pub use routing::StepExecutor;
 
 /// Largest `$SLUICE_OUTPUTS` file read: outputs are small values, not data.
 pub const MAX_OUTPUTS_BYTES: u64 = 64 * 1024;

@@ -1,0 +1,415 @@
+//! Runs a step's attempt in a Docker container, through bollard.
+//!
+//! One container per attempt, named and labelled after it. The attempt's folder is bind-mounted
+//! at the same path, so `$SLUICE_OUT`, `$SLUICE_IN`, `$SLUICE_OUTPUTS` and `$SLUICE_METRICS` mean
+//! exactly what they mean for a local process. Logs are streamed to the same files, stdout and
+//! stderr apart, secrets masked; the container is removed once its logs and outputs are saved.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::container::LogOutput;
+use bollard::errors::Error as DockerError;
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+use super::container_spec::{container_body, container_name, ContainerLimits, LABEL_WORKER};
+use super::registry_auth::RegistryAuth;
+use super::{prepare_attempt_dir, read_step_reports, Executor};
+use crate::logs::Masker;
+use crate::task::{now_ms, Outcome, PullPolicy, TaskResult, TaskSpec};
+
+/// Longest an image pull may take before the attempt fails.
+const PULL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The Docker executor of one worker.
+pub struct DockerExecutor {
+    docker: Docker,
+    worker: String,
+    limits: ContainerLimits,
+    auth: RegistryAuth,
+    /// Whether the engine lists an NVIDIA runtime; GPU steps fail fast without one.
+    nvidia: bool,
+    /// Time between `docker stop`'s SIGTERM and its SIGKILL.
+    pub kill_grace: Duration,
+}
+
+impl DockerExecutor {
+    /// Connects to the local engine (`DOCKER_HOST` or the default socket) and checks it answers.
+    /// The error says why, for the worker to log before it goes on without Docker.
+    pub async fn connect(worker: &str) -> Result<DockerExecutor, String> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(|e| format!("cannot reach the Docker engine: {e}"))?;
+        let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
+            .await
+            .map_err(|_| "the Docker engine did not answer within 10 s".to_string())?
+            .map_err(|e| format!("cannot reach the Docker engine: {e}"))?;
+        let info = docker
+            .info()
+            .await
+            .map_err(|e| format!("cannot reach the Docker engine: {e}"))?;
+        let nvidia = info
+            .runtimes
+            .as_ref()
+            .is_some_and(|runtimes| runtimes.contains_key("nvidia"));
+        Ok(DockerExecutor {
+            docker,
+            worker: worker.to_string(),
+            limits: ContainerLimits::default(),
+            auth: RegistryAuth::load_default(),
+            nvidia,
+            kill_grace: super::local::DEFAULT_KILL_GRACE,
+        })
+    }
+
+    /// Removes containers that a previous life of a worker left behind: those labelled with a
+    /// worker name for which `is_gone` holds. Returns how many were removed.
+    pub async fn reap_orphans(&self, is_gone: impl Fn(&str) -> bool) -> Result<usize, String> {
+        let filters = HashMap::from([("label", vec![LABEL_WORKER])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| format!("cannot list containers: {e}"))?;
+        let mut reaped = 0;
+        for container in containers {
+            let worker = container
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_WORKER))
+                .cloned()
+                .unwrap_or_default();
+            let Some(id) = container.id else { continue };
+            if worker == self.worker || !is_gone(&worker) {
+                continue;
+            }
+            if self.remove(&id).await.is_ok() {
+                tracing::info!(container = %id, %worker, "Removed a container left by a stopped worker.");
+                reaped += 1;
+            }
+        }
+        Ok(reaped)
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), DockerError> {
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        match self.docker.remove_container(name, Some(options)).await {
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Makes sure the image is there, pulling it as the policy says.
+    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), String> {
+        let present = self.docker.inspect_image(image).await.is_ok();
+        let pull = match policy {
+            PullPolicy::Always => true,
+            PullPolicy::IfNotPresent => !present,
+            PullPolicy::Never if present => false,
+            PullPolicy::Never => {
+                return Err(format!(
+                    "image `{image}` is not on this worker and the step says `pull: never`"
+                ))
+            }
+        };
+        if !pull {
+            return Ok(());
+        }
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(image)
+            .build();
+        let credentials = self.auth.credentials_for(image);
+        let mut stream = self.docker.create_image(Some(options), None, credentials);
+        let pulled = tokio::time::timeout(PULL_TIMEOUT, async {
+            while let Some(item) = stream.next().await {
+                item.map_err(|e| format!("cannot pull image `{image}`: {}", describe(&e)))?;
+            }
+            Ok::<(), String>(())
+        })
+        .await;
+        match pulled {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "pulling image `{image}` took longer than {} s",
+                PULL_TIMEOUT.as_secs()
+            )),
+        }
+    }
+}
+
+/// Why the wait for a container ended.
+enum Ending {
+    Exited(i64),
+    Lost(String),
+    TimedOut,
+    Cancelled,
+}
+
+#[async_trait]
+impl Executor for DockerExecutor {
+    async fn run(&self, task: &TaskSpec, cancel: CancellationToken) -> TaskResult {
+        let Some(image) = task.image.clone() else {
+            return TaskResult::error(task.key.clone(), "the Docker executor needs an image");
+        };
+        if task.resources.gpu.is_some() && !self.nvidia {
+            return TaskResult::error(
+                task.key.clone(),
+                "the step asks for GPUs, but this worker's Docker engine has no NVIDIA runtime (install the NVIDIA Container Toolkit and restart Docker)",
+            );
+        }
+        let mut secrets = Vec::new();
+        for name in &task.secrets {
+            match std::env::var(name) {
+                Ok(value) => secrets.push((name.clone(), value)),
+                Err(_) => {
+                    return TaskResult::error(
+                        task.key.clone(),
+                        format!("secret `{name}` is not set in the worker's environment"),
+                    )
+                }
+            }
+        }
+        let logs = match prepare_attempt_dir(task).await {
+            Ok(logs) => logs,
+            Err(err) => {
+                return TaskResult::error(
+                    task.key.clone(),
+                    format!("cannot prepare the attempt folder: {err}"),
+                )
+            }
+        };
+        if task.user.is_some() {
+            // Another user inside the container must be able to write its outputs.
+            open_for_others(task);
+        }
+        if let Err(message) = self.ensure_image(&image, task.pull).await {
+            return TaskResult::error(task.key.clone(), message);
+        }
+        let name = container_name(task);
+        // A redelivered attempt may find its container from an earlier delivery.
+        if let Err(err) = self.remove(&name).await {
+            return TaskResult::error(
+                task.key.clone(),
+                format!("cannot remove stale container `{name}`: {}", describe(&err)),
+            );
+        }
+        let body = container_body(task, &self.worker, &secrets, &self.limits);
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        if let Err(err) = self.docker.create_container(Some(options), body).await {
+            return TaskResult::error(
+                task.key.clone(),
+                format!("cannot create the container: {}", describe(&err)),
+            );
+        }
+        let started_ms = now_ms();
+        if let Err(err) = self.docker.start_container(&name, None).await {
+            let _ = self.remove(&name).await;
+            return TaskResult::error(task.key.clone(), start_error(&err));
+        }
+        let masker = || Masker::new(secrets.iter().map(|(_, v)| v.clone()));
+        let log_copy = tokio::spawn(copy_logs(
+            self.docker.clone(),
+            name.clone(),
+            tokio::fs::File::from_std(logs.stdout),
+            tokio::fs::File::from_std(logs.stderr),
+            masker(),
+            masker(),
+        ));
+        let mut wait = self.docker.wait_container(&name, None);
+        let timeout = async {
+            match task.timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let ending = tokio::select! {
+            waited = wait.next() => exit_of(waited),
+            _ = timeout => Ending::TimedOut,
+            _ = cancel.cancelled() => Ending::Cancelled,
+        };
+        if matches!(ending, Ending::TimedOut | Ending::Cancelled) {
+            self.stop(&name).await;
+        }
+        let drained = tokio::time::timeout(self.kill_grace, log_copy).await;
+        let oom = self
+            .docker
+            .inspect_container(&name, None)
+            .await
+            .ok()
+            .and_then(|c| c.state)
+            .and_then(|s| s.oom_killed)
+            .unwrap_or(false);
+        let mut result = TaskResult::error(task.key.clone(), "");
+        result.message = None;
+        result.started_ms = started_ms;
+        result.finished_ms = now_ms();
+        match ending {
+            Ending::Exited(code) => {
+                result.exit_code = i32::try_from(code).ok();
+                result.outcome = if code == 0 {
+                    Outcome::Succeeded
+                } else {
+                    Outcome::Failed
+                };
+                if oom {
+                    result.outcome = Outcome::Failed;
+                    result.message = Some(format!(
+                        "killed for running out of memory (limit {})",
+                        task.resources.memory.map_or("none".into(), human_bytes)
+                    ));
+                }
+            }
+            Ending::Lost(message) => {
+                result.outcome = Outcome::Error;
+                result.message = Some(message);
+            }
+            Ending::TimedOut => {
+                result.outcome = Outcome::TimedOut;
+                result.message = Some(format!(
+                    "timed out after {}s",
+                    task.timeout.unwrap_or_default().as_secs_f64()
+                ));
+            }
+            Ending::Cancelled => {
+                result.outcome = Outcome::Cancelled;
+                result.message = Some("cancelled".into());
+            }
+        }
+        match drained {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) if result.outcome == Outcome::Succeeded => {
+                result.outcome = Outcome::Error;
+                result.message = Some(format!("cannot write the step's log: {err}"));
+            }
+            _ => {}
+        }
+        if matches!(result.outcome, Outcome::Succeeded | Outcome::Failed) {
+            result = read_step_reports(task, result).await;
+        }
+        if let Err(err) = self.remove(&name).await {
+            tracing::warn!(container = %name, error = %err, "Could not remove a finished container.");
+        }
+        result
+    }
+}
+
+impl DockerExecutor {
+    /// `docker stop` (SIGTERM, then SIGKILL after the grace period), and a kill if that fails.
+    async fn stop(&self, name: &str) {
+        let grace = i32::try_from(self.kill_grace.as_secs()).unwrap_or(5);
+        let options = StopContainerOptionsBuilder::default().t(grace).build();
+        if self
+            .docker
+            .stop_container(name, Some(options))
+            .await
+            .is_err()
+        {
+            let options = KillContainerOptionsBuilder::default()
+                .signal("KILL")
+                .build();
+            let _ = self.docker.kill_container(name, Some(options)).await;
+        }
+    }
+}
+
+/// The exit code from `wait_container`: bollard reports a non-zero exit as an error variant,
+/// which is a normal result here; any other error means the engine was lost.
+fn exit_of(waited: Option<Result<bollard::models::ContainerWaitResponse, DockerError>>) -> Ending {
+    match waited {
+        Some(Ok(response)) => Ending::Exited(response.status_code),
+        Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Ending::Exited(code),
+        Some(Err(err)) => Ending::Lost(format!(
+            "lost the Docker engine while the step ran: {}",
+            describe(&err)
+        )),
+        None => Ending::Lost("the Docker engine ended the wait without an exit code".into()),
+    }
+}
+
+/// A start failure in words a person can act on.
+fn start_error(err: &DockerError) -> String {
+    let text = describe(err);
+    if text.contains("could not select device driver") {
+        format!("the step asks for GPUs, but this worker's Docker engine has no NVIDIA runtime ({text})")
+    } else {
+        format!("cannot start the container: {text}")
+    }
+}
+
+fn describe(err: &DockerError) -> String {
+    match err {
+        DockerError::DockerResponseServerError { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Streams the container's output to the attempt's log files, stdout and stderr apart.
+async fn copy_logs(
+    docker: Docker,
+    name: String,
+    stdout: tokio::fs::File,
+    stderr: tokio::fs::File,
+    mut mask_out: Masker,
+    mut mask_err: Masker,
+) -> std::io::Result<()> {
+    let options = LogsOptionsBuilder::default()
+        .follow(true)
+        .stdout(true)
+        .stderr(true)
+        .build();
+    let mut stream = docker.logs(&name, Some(options));
+    let mut out = tokio::io::BufWriter::new(stdout);
+    let mut err = tokio::io::BufWriter::new(stderr);
+    let written = async {
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(LogOutput::StdOut { message }) => {
+                    out.write_all(&mask_out.feed(&message)).await?
+                }
+                Ok(LogOutput::StdErr { message }) => {
+                    err.write_all(&mask_err.feed(&message)).await?
+                }
+                Ok(_) => {}
+                // The engine closing the stream early ends the copy; the exit code still counts.
+                Err(_) => break,
+            }
+        }
+        out.write_all(&mask_out.finish()).await?;
+        err.write_all(&mask_err.finish()).await?;
+        out.flush().await?;
+        err.flush().await
+    };
+    written.await
+}
+
+fn open_for_others(task: &TaskSpec) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(task.out_dir(), std::fs::Permissions::from_mode(0o777));
+    let _ = std::fs::set_permissions(task.outputs_file(), std::fs::Permissions::from_mode(0o666));
+    let _ = std::fs::set_permissions(&task.attempt_dir, std::fs::Permissions::from_mode(0o777));
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    if bytes % (1 << 30) == 0 {
+        format!("{}Gi", bytes >> 30)
+    } else if bytes % MIB == 0 {
+        format!("{}Mi", bytes / MIB)
+    } else {
+        format!("{bytes} bytes")
+    }
+}

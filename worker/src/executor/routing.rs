@@ -1,0 +1,53 @@
+//! Sends each task to the executor it needs: a container for steps with an image, a local
+//! process otherwise.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use super::{DockerExecutor, Executor, LocalExecutor};
+use crate::task::{TaskResult, TaskSpec};
+
+/// The executor a worker runs: local processes always, containers when Docker was reachable.
+pub struct StepExecutor {
+    local: LocalExecutor,
+    docker: Result<Arc<DockerExecutor>, String>,
+}
+
+impl StepExecutor {
+    /// Local processes only; `why` says why there is no Docker, for image steps' errors.
+    pub fn local_only(why: impl Into<String>) -> StepExecutor {
+        StepExecutor {
+            local: LocalExecutor::default(),
+            docker: Err(why.into()),
+        }
+    }
+
+    /// Local processes and containers.
+    pub fn with_docker(docker: Arc<DockerExecutor>) -> StepExecutor {
+        StepExecutor {
+            local: LocalExecutor::default(),
+            docker: Ok(docker),
+        }
+    }
+
+    /// Whether image steps can run here.
+    pub fn has_docker(&self) -> bool {
+        self.docker.is_ok()
+    }
+}
+
+#[async_trait]
+impl Executor for StepExecutor {
+    async fn run(&self, task: &TaskSpec, cancel: CancellationToken) -> TaskResult {
+        match (&task.image, &self.docker) {
+            (None, _) => self.local.run(task, cancel).await,
+            (Some(_), Ok(docker)) => docker.run(task, cancel).await,
+            (Some(image), Err(why)) => TaskResult::error(
+                task.key.clone(),
+                format!("step needs image `{image}`, but this worker has no Docker: {why}"),
+            ),
+        }
+    }
+}

@@ -127,6 +127,10 @@ steps:
   picky:
     run: exit 4
     retry: { limit: 3, delay: 10ms, on_exit_codes: [137] }
+  killed:
+    # SIGKILL counts as exit code 137, as a shell reports it: retried, then succeeds.
+    run: echo x >> killed; [ "$(wc -l < killed)" -ge 2 ] || kill -9 $$
+    retry: { limit: 2, delay: 10ms, on_exit_codes: [137] }
 "#,
     );
     let out = s.run(&["run", file.to_str().unwrap()]);
@@ -145,6 +149,9 @@ steps:
         1,
         "exit 4 is not in on_exit_codes"
     );
+    let killed = step(&show, "killed");
+    assert_eq!(killed["status"], "succeeded");
+    assert_eq!(killed["attempts"][0]["signal"], 9);
 }
 
 #[test]
@@ -378,16 +385,13 @@ steps:
     let mut child = child;
     child.kill().unwrap(); // SIGKILL: no chance to clean up.
     child.wait().unwrap();
-    // A killed runner cannot kill its step; the test does, so it does not outlive the test.
+    // The killed runner could not stop its step: it is still running.
     let orphan: i32 = std::fs::read_to_string(&pid_file)
         .unwrap()
         .trim()
         .parse()
         .unwrap();
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(orphan),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    assert!(process_alive(orphan), "the step outlived its runner");
 
     let run_id = s.latest_run_id();
     let show = s.show(&run_id);
@@ -414,6 +418,15 @@ steps:
         text(&out.stdout),
         text(&out.stderr)
     );
+    assert!(
+        text(&out.stderr)
+            .contains("stopped step `second` (attempt 1), left running by the runner that died"),
+        "{}",
+        text(&out.stderr)
+    );
+    wait_until("the leftover step to die", Duration::from_secs(10), || {
+        !process_alive(orphan)
+    });
     let show = s.show(&run_id);
     assert_eq!(show["run"]["status"], "succeeded");
     let second = step(&show, "second");
@@ -489,4 +502,47 @@ fn runs_lists_newest_first_and_show_accepts_an_id_prefix() {
     let out = s.run(&["show", &second[..20]]);
     assert!(out.status.success());
     assert!(text(&out.stdout).contains(&second));
+}
+
+#[test]
+fn an_attempt_interrupted_by_a_dead_runner_does_not_use_up_the_retry_budget() {
+    let s = Scratch::new();
+    let file = s.write(
+        "p.yaml",
+        r#"name: budget
+steps:
+  a:
+    run: |
+      if [ ! -f started ]; then touch started; echo $$ > a.pid; exec sleep 300; fi
+      echo x >> tries; exit 3
+    retry: {limit: 1, delay: 10ms}
+"#,
+    );
+    let mut child = s
+        .sluice()
+        .args(["run", file.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid_file = s.path().join("a.pid");
+    wait_until("the step to start", Duration::from_secs(30), || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|p| !p.trim().is_empty())
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let run_id = s.latest_run_id();
+    let out = s.run(&["run", "--resume", &run_id]);
+    assert_eq!(out.status.code(), Some(1));
+    let show = s.show(&run_id);
+    let attempts = step(&show, "a")["attempts"].as_array().unwrap().clone();
+    assert_eq!(
+        attempts.len(),
+        3,
+        "interrupted, then the first try and its one retry"
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.path().join("tries")).unwrap(),
+        "x\nx\n"
+    );
 }

@@ -71,7 +71,13 @@ impl Masker {
                     out.extend_from_slice(MASK);
                     start = at + len;
                 }
-                Some((at, _)) => break at,
+                // A longer secret may begin before this match and still be arriving: hold back
+                // everything it could cover.
+                Some((at, _)) => {
+                    break at
+                        .min(self.pending.len().saturating_sub(self.longest - 1))
+                        .max(start)
+                }
                 None if at_end => break self.pending.len(),
                 None => break start.max(self.pending.len().saturating_sub(self.longest - 1)),
             }
@@ -146,6 +152,19 @@ mod tests {
             mask_in_pieces(&["abc", "abcdef"], "xabcdefx abc", 3),
             "x***x ***"
         );
+    }
+
+    #[test]
+    fn a_secret_containing_another_is_masked_whole() {
+        let url = "postgres://admin:hunter2@db:5432/prod";
+        let input = format!("url={url} pass=hunter2\n");
+        for piece in 1..input.len() {
+            assert_eq!(
+                mask_in_pieces(&[url, "hunter2"], &input, piece),
+                "url=*** pass=***\n",
+                "piece size {piece}"
+            );
+        }
     }
 
     #[test]

@@ -160,6 +160,8 @@ async fn listen_for_cancels(
 ) {
     loop {
         let run_id = tokio::select! {
+            // A cancel sent just before shutdown still reaches the tasks it is for.
+            biased;
             received = cancels.recv() => match received {
                 Ok(run_id) => run_id,
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,

@@ -139,6 +139,14 @@ pub fn show(args: ShowArgs) -> anyhow::Result<u8> {
         &run.definition_hash[..12.min(run.definition_hash.len())]
     )?;
     writeln!(out, "status    {}{took}", run.status.as_str())?;
+    if !run.status.is_terminal() {
+        // This process could open the store, so no runner holds it: the run's runner is gone.
+        writeln!(
+            out,
+            "          no runner is driving it (its runner stopped); finish it with `sluice run --resume {}`",
+            run.id
+        )?;
+    }
     writeln!(
         out,
         "started   {} by {}",

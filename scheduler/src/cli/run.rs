@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use sluice_worker::executor::local::{kill_recorded_group, kill_running_groups};
 use sluice_worker::executor::{DockerExecutor, StepExecutor};
 use sluice_worker::gpu::parse_gpus_flag;
 use sluice_worker::pool::{run_worker, WorkerConfig};
@@ -17,7 +18,7 @@ use super::progress::Progress;
 use super::{human_ms, DataDirArg, EXIT_CANCELLED, EXIT_FAILED, EXIT_INVALID};
 use crate::engine::{Engine, EngineError, RunDriver, RunRequest};
 use crate::spec::{self, Pipeline};
-use crate::store::{RunRecord, RunStatus, StepStatus, Store};
+use crate::store::{RunLookup, RunRecord, RunStatus, StepStatus, Store};
 
 /// Arguments of `sluice run`.
 #[derive(Debug, Args)]
@@ -32,8 +33,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "RUN_ID", conflicts_with_all = ["file", "params"])]
     pub resume: Option<String>,
     /// Most steps at once (default: the pipeline's `parallelism`, else twice the CPU count).
-    #[arg(long)]
-    pub parallelism: Option<usize>,
+    /// With `--resume`, replaces the run's own.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub parallelism: Option<u64>,
     /// GPUs this machine may hand to steps: device ids (`0,1`) or `auto` (asks `nvidia-smi -L`).
     /// Each GPU step gets devices of its own.
     #[arg(long, env = "SLUICE_GPUS", default_value = "")]
@@ -69,7 +71,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
             return Ok(EXIT_INVALID);
         }
     }
-    runtime.block_on(run_embedded(data_dir, request, args.resume, gpus))
+    let resume = args
+        .resume
+        .map(|id| (id, args.parallelism.map(|p| p as usize)));
+    runtime.block_on(run_embedded(data_dir, request, resume, gpus))
 }
 
 fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -117,9 +122,32 @@ fn prepare_request(file: &Path, args: &RunArgs) -> Result<RunRequest, u8> {
         loaded,
         overrides,
         trigger: "manual".into(),
-        parallelism: args.parallelism.filter(|p| *p > 0),
+        parallelism: args.parallelism.map(|p| p as usize),
         base_dir,
     })
+}
+
+/// How long the worker loop gets to wind down after the run is over.
+const WORKER_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Kills the local steps that a runner which died (`kill -9`) left running for this run, so
+/// `--resume` does not run them a second time alongside the first. Containers it left are
+/// reaped when the Docker executor starts.
+fn stop_leftover_steps(store: &Store, run_id: &str) {
+    let Ok(RunLookup::Found(run)) = store.lookup_run(run_id) else {
+        return;
+    };
+    for step in store.steps(&run.id).unwrap_or_default() {
+        let Some(attempt) = step.attempts.last() else {
+            continue;
+        };
+        if !attempt.status.is_terminal() && kill_recorded_group(&attempt.dir) {
+            eprintln!(
+                "stopped step `{}` (attempt {}), left running by the runner that died",
+                step.name, attempt.number
+            );
+        }
+    }
 }
 
 /// Local GPU steps need devices to hand out; refused before anything starts rather than midway.
@@ -189,7 +217,7 @@ async fn executor_for(pipeline: &Pipeline, worker: &str) -> Result<StepExecutor,
 async fn run_embedded(
     data_dir: PathBuf,
     request: Option<RunRequest>,
-    resume: Option<String>,
+    resume: Option<(String, Option<usize>)>,
     gpus: Vec<String>,
 ) -> anyhow::Result<u8> {
     let worker_name = embedded_worker_name();
@@ -218,7 +246,8 @@ async fn run_embedded(
             let progress = Box::new(Progress::new(widths));
             RunDriver::create(engine.clone(), request, progress)
         }
-        (None, Some(run_id)) => {
+        (None, Some((run_id, parallelism))) => {
+            stop_leftover_steps(&store, &run_id);
             let widths = store
                 .steps(&run_id)
                 .unwrap_or_default()
@@ -226,7 +255,7 @@ async fn run_embedded(
                 .map(|s| s.name.len())
                 .collect::<Vec<_>>();
             let progress = Box::new(Progress::new(widths.into_iter()));
-            RunDriver::resume(engine.clone(), &run_id, progress)
+            RunDriver::resume(engine.clone(), &run_id, parallelism, progress)
         }
         (None, None) => unreachable!("clap requires a file or --resume"),
     };
@@ -235,6 +264,7 @@ async fn run_embedded(
         Err(
             err @ (EngineError::Params(_)
             | EngineError::UnknownRun(_)
+            | EngineError::AmbiguousRun(_)
             | EngineError::AlreadyFinished(..)),
         ) => {
             eprintln!("error: {err}");
@@ -275,11 +305,40 @@ async fn run_embedded(
     ));
     let cancel = CancellationToken::new();
     tokio::spawn(cancel_on_signals(cancel.clone()));
-    let outcome = driver.drive(cancel).await;
+    let run_id = started.id.clone();
+    let mut workers = workers;
+    let outcome = tokio::select! {
+        outcome = driver.drive(cancel) => outcome,
+        joined = &mut workers => {
+            // The run stays in the store as it was: `--resume` can finish it.
+            let why = match joined {
+                Ok(Err(err)) => err.to_string(),
+                Ok(Ok(())) => "it stopped".to_string(),
+                Err(err) => err.to_string(),
+            };
+            eprintln!("error: the worker loop failed ({why}); finish the run with `sluice run --resume {run_id}`");
+            kill_running_groups();
+            return Ok(EXIT_FAILED);
+        }
+    };
+    if let Err(err) = &outcome {
+        // Say so now, not after the steps still running have finished on their own.
+        eprintln!("error: {err:#}; stopping the steps still running");
+    }
+    // Anything still running belongs to a run that is over (or failed): stop it.
+    let _ = queue.cancel_run(&run_id).await;
     shutdown.cancel();
     queue.close();
-    let _ = workers.await;
-    let run = outcome?;
+    if tokio::time::timeout(WORKER_STOP_WAIT, workers)
+        .await
+        .is_err()
+    {
+        kill_running_groups();
+    }
+    let run = match outcome {
+        Ok(run) => run,
+        Err(_) => return Ok(EXIT_FAILED),
+    };
     print_summary(&store, &run);
     Ok(match run.status {
         RunStatus::Succeeded => 0,
@@ -309,6 +368,8 @@ async fn cancel_on_signals(cancel: CancellationToken) {
     eprintln!("cancelling the run (press Ctrl-C again to leave at once)...");
     cancel.cancel();
     if tokio::signal::ctrl_c().await.is_ok() {
+        // Leaving at once must not leave steps running behind.
+        kill_running_groups();
         std::process::exit(i32::from(EXIT_CANCELLED));
     }
 }

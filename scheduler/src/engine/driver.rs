@@ -118,13 +118,13 @@ impl RunDriver {
     pub fn resume(
         engine: Engine,
         run_id: &str,
+        parallelism: Option<usize>,
         observer: Box<dyn RunObserver>,
     ) -> Result<RunDriver, EngineError> {
         let mut run = match engine.store.lookup_run(run_id)? {
             RunLookup::Found(run) => run,
-            RunLookup::NotFound | RunLookup::Ambiguous => {
-                return Err(EngineError::UnknownRun(run_id.to_string()))
-            }
+            RunLookup::NotFound => return Err(EngineError::UnknownRun(run_id.to_string())),
+            RunLookup::Ambiguous => return Err(EngineError::AmbiguousRun(run_id.to_string())),
         };
         if run.status.is_terminal() {
             return Err(EngineError::AlreadyFinished(run.id, run.status.as_str()));
@@ -167,6 +167,9 @@ impl RunDriver {
             reset.push(step.name.clone());
         }
         run.status = RunStatus::Running;
+        if let Some(parallelism) = parallelism {
+            run.parallelism = parallelism;
+        }
         let next_seq = engine.store.next_event_seq(&run.id)?;
         let mut driver = RunDriver::new(engine, pipeline, run, steps, next_seq, observer);
         for name in reset {
@@ -353,7 +356,8 @@ impl RunDriver {
                     return;
                 };
                 let current = record.status == StepStatus::Queued
-                    && record.attempts.len() as u32 == key.attempt;
+                    && record.attempts.len() as u32 == key.attempt
+                    && key.run_id == self.run.id;
                 if !current {
                     return;
                 }
@@ -430,10 +434,12 @@ impl RunDriver {
                     Some("the run was cancelled".into()),
                 );
                 self.event(Some(&key.step), Some(key.attempt), "step.cancelled", None);
+                self.skip_dependents(&key.step, "was cancelled");
             }
             _ => {
                 if let Some(delay) = self.retry_delay(&key.step, &result) {
-                    let at = now_ms() + delay.as_millis() as u64;
+                    let wait = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                    let at = now_ms().saturating_add(wait);
                     if let Some(record) = self.steps.get_mut(&key.step) {
                         record.status = StepStatus::Pending;
                         record.retry_at_ms = Some(at);
@@ -474,8 +480,17 @@ impl RunDriver {
             return None;
         }
         let policy = &self.pipeline.steps.get(name)?.retry;
-        let attempts = self.steps.get(name)?.attempts.len() as u32;
-        let allowed = attempts <= policy.limit && policy.retries_exit_code(result.exit_code);
+        // Attempts a dead runner interrupted are not the step's failures: they do not count.
+        let attempts = self
+            .steps
+            .get(name)?
+            .attempts
+            .iter()
+            .filter(|a| a.outcome.is_some())
+            .count() as u32;
+        // A process killed by signal N counts as exit code 128 + N, as shells and Docker say.
+        let code = result.exit_code.or(result.signal.map(|s| 128 + s));
+        let allowed = attempts <= policy.limit && policy.retries_exit_code(code);
         allowed.then(|| policy.delay_before(attempts + 1))
     }
 

@@ -44,6 +44,9 @@ pub enum EngineError {
     /// `--resume` named a run that is not in the store.
     #[error("no run `{0}` in the store")]
     UnknownRun(String),
+    /// `--resume` gave a prefix that several runs share.
+    #[error("`{0}` matches several runs; give more of the id")]
+    AmbiguousRun(String),
     /// `--resume` named a run that already finished.
     #[error("run `{0}` already finished ({1}); nothing to resume")]
     AlreadyFinished(String, &'static str),

@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+/// Longest duration accepted anywhere: beyond it a timeout or delay is a typo, and time
+/// arithmetic on it would overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// Parses `500ms`, `10s`, `5m`, `2h`, `1d` and combinations such as `1h30m`.
 ///
 /// A bare number is refused: `timeout: 30` could mean seconds or minutes, and a wrong guess is
@@ -13,9 +17,15 @@ pub fn duration(text: &str) -> Result<Duration, String> {
             "`{trimmed}` has no unit: write for example `{trimmed}s` or `{trimmed}m`"
         ));
     }
-    humantime::parse_duration(trimmed).map_err(|_| {
+    let parsed = humantime::parse_duration(trimmed).map_err(|_| {
         format!("`{trimmed}` is not a duration: use a number with a unit (ms, s, m, h, d) as in `90s` or `1h30m`")
-    })
+    })?;
+    if parsed > MAX_DURATION {
+        return Err(format!(
+            "`{trimmed}` is longer than a year, the longest duration accepted"
+        ));
+    }
+    Ok(parsed)
 }
 
 /// Parses a CPU amount: a number of cores (`2`, `0.5`) or millicores (`500m`).
@@ -142,6 +152,8 @@ mod tests {
         assert_eq!(duration("1d").unwrap(), Duration::from_secs(86400));
         assert!(duration("30").unwrap_err().contains("no unit"));
         assert!(duration("soon").unwrap_err().contains("not a duration"));
+        assert!(duration("18446744073709551615s").is_err());
+        assert!(duration("400d").unwrap_err().contains("longer than a year"));
     }
 
     #[test]

@@ -188,6 +188,9 @@ impl Store {
             None => "r0".to_string(), // '0' sorts right after '/', so this ends the r/ range.
         };
         let mut runs = Vec::new();
+        if limit == 0 {
+            return Ok(runs);
+        }
         for entry in self.db.range("r/".as_bytes()..end.as_bytes()).rev() {
             let (key, value) = entry?;
             runs.push(decode(&key, &value)?);

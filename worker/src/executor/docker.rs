@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::container_spec::{container_body, container_name, ContainerLimits, LABEL_WORKER};
 use super::registry_auth::RegistryAuth;
-use super::{prepare_attempt_dir, read_step_reports, Executor};
+use super::{mask_outputs, prepare_attempt_dir, read_step_reports, Executor};
 use crate::logs::Masker;
 use crate::task::{now_ms, Outcome, PullPolicy, TaskResult, TaskSpec};
 
@@ -299,6 +299,7 @@ impl Executor for DockerExecutor {
         }
         if matches!(result.outcome, Outcome::Succeeded | Outcome::Failed) {
             result = read_step_reports(task, result).await;
+            mask_outputs(&mut result, &secrets);
         }
         if let Err(err) = self.remove(&name).await {
             tracing::warn!(container = %name, error = %err, "Could not remove a finished container.");

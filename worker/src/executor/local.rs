@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use super::{prepare_attempt_dir, read_step_reports, Executor};
+use super::{mask_outputs, prepare_attempt_dir, read_step_reports, Executor};
 use crate::logs::{capture, Masker};
 use crate::task::{now_ms, Outcome, StepCommand, TaskResult, TaskSpec};
 
@@ -120,6 +120,15 @@ impl Executor for LocalExecutor {
             // The devices the worker leased to this attempt, and no others.
             command.env("CUDA_VISIBLE_DEVICES", task.gpus.join(","));
         }
+        if !task.workdir.is_dir() {
+            return TaskResult::error(
+                task.key.clone(),
+                format!(
+                    "the step's workdir {} does not exist",
+                    task.workdir.display()
+                ),
+            );
+        }
         let started_ms = now_ms();
         let mut child = match command.spawn() {
             Ok(child) => child,
@@ -135,6 +144,13 @@ impl Executor for LocalExecutor {
             }
         };
         let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+        let _registered = pgid.map(|pgid| {
+            // Written before anything else can go wrong, so a runner killed with `kill -9` leaves
+            // behind where its step runs, for `--resume` to stop it (no fsync: kill -9 of the
+            // runner does not lose what the kernel already has).
+            let _ = std::fs::write(task.attempt_dir.join(PROCESS_FILE), process_record(pgid));
+            RunningGroup::register(pgid)
+        });
         let masks = || Masker::new(secret_values.iter().map(|(_, v)| v.clone()));
         // A log that cannot be written (a full disk) ends the attempt rather than letting the
         // process block on a pipe nobody reads.
@@ -237,6 +253,7 @@ impl Executor for LocalExecutor {
         }
         if matches!(result.outcome, Outcome::Succeeded | Outcome::Failed) {
             result = read_step_reports(task, result).await;
+            mask_outputs(&mut result, &secret_values);
         }
         result
     }
@@ -261,6 +278,79 @@ impl LocalExecutor {
 }
 
 type LogTask = tokio::task::JoinHandle<std::io::Result<u64>>;
+
+/// The file in an attempt's folder that says which process group runs it: `<pgid> <start time>`.
+pub const PROCESS_FILE: &str = "process";
+
+/// `<pgid> <start time in clock ticks since boot>`: the start time tells a recycled pid apart.
+fn process_record(pgid: Pid) -> String {
+    format!(
+        "{} {}",
+        pgid,
+        process_start_time(pgid.as_raw()).unwrap_or(0)
+    )
+}
+
+/// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks since boot.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; everything after its closing paren is plain.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Kills the process group an attempt's folder says runs it, if that same group still lives:
+/// what a runner that died left behind. Returns whether it killed one.
+pub fn kill_recorded_group(attempt_dir: &std::path::Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(attempt_dir.join(PROCESS_FILE)) else {
+        return false;
+    };
+    let mut parts = text.split_whitespace();
+    let (Some(Ok(pgid)), Some(Ok(started))) = (
+        parts.next().map(str::parse::<i32>),
+        parts.next().map(str::parse::<u64>),
+    ) else {
+        return false;
+    };
+    if pgid <= 1 || process_start_time(pgid) != Some(started) {
+        return false;
+    }
+    killpg(Pid::from_raw(pgid), Signal::SIGKILL).is_ok()
+}
+
+/// Process groups of steps running in this process, so a hard exit (a second Ctrl-C) can take
+/// them along instead of leaving them running. A global because the exit path has nothing else.
+static RUNNING_GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Kills every step process group this process started and that still runs.
+pub fn kill_running_groups() {
+    let groups = RUNNING_GROUPS.lock().unwrap_or_else(|e| e.into_inner());
+    for pgid in groups.iter() {
+        let _ = killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
+    }
+}
+
+/// Membership of [`RUNNING_GROUPS`] for as long as the value lives.
+struct RunningGroup(i32);
+
+impl RunningGroup {
+    fn register(pgid: Pid) -> RunningGroup {
+        RUNNING_GROUPS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pgid.as_raw());
+        RunningGroup(pgid.as_raw())
+    }
+}
+
+impl Drop for RunningGroup {
+    fn drop(&mut self) {
+        RUNNING_GROUPS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|g| *g != self.0);
+    }
+}
 
 /// Finds a bare program name on the step's `PATH` (its own if it sets one, else the worker's).
 ///

@@ -143,6 +143,17 @@ fn read_capped(path: &Path, cap: u64) -> Result<Option<String>, String> {
         .map_err(|_| "not valid UTF-8".to_string())
 }
 
+/// Replaces secret values in a step's recorded outputs, as in its logs.
+pub fn mask_outputs(result: &mut TaskResult, secrets: &[(String, String)]) {
+    for value in result.outputs.values_mut() {
+        for (_, secret) in secrets.iter().filter(|(_, s)| !s.is_empty()) {
+            if value.contains(secret.as_str()) {
+                *value = value.replace(secret.as_str(), "***");
+            }
+        }
+    }
+}
+
 /// Parses `key=value` lines; blank lines and `#` comments are skipped.
 pub fn parse_outputs(text: &str) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();

@@ -91,6 +91,8 @@ pub fn parse_str(file: &str, text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
     let mut r = Reader {
         diags: Diagnostics::new(file),
     };
+    // A byte-order mark (editors on Windows write one) is allowed before the stream by YAML.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let tree = match yaml::parse(text) {
         Ok(tree) => tree,
         Err(err) => {

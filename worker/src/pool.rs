@@ -65,6 +65,12 @@ pub async fn run_worker(
             task = queue.take(&config.queues) => match task {
                 Ok(task) => task,
                 Err(QueueError::Closed) => break Ok(()),
+                Err(err) => {
+                    // The queue retries Redis itself; this is a last guard against a tight loop.
+                    tracing::warn!(error = %err, "Could not take a task.");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
             },
             _ = shutdown.cancelled() => break Ok(()),
         };
@@ -119,8 +125,16 @@ pub async fn run_worker(
                 .unwrap_or_else(|e| e.into_inner())
                 .tokens
                 .remove(&task.key);
-            if let Err(err) = queue.report(WorkerEvent::Finished(result)).await {
-                tracing::warn!(task = %task.key, error = %err, "Could not report a finished task.");
+            match queue.report(WorkerEvent::Finished(result)).await {
+                // Only a reported result lets the queue forget the delivery.
+                Ok(()) => {
+                    if let Err(err) = queue.done(&task).await {
+                        tracing::warn!(task = %task.key, error = %err, "Could not acknowledge a finished task.");
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(task = %task.key, error = %err, "Could not report a finished task.")
+                }
             }
             drop(permit);
         });

@@ -256,6 +256,12 @@ impl RunDriver {
                 // The attempt is committed before its task is queued.
                 self.commit()?;
             }
+            if !self.dirty {
+                // Everything applied so far is committed: the queue may forget those events.
+                if let Err(err) = self.engine.queue.ack_events().await {
+                    tracing::warn!(error = %err, "Could not acknowledge worker events; they will be delivered again.");
+                }
+            }
             for task in tasks {
                 self.engine
                     .queue

@@ -2,11 +2,13 @@
 //! the Redis Streams queue (distributed mode) implements the same trait.
 
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
 
 use crate::task::{TaskSpec, WorkerEvent};
 
+pub use self::redis::{RedisQueue, RedisQueueConfig};
 pub use memory::MemoryQueue;
 
 /// Why a queue operation failed.
@@ -15,6 +17,19 @@ pub enum QueueError {
     /// The queue was shut down; no more tasks or events will flow.
     #[error("the queue is closed")]
     Closed,
+    /// Redis failed or is unreachable; callers retry with backoff.
+    #[error("redis: {0}")]
+    Redis(String),
+    /// A message in the queue could not be decoded (written by another version?).
+    #[error("undecodable message {id} in {stream}: {reason}")]
+    Undecodable {
+        /// The stream.
+        stream: String,
+        /// The entry id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Transport of tasks to workers and of their events back.
@@ -32,6 +47,17 @@ pub trait TaskQueue: Send + Sync {
     /// Scheduler side: waits for at least one event, then returns up to `max` of them, so the
     /// scheduler can commit a batch of state changes with one flush.
     async fn next_events(&self, max: usize) -> Result<Vec<WorkerEvent>, QueueError>;
+
+    /// Scheduler side: the events returned so far are committed and may be forgotten. Until
+    /// this is called a durable queue delivers them again to a restarted scheduler.
+    async fn ack_events(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+
+    /// Worker side: the task's Finished event was reported; its delivery can be forgotten.
+    async fn done(&self, _task: &TaskSpec) -> Result<(), QueueError> {
+        Ok(())
+    }
 
     /// Scheduler side: asks the workers to stop every task of `run_id`.
     async fn cancel_run(&self, run_id: &str) -> Result<(), QueueError>;

@@ -1,0 +1,348 @@
+//! The Redis Streams queue against a real `redis-server` started by each test on a free port.
+//! Without `redis-server` on PATH the tests are skipped with a printed reason, unless
+//! `SLUICE_REQUIRE_REDIS=1` (CI sets it), where they fail.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_worker::executor::LocalExecutor;
+use sluice_worker::pool::{run_worker, WorkerConfig};
+use sluice_worker::queue::redis::WorkerInfo;
+use sluice_worker::queue::{RedisQueue, RedisQueueConfig, TaskQueue};
+use sluice_worker::task::{Outcome, StepCommand, TaskKey, TaskSpec, WorkerEvent};
+use tokio_util::sync::CancellationToken;
+
+/// A redis-server of the test's own, killed when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Redis {
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_redis_on(port: u16) -> Option<Redis> {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let child = match child {
+        Ok(child) => child,
+        Err(err) if std::env::var("SLUICE_REQUIRE_REDIS").as_deref() == Ok("1") => {
+            panic!("SLUICE_REQUIRE_REDIS=1 but redis-server cannot start: {err}")
+        }
+        Err(err) => {
+            eprintln!(
+                "skipped: no redis-server ({err}); set SLUICE_REQUIRE_REDIS=1 to fail instead"
+            );
+            return None;
+        }
+    };
+    let redis = Redis {
+        child,
+        port,
+        _dir: dir,
+    };
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(redis);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("redis-server did not start on port {port}");
+}
+
+fn start_redis() -> Option<Redis> {
+    start_redis_on(free_port())
+}
+
+async fn queue(redis: &Redis, consumer: &str, prefix: &str) -> RedisQueue {
+    let config = RedisQueueConfig {
+        url: redis.url(),
+        prefix: prefix.to_string(),
+        consumer: consumer.to_string(),
+        queues: vec!["default".into()],
+    };
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        RedisQueue::connect(config, CancellationToken::new()),
+    )
+    .await
+    .expect("connects in time")
+    .expect("connects")
+}
+
+fn task(dir: &std::path::Path, run: &str, step: &str, attempt: u32, command: &str) -> TaskSpec {
+    TaskSpec {
+        key: TaskKey {
+            run_id: run.into(),
+            step: step.into(),
+            attempt,
+        },
+        pipeline: "p".into(),
+        queue: "default".into(),
+        command: StepCommand::Shell(command.into()),
+        image: None,
+        pull: Default::default(),
+        user: None,
+        resources: Default::default(),
+        gpus: Vec::new(),
+        env: vec![],
+        secrets: vec![],
+        workdir: dir.to_path_buf(),
+        attempt_dir: dir.join(format!("{run}-{step}-{attempt}")),
+        inputs: vec![],
+        outputs: vec![],
+        timeout: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_and_events_round_trip_and_each_task_goes_to_one_worker() {
+    let Some(redis) = start_redis() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = queue(&redis, "scheduler", "t1:").await;
+    let (w1, w2) = (
+        queue(&redis, "w1", "t1:").await,
+        queue(&redis, "w2", "t1:").await,
+    );
+    for i in 0..20 {
+        scheduler
+            .dispatch(task(dir.path(), "r", &format!("s{i}"), 1, "true"))
+            .await
+            .unwrap();
+    }
+    let queues = vec!["default".to_string()];
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..20 {
+        let worker = if i % 2 == 0 { &w1 } else { &w2 };
+        let got = tokio::time::timeout(Duration::from_secs(5), worker.take(&queues))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            seen.insert(got.key.step.clone()),
+            "{} delivered twice",
+            got.key.step
+        );
+        worker
+            .report(WorkerEvent::Started {
+                key: got.key.clone(),
+                worker: "w".into(),
+                at_ms: 1,
+            })
+            .await
+            .unwrap();
+        worker.done(&got).await.unwrap();
+    }
+    assert_eq!(seen.len(), 20);
+    let mut events = Vec::new();
+    while events.len() < 20 {
+        let batch = tokio::time::timeout(Duration::from_secs(5), scheduler.next_events(100))
+            .await
+            .unwrap()
+            .unwrap();
+        events.extend(batch);
+    }
+    scheduler.ack_events().await.unwrap();
+    assert_eq!(events.len(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_not_acknowledged_are_delivered_again_to_a_restarted_scheduler() {
+    let Some(redis) = start_redis() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let worker = queue(&redis, "w", "t2:").await;
+    let t = task(dir.path(), "r", "a", 1, "true");
+    worker
+        .report(WorkerEvent::Started {
+            key: t.key.clone(),
+            worker: "w".into(),
+            at_ms: 1,
+        })
+        .await
+        .unwrap();
+    {
+        let scheduler = queue(&redis, "scheduler", "t2:").await;
+        let got = scheduler.next_events(10).await.unwrap();
+        assert_eq!(got.len(), 1);
+        // "Crash" before committing: no ack_events.
+        scheduler.close();
+    }
+    let restarted = queue(&redis, "scheduler", "t2:").await;
+    let again = tokio::time::timeout(Duration::from_secs(5), restarted.next_events(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.len(), 1, "the unacknowledged event comes back");
+    restarted.ack_events().await.unwrap();
+    let after = queue(&redis, "scheduler", "t2:").await;
+    let nothing = tokio::time::timeout(Duration::from_millis(1500), after.next_events(10)).await;
+    assert!(nothing.is_err(), "an acknowledged event does not come back");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_whose_worker_went_silent_is_reclaimed_and_dead_lettered_after_too_many_deliveries()
+{
+    let Some(redis) = start_redis() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = queue(&redis, "scheduler", "t3:").await;
+    let worker = queue(&redis, "w", "t3:").await;
+    let queues = vec!["default".to_string()];
+    scheduler
+        .dispatch(task(dir.path(), "r", "a", 1, "true"))
+        .await
+        .unwrap();
+    let taken = worker.take(&queues).await.unwrap();
+    // The worker dies: no heartbeat, no done. After the lease the janitor takes it back.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (again, dead) = scheduler
+        .reclaim_idle("default", Duration::from_millis(200), 3)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 0);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].task.key, taken.key);
+    // A live worker renews its lease with heartbeats, so its task is not taken away.
+    scheduler
+        .dispatch(task(dir.path(), "r", "b", 1, "true"))
+        .await
+        .unwrap();
+    let held = worker.take(&queues).await.unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let info = WorkerInfo {
+            name: "w".into(),
+            queues: queues.clone(),
+            slots: 1,
+            gpus: vec![],
+            running: 1,
+            docker: false,
+            heartbeat_ms: RedisQueue::now_ms(),
+        };
+        worker.heartbeat(&info).await.unwrap();
+    }
+    let (again, _) = scheduler
+        .reclaim_idle("default", Duration::from_millis(200), 3)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "a renewed lease is not reclaimed");
+    assert_eq!(scheduler.workers().await.unwrap()[0].name, "w");
+    worker.done(&held).await.unwrap();
+    // Delivered too many times: dead-lettered instead of coming back.
+    scheduler
+        .dispatch(task(dir.path(), "r", "c", 1, "true"))
+        .await
+        .unwrap();
+    let _ = worker.take(&queues).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (again, dead) = scheduler
+        .reclaim_idle("default", Duration::from_millis(200), 1)
+        .await
+        .unwrap();
+    assert!(again.is_empty());
+    assert_eq!(dead.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_reaches_a_running_worker_and_stops_its_task() {
+    let Some(redis) = start_redis() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = Arc::new(queue(&redis, "scheduler", "t4:").await);
+    let worker_queue: Arc<dyn TaskQueue> = Arc::new(queue(&redis, "w", "t4:").await);
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(run_worker(
+        worker_queue,
+        Arc::new(LocalExecutor::default()),
+        WorkerConfig {
+            name: "w".into(),
+            queues: vec!["default".into()],
+            slots: 2,
+            gpus: vec![],
+        },
+        shutdown.clone(),
+    ));
+    scheduler
+        .dispatch(task(dir.path(), "run-x", "long", 1, "sleep 60"))
+        .await
+        .unwrap();
+    // Wait for it to start.
+    let started = tokio::time::timeout(Duration::from_secs(10), scheduler.next_events(10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(started[0], WorkerEvent::Started { .. }));
+    scheduler.cancel_run("run-x").await.unwrap();
+    let finished = tokio::time::timeout(Duration::from_secs(10), scheduler.next_events(10))
+        .await
+        .unwrap()
+        .unwrap();
+    let WorkerEvent::Finished(result) = &finished[0] else {
+        panic!("{finished:?}")
+    };
+    assert_eq!(result.outcome, Outcome::Cancelled);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), worker)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_that_is_down_at_start_is_waited_for() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let connecting = tokio::spawn(async move {
+        let config = RedisQueueConfig {
+            url,
+            prefix: "t5:".into(),
+            consumer: "w".into(),
+            queues: vec![],
+        };
+        RedisQueue::connect(config, CancellationToken::new()).await
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!connecting.is_finished(), "still retrying");
+    let Some(_redis) = start_redis_on(port) else {
+        return;
+    };
+    let queue = tokio::time::timeout(Duration::from_secs(15), connecting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(queue.is_ok());
+}

@@ -245,3 +245,28 @@ pub fn containers_of_run(run_id: &str) -> Vec<String> {
         .expect("docker ps");
     text(&out.stdout).lines().map(str::to_string).collect()
 }
+
+impl Scratch {
+    /// Starts `sluice run FILE` in the background (output captured) and waits until a step
+    /// has written its pid to `pid_file` (relative to the scratch folder); returns both.
+    pub fn start_run_until_pid(&self, file: &Path, pid_file: &str) -> (Child, i32) {
+        let child = self
+            .sluice()
+            .arg("run")
+            .arg(file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sluice run");
+        let path = self.path().join(pid_file);
+        let mut pid = 0;
+        wait_until("the step to write its pid", Duration::from_secs(30), || {
+            pid = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or(0);
+            pid > 0
+        });
+        (child, pid)
+    }
+}

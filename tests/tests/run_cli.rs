@@ -320,22 +320,7 @@ steps:
   never: {run: "touch never", depends: [long]}
 "#,
     );
-    let child = s
-        .sluice()
-        .args(["run", file.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid_file = s.path().join("long.pid");
-    wait_until("the step to start", Duration::from_secs(30), || {
-        std::fs::read_to_string(&pid_file).is_ok_and(|p| !p.trim().is_empty())
-    });
-    let step_pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let (child, step_pid) = s.start_run_until_pid(&file, "long.pid");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,
@@ -371,26 +356,10 @@ steps:
     run: echo ran >> third.count
 "#,
     );
-    let child = s
-        .sluice()
-        .args(["run", file.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid_file = s.path().join("second.pid");
-    wait_until("the second step to start", Duration::from_secs(30), || {
-        std::fs::read_to_string(&pid_file).is_ok_and(|p| !p.trim().is_empty())
-    });
-    let mut child = child;
+    let (mut child, orphan) = s.start_run_until_pid(&file, "second.pid");
     child.kill().unwrap(); // SIGKILL: no chance to clean up.
     child.wait().unwrap();
     // The killed runner could not stop its step: it is still running.
-    let orphan: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
     assert!(process_alive(orphan), "the step outlived its runner");
 
     let run_id = s.latest_run_id();
@@ -518,17 +487,7 @@ steps:
     retry: {limit: 1, delay: 10ms}
 "#,
     );
-    let mut child = s
-        .sluice()
-        .args(["run", file.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid_file = s.path().join("a.pid");
-    wait_until("the step to start", Duration::from_secs(30), || {
-        std::fs::read_to_string(&pid_file).is_ok_and(|p| !p.trim().is_empty())
-    });
+    let (mut child, _) = s.start_run_until_pid(&file, "a.pid");
     child.kill().unwrap();
     child.wait().unwrap();
     let run_id = s.latest_run_id();

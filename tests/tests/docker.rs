@@ -224,6 +224,12 @@ fn a_gpu_step_fails_fast_on_a_docker_without_the_nvidia_runtime() {
         "name: gpu\nsteps:\n  train: {image: IMAGE, pull: never, run: nvidia-smi, resources: {gpu: 1}}\n",
     );
     let out = s.run(&["run", &file]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "GPU steps need --gpus, containers too"
+    );
+    let out = s.run(&["run", &file, "--gpus", "0"]);
     assert_eq!(out.status.code(), Some(1));
     let show = s.show(&s.latest_run_id());
     let attempt = &step(&show, "train")["attempts"][0];
@@ -419,4 +425,138 @@ fn local_gpu_steps_get_devices_of_their_own() {
             );
         }
     }
+}
+
+#[test]
+fn a_container_printing_a_lot_has_all_of_it_in_its_log() {
+    if !docker_ready() {
+        return;
+    }
+    let s = Scratch::new();
+    let file = pipeline(
+        &s,
+        "name: loud\nsteps:\n  loud: {image: IMAGE, pull: never, run: 'head -c 100000000 /dev/zero | tr \"\\0\" x; echo; echo done-marker'}\n",
+    );
+    let out = s.run(&["run", &file]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let show = s.show(&s.latest_run_id());
+    let dir = step(&show, "loud")["attempts"][0]["dir"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let log = std::fs::read(format!("{dir}/stdout.log")).unwrap();
+    assert_eq!(log.len(), 100_000_000 + 1 + "done-marker\n".len());
+    assert!(log.ends_with(b"\ndone-marker\n"));
+}
+
+#[test]
+fn a_child_killed_for_memory_does_not_fail_a_step_that_carries_on() {
+    if !docker_ready() {
+        return;
+    }
+    let s = Scratch::new();
+    let file = pipeline(
+        &s,
+        r#"name: survivor
+steps:
+  survivor:
+    image: IMAGE
+    pull: never
+    resources: {memory: 16Mi}
+    run: 'sh -c "x=\$(head -c 200000000 /dev/zero | tr \"\\0\" x)"; echo survived'
+"#,
+    );
+    let out = s.run(&["run", &file]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let show = s.show(&s.latest_run_id());
+    let attempt = &step(&show, "survivor")["attempts"][0];
+    assert_eq!(attempt["exit_code"], 0);
+    let message = attempt["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("ran out of memory (limit 16Mi) and was killed"),
+        "{attempt}"
+    );
+}
+
+#[test]
+fn an_image_whose_user_is_not_root_can_write_its_outputs() {
+    if !docker_ready() {
+        return;
+    }
+    let s = Scratch::new();
+    let context = s.path().join("img");
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::write(
+        context.join("Dockerfile"),
+        format!("FROM {TEST_IMAGE}\nUSER 1000:1000\n"),
+    )
+    .unwrap();
+    let tag = "sluice-test-busybox-nonroot";
+    let built = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", tag])
+        .arg(&context)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    let file = s.write(
+        "p.yaml",
+        &format!("name: nonroot\nsteps:\n  write: {{image: {tag}, pull: never, run: 'id -u > $SLUICE_OUT/uid; echo k=v >> $SLUICE_OUTPUTS', outputs: [uid]}}\n"),
+    );
+    let out = s.run(&["run", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let show = s.show(&s.latest_run_id());
+    assert_eq!(step(&show, "write")["outputs"]["k"], "v");
+}
+
+#[test]
+fn a_second_ctrl_c_leaves_no_container_behind() {
+    if !docker_ready() {
+        return;
+    }
+    let s = Scratch::new();
+    let file = pipeline(
+        &s,
+        "name: stubborn\nsteps:\n  long: {image: IMAGE, pull: never, run: \"trap '' TERM; sleep 300\"}\n",
+    );
+    let child = s
+        .sluice()
+        .args(["run", &file])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let runs = s.data_dir().join("runs");
+    let mut run_id = String::new();
+    wait_until("the container to start", Duration::from_secs(60), || {
+        let Some(entry) = std::fs::read_dir(&runs).ok().and_then(|mut d| d.next()) else {
+            return false;
+        };
+        run_id = entry.unwrap().file_name().to_string_lossy().into_owned();
+        !containers_of_run(&run_id).is_empty()
+    });
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = wait_output(child, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(130));
+    assert!(
+        containers_of_run(&run_id).is_empty(),
+        "the hard exit removed its container"
+    );
 }

@@ -244,7 +244,10 @@ fn secrets_are_forwarded_and_masked_in_stored_logs() {
 steps:
   use:
     secrets: [API_TOKEN]
-    run: echo "token is $API_TOKEN"; [ "$API_TOKEN" = "s3cr3t-value" ]
+    run: |
+      echo "token is $API_TOKEN"; [ "$API_TOKEN" = "s3cr3t-value" ]
+      echo "seen=$API_TOKEN" >> "$SLUICE_OUTPUTS"
+      printf '{"note": "%s"}' "$API_TOKEN" > "$SLUICE_METRICS"
   leak:
     run: 'echo "not forwarded: [$API_TOKEN]"' 
 "#,
@@ -257,6 +260,9 @@ steps:
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let run_id = s.latest_run_id();
+    let show = s.show(&run_id);
+    assert_eq!(step(&show, "use")["outputs"]["seen"], "***");
+    assert_eq!(step(&show, "use")["metrics"]["note"], "***");
     let logs = s.run(&["logs", &run_id, "use"]);
     assert_eq!(text(&logs.stdout), "token is ***\n");
     let logs = s.run(&["logs", &run_id, "leak"]);

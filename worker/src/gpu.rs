@@ -101,7 +101,13 @@ impl GpuInventory {
         let wanted: Vec<String> = match request {
             GpuRequest::Count(n) => free.iter().take(*n as usize).cloned().collect(),
             GpuRequest::All => self.all.clone(),
-            GpuRequest::Ids(ids) => ids.clone(),
+            GpuRequest::Ids(ids) => {
+                let mut unique = ids.clone();
+                unique.dedup();
+                unique.sort_by_key(|id| self.all.iter().position(|x| x == id));
+                unique.dedup();
+                unique
+            }
         };
         let count_ok = match request {
             GpuRequest::Count(n) => wanted.len() == *n as usize,

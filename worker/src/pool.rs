@@ -154,6 +154,11 @@ async fn lease_gpus(
     cancel: &CancellationToken,
 ) -> Result<Option<GpuLease>, String> {
     let Some(request) = task.resources.gpu.clone() else {
+        if !gpus.ids().is_empty() && task.image.is_none() {
+            // A step that asked for no GPU gets none of this worker's, which other steps lease.
+            task.env
+                .push(("CUDA_VISIBLE_DEVICES".into(), String::new()));
+        }
         return Ok(None);
     };
     if gpus.ids().is_empty() && task.image.is_some() {

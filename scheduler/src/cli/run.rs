@@ -4,10 +4,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use sluice_worker::executor::local::{kill_recorded_group, kill_running_groups};
+use sluice_worker::executor::local::{
+    kill_recorded_group, kill_running_groups, process_start_time,
+};
 use sluice_worker::executor::{DockerExecutor, StepExecutor};
 use sluice_worker::gpu::parse_gpus_flag;
 use sluice_worker::pool::{run_worker, WorkerConfig};
@@ -150,7 +153,8 @@ fn stop_leftover_steps(store: &Store, run_id: &str) {
     }
 }
 
-/// Local GPU steps need devices to hand out; refused before anything starts rather than midway.
+/// GPU steps need devices to lease, so no two share one (containers too: Docker alone would hand
+/// every `gpu: 1` container the same first device); refused before anything starts.
 fn gpu_steps_without_gpus(pipeline: &Pipeline, gpus: &[String]) -> Option<String> {
     if !gpus.is_empty() {
         return None;
@@ -158,7 +162,7 @@ fn gpu_steps_without_gpus(pipeline: &Pipeline, gpus: &[String]) -> Option<String
     pipeline
         .steps
         .values()
-        .find(|s| s.resources.gpu.is_some() && s.image.is_none())
+        .find(|s| s.resources.gpu.is_some())
         .map(|step| {
             format!(
                 "step `{}` asks for GPUs: pass --gpus with device ids (`--gpus 0,1`) or `--gpus auto`",
@@ -167,10 +171,24 @@ fn gpu_steps_without_gpus(pipeline: &Pipeline, gpus: &[String]) -> Option<String
         })
 }
 
-/// This runner's name on the containers it starts: `embedded:<host>:<pid>`, so a later runner on
-/// the same host can tell a dead runner's leftovers from a live one's.
+/// This runner's name on the containers it starts:
+/// `embedded:<host>:<pid namespace>:<pid>:<process start time>`, so a later runner can tell a
+/// dead runner's leftovers from a live one's, even when pids are reused or the live one runs in
+/// another pid namespace (whose containers it then leaves alone).
 fn embedded_worker_name() -> String {
-    format!("embedded:{}:{}", hostname(), std::process::id())
+    let pid = std::process::id();
+    format!(
+        "embedded:{}:{}:{pid}:{}",
+        hostname(),
+        pid_namespace(),
+        process_start_time(pid as i32).unwrap_or(0)
+    )
+}
+
+fn pid_namespace() -> String {
+    std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.display().to_string().replace(':', "-"))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn hostname() -> String {
@@ -182,13 +200,17 @@ fn hostname() -> String {
 /// Whether a container labelled with `worker` belongs to an embedded runner of this host that
 /// is no longer alive.
 fn dead_embedded_runner(worker: &str) -> bool {
-    let prefix = format!("embedded:{}:", hostname());
-    match worker
-        .strip_prefix(&prefix)
-        .and_then(|pid| pid.parse::<u32>().ok())
-    {
-        Some(pid) => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        None => false,
+    let prefix = format!("embedded:{}:{}:", hostname(), pid_namespace());
+    let Some(rest) = worker.strip_prefix(&prefix) else {
+        return false; // Another host or pid namespace: not ours to judge.
+    };
+    let mut parts = rest.split(':');
+    match (
+        parts.next().and_then(|p| p.parse::<i32>().ok()),
+        parts.next().and_then(|t| t.parse::<u64>().ok()),
+    ) {
+        (Some(pid), Some(started)) => process_start_time(pid) != Some(started),
+        _ => false,
     }
 }
 
@@ -292,6 +314,7 @@ async fn run_embedded(
         data_dir.display()
     );
 
+    let docker = executor.docker();
     let workers = tokio::spawn(run_worker(
         queue.clone(),
         Arc::new(executor),
@@ -304,7 +327,7 @@ async fn run_embedded(
         shutdown.clone(),
     ));
     let cancel = CancellationToken::new();
-    tokio::spawn(cancel_on_signals(cancel.clone()));
+    tokio::spawn(cancel_on_signals(cancel.clone(), docker));
     let run_id = started.id.clone();
     let mut workers = workers;
     let outcome = tokio::select! {
@@ -356,7 +379,7 @@ fn queues_of(pipeline: &Pipeline) -> Vec<String> {
 }
 
 /// Ctrl-C or SIGTERM cancels the run cleanly; a second Ctrl-C leaves at once.
-async fn cancel_on_signals(cancel: CancellationToken) {
+async fn cancel_on_signals(cancel: CancellationToken, docker: Option<Arc<DockerExecutor>>) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(term) => term,
         Err(_) => return,
@@ -370,6 +393,10 @@ async fn cancel_on_signals(cancel: CancellationToken) {
     if tokio::signal::ctrl_c().await.is_ok() {
         // Leaving at once must not leave steps running behind.
         kill_running_groups();
+        if let Some(docker) = docker {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), docker.remove_own_containers()).await;
+        }
         std::process::exit(i32::from(EXIT_CANCELLED));
     }
 }

@@ -448,6 +448,15 @@ fn gpu(r: &mut Reader, node: &Node, path: &str) -> Option<GpuRequest> {
                 return None;
             };
             let ids = r.text_list(ids, &join(path, "ids"))?;
+            let mut seen = std::collections::HashSet::new();
+            if let Some((dup, mark)) = ids.iter().find(|(id, _)| !seen.insert(id.clone())) {
+                r.error(
+                    *mark,
+                    &join(path, "ids"),
+                    format!("GPU `{dup}` is listed twice"),
+                );
+                return None;
+            }
             if ids.is_empty() {
                 r.error(
                     node.mark,

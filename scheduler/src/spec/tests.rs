@@ -1563,3 +1563,10 @@ fn defaults_apply_only_where_they_can() {
     assert_eq!(boxed.pull, PullPolicy::Never);
     assert_eq!(p.steps["placed"].workdir.as_deref(), Some("/app"));
 }
+
+#[test]
+fn a_gpu_listed_twice_is_refused() {
+    let d = one_error("name: p\nsteps:\n  a: {run: x, resources: {gpu: {ids: ['0', '0']}}}\n");
+    assert_eq!(d.field, "steps.a.resources.gpu.ids");
+    assert_eq!(d.message, "GPU `0` is listed twice");
+}

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig};
+use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, Mount, MountType};
 
 use crate::task::{GpuRequest, StepCommand, TaskSpec};
 
@@ -68,12 +68,7 @@ pub fn container_body(
         .iter()
         .chain(secrets.iter())
         .map(|(k, v)| format!("{k}={v}"))
-        .chain(
-            task.resources
-                .gpu
-                .is_some()
-                .then(|| format!("CUDA_VISIBLE_DEVICES={}", visible_devices(task))),
-        )
+        .chain(visible_devices(task).map(|devices| format!("CUDA_VISIBLE_DEVICES={devices}")))
         .collect();
     let labels = HashMap::from([
         (LABEL_RUN.to_string(), task.key.run_id.clone()),
@@ -101,16 +96,22 @@ pub fn container_body(
 /// Limits, mounts and devices. Never privileged, no new privileges, the default bridge network,
 /// and nothing mounted but the run's folder.
 pub fn host_config(task: &TaskSpec, limits: &ContainerLimits) -> HostConfig {
-    let attempt = task.attempt_dir.display().to_string();
-    let mut binds = Vec::new();
+    // Mounts rather than `binds` strings: a data dir whose path holds a `:` still works.
+    let bind = |path: &Path, read_only: bool| Mount {
+        target: Some(path.display().to_string()),
+        source: Some(path.display().to_string()),
+        typ: Some(MountType::BIND),
+        read_only: Some(read_only),
+        ..Default::default()
+    };
+    let mut mounts = Vec::new();
     if let Some(run) = run_dir(task) {
-        let run = run.display().to_string();
-        binds.push(format!("{run}:{run}:ro"));
+        mounts.push(bind(run, true));
     }
-    binds.push(format!("{attempt}:{attempt}:rw"));
+    mounts.push(bind(&task.attempt_dir, false));
     let memory = task.resources.memory.map(|m| m.min(i64::MAX as u64) as i64);
     HostConfig {
-        binds: Some(binds),
+        mounts: Some(mounts),
         nano_cpus: task.resources.cpu.map(|c| (c * 1e9).round() as i64),
         memory,
         // Equal to the memory limit: no swap on top, so the limit is the limit.
@@ -158,18 +159,21 @@ pub fn device_request(task: &TaskSpec, gpu: &GpuRequest) -> DeviceRequest {
     }
 }
 
-/// Inside the container Docker renumbers the devices it passes from 0.
-fn visible_devices(task: &TaskSpec) -> String {
-    let count = match (&task.gpus, &task.resources.gpu) {
+/// Inside the container Docker renumbers the devices it passes from 0. For `all` without an
+/// inventory the count is unknown, and CUDA takes no `all`: the variable is left unset.
+fn visible_devices(task: &TaskSpec) -> Option<String> {
+    let count = match (&task.gpus, task.resources.gpu.as_ref()?) {
         (ids, _) if !ids.is_empty() => ids.len(),
-        (_, Some(GpuRequest::Count(n))) => *n as usize,
-        (_, Some(GpuRequest::Ids(ids))) => ids.len(),
-        _ => return "all".to_string(),
+        (_, GpuRequest::Count(n)) => *n as usize,
+        (_, GpuRequest::Ids(ids)) => ids.len(),
+        (_, GpuRequest::All) => return None,
     };
-    (0..count)
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
+    Some(
+        (0..count)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    )
 }
 
 #[cfg(test)]
@@ -241,11 +245,17 @@ mod tests {
             Some(vec!["no-new-privileges".to_string()])
         );
         assert_eq!(host.network_mode.as_deref(), Some("bridge"));
+        let mounts: Vec<(String, bool)> = host
+            .mounts
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.source.unwrap(), m.read_only.unwrap()))
+            .collect();
         assert_eq!(
-            host.binds.unwrap(),
+            mounts,
             vec![
-                "/data/runs/R1:/data/runs/R1:ro",
-                "/data/runs/R1/train/2:/data/runs/R1/train/2:rw"
+                ("/data/runs/R1".to_string(), true),
+                ("/data/runs/R1/train/2".to_string(), false)
             ]
         );
         assert_eq!(host.device_requests, None);

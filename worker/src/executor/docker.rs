@@ -6,14 +6,16 @@
 //! stderr apart, secrets masked; the container is removed once its logs and outputs are saved.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder,
 };
 use bollard::Docker;
@@ -103,6 +105,21 @@ impl DockerExecutor {
         Ok(reaped)
     }
 
+    /// Removes every container this worker started (a hard exit must not leave them running).
+    pub async fn remove_own_containers(&self) {
+        let label = format!("{LABEL_WORKER}={}", self.worker);
+        let filters = HashMap::from([("label", vec![label.as_str()])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        if let Ok(containers) = self.docker.list_containers(Some(options)).await {
+            for id in containers.into_iter().filter_map(|c| c.id) {
+                let _ = self.remove(&id).await;
+            }
+        }
+    }
+
     async fn remove(&self, name: &str) -> Result<(), DockerError> {
         let options = RemoveContainerOptionsBuilder::default().force(true).build();
         match self.docker.remove_container(name, Some(options)).await {
@@ -129,9 +146,17 @@ impl DockerExecutor {
         if !pull {
             return Ok(());
         }
-        let options = CreateImageOptionsBuilder::default()
-            .from_image(image)
-            .build();
+        // With no tag the engine pulls every tag of the repository: say `latest`, as `docker
+        // pull` does.
+        let options = match image_tag(image) {
+            Some(_) => CreateImageOptionsBuilder::default()
+                .from_image(image)
+                .build(),
+            None => CreateImageOptionsBuilder::default()
+                .from_image(image)
+                .tag("latest")
+                .build(),
+        };
         let credentials = self.auth.credentials_for(image);
         let mut stream = self.docker.create_image(Some(options), None, credentials);
         let pulled = tokio::time::timeout(PULL_TIMEOUT, async {
@@ -149,6 +174,15 @@ impl DockerExecutor {
             )),
         }
     }
+}
+
+/// The tag or digest of an image reference, if it has one (`host:5000/img` has none).
+fn image_tag(image: &str) -> Option<&str> {
+    if let Some((_, digest)) = image.split_once('@') {
+        return Some(digest);
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    last.split_once(':').map(|(_, tag)| tag)
 }
 
 /// Why the wait for a container ended.
@@ -192,11 +226,17 @@ impl Executor for DockerExecutor {
                 )
             }
         };
-        if task.user.is_some() {
-            // Another user inside the container must be able to write its outputs.
-            open_for_others(task);
-        }
-        if let Err(message) = self.ensure_image(&image, task.pull).await {
+        // The image (or the step) may run as another user, who must be able to write outputs.
+        open_for_others(task);
+        let pulled = tokio::select! {
+            pulled = self.ensure_image(&image, task.pull) => pulled,
+            _ = cancel.cancelled() => {
+                let mut result = TaskResult::error(task.key.clone(), "cancelled while the image was pulled");
+                result.outcome = Outcome::Cancelled;
+                return result;
+            }
+        };
+        if let Err(message) = pulled {
             return TaskResult::error(task.key.clone(), message);
         }
         let name = container_name(task);
@@ -215,19 +255,43 @@ impl Executor for DockerExecutor {
                 format!("cannot create the container: {}", describe(&err)),
             );
         }
+        // Attached before the start, straight to the container's output: the engine's log driver
+        // may rotate or drop what a step prints (json-file with max-size does), the attach
+        // stream does not, and a slow reader holds the step back instead of losing its output.
+        let attach_options = AttachContainerOptionsBuilder::default()
+            .stream(true)
+            .stdout(true)
+            .stderr(true)
+            .logs(true)
+            .build();
+        let output = match self
+            .docker
+            .attach_container(&name, Some(attach_options))
+            .await
+        {
+            Ok(attached) => attached.output,
+            Err(err) => {
+                let _ = self.remove(&name).await;
+                return TaskResult::error(
+                    task.key.clone(),
+                    format!("cannot attach to the container: {}", describe(&err)),
+                );
+            }
+        };
         let started_ms = now_ms();
         if let Err(err) = self.docker.start_container(&name, None).await {
             let _ = self.remove(&name).await;
             return TaskResult::error(task.key.clone(), start_error(&err));
         }
         let masker = || Masker::new(secrets.iter().map(|(_, v)| v.clone()));
+        let progress = Arc::new(AtomicU64::new(0));
         let log_copy = tokio::spawn(copy_logs(
-            self.docker.clone(),
-            name.clone(),
+            output,
             tokio::fs::File::from_std(logs.stdout),
             tokio::fs::File::from_std(logs.stderr),
             masker(),
             masker(),
+            progress.clone(),
         ));
         let mut wait = self.docker.wait_container(&name, None);
         let timeout = async {
@@ -244,7 +308,7 @@ impl Executor for DockerExecutor {
         if matches!(ending, Ending::TimedOut | Ending::Cancelled) {
             self.stop(&name).await;
         }
-        let drained = tokio::time::timeout(self.kill_grace, log_copy).await;
+        let drained = drain(log_copy, &progress).await;
         let oom = self
             .docker
             .inspect_container(&name, None)
@@ -265,11 +329,14 @@ impl Executor for DockerExecutor {
                 } else {
                     Outcome::Failed
                 };
-                if oom {
-                    result.outcome = Outcome::Failed;
+                let limit = task.resources.memory.map_or("none".into(), human_bytes);
+                if oom && code == 137 {
+                    result.message =
+                        Some(format!("killed for running out of memory (limit {limit})"));
+                } else if oom {
+                    // A child was killed, the step itself carried on: worth saying, not a failure.
                     result.message = Some(format!(
-                        "killed for running out of memory (limit {})",
-                        task.resources.memory.map_or("none".into(), human_bytes)
+                        "a process of the step ran out of memory (limit {limit}) and was killed"
                     ));
                 }
             }
@@ -290,12 +357,20 @@ impl Executor for DockerExecutor {
             }
         }
         match drained {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(err))) if result.outcome == Outcome::Succeeded => {
+            Ok(()) => {}
+            Err(problem) if result.outcome == Outcome::Succeeded => {
+                // Output that never reached the log is not a clean success.
                 result.outcome = Outcome::Error;
-                result.message = Some(format!("cannot write the step's log: {err}"));
+                result.message = Some(problem);
             }
-            _ => {}
+            Err(problem) => {
+                let message = result.message.take().unwrap_or_default();
+                result.message = Some(
+                    format!("{message}; {problem}")
+                        .trim_start_matches("; ")
+                        .to_string(),
+                );
+            }
         }
         if matches!(result.outcome, Outcome::Succeeded | Outcome::Failed) {
             result = read_step_reports(task, result).await;
@@ -358,35 +433,67 @@ fn describe(err: &DockerError) -> String {
     }
 }
 
+/// How long the log stream may deliver nothing, after the container ended, before the engine is
+/// taken to have stopped sending.
+const LOG_STALL: Duration = Duration::from_secs(30);
+
+/// Lets the log copy run to the end of the container's output, however long that takes while
+/// bytes keep arriving; gives up only when the stream stalls. `Err` says what was lost.
+async fn drain(
+    mut copy: tokio::task::JoinHandle<std::io::Result<()>>,
+    progress: &AtomicU64,
+) -> Result<(), String> {
+    let mut seen = progress.load(Ordering::Relaxed);
+    loop {
+        match tokio::time::timeout(LOG_STALL, &mut copy).await {
+            Ok(Ok(Ok(()))) => return Ok(()),
+            Ok(Ok(Err(err))) => return Err(format!("cannot write the step's log: {err}")),
+            Ok(Err(err)) => return Err(format!("the log copy failed: {err}")),
+            Err(_) => {
+                let now = progress.load(Ordering::Relaxed);
+                if now == seen {
+                    copy.abort();
+                    return Err(format!(
+                        "the Docker engine stopped sending the container's output after {now} bytes; the rest of its log is missing"
+                    ));
+                }
+                seen = now;
+            }
+        }
+    }
+}
+
 /// Streams the container's output to the attempt's log files, stdout and stderr apart.
 async fn copy_logs(
-    docker: Docker,
-    name: String,
+    mut stream: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<LogOutput, DockerError>> + Send>,
+    >,
     stdout: tokio::fs::File,
     stderr: tokio::fs::File,
     mut mask_out: Masker,
     mut mask_err: Masker,
+    progress: Arc<AtomicU64>,
 ) -> std::io::Result<()> {
-    let options = LogsOptionsBuilder::default()
-        .follow(true)
-        .stdout(true)
-        .stderr(true)
-        .build();
-    let mut stream = docker.logs(&name, Some(options));
     let mut out = tokio::io::BufWriter::new(stdout);
     let mut err = tokio::io::BufWriter::new(stderr);
     let written = async {
         while let Some(item) = stream.next().await {
             match item {
                 Ok(LogOutput::StdOut { message }) => {
-                    out.write_all(&mask_out.feed(&message)).await?
+                    out.write_all(&mask_out.feed(&message)).await?;
+                    progress.fetch_add(message.len() as u64, Ordering::Relaxed);
                 }
                 Ok(LogOutput::StdErr { message }) => {
-                    err.write_all(&mask_err.feed(&message)).await?
+                    err.write_all(&mask_err.feed(&message)).await?;
+                    progress.fetch_add(message.len() as u64, Ordering::Relaxed);
                 }
                 Ok(_) => {}
-                // The engine closing the stream early ends the copy; the exit code still counts.
-                Err(_) => break,
+                Err(e) => {
+                    // Say so in the log itself: the output after this point is missing.
+                    let note = format!("\n[sluice: the container's output stream broke: {e}]\n");
+                    err.write_all(note.as_bytes()).await?;
+                    break;
+                }
             }
         }
         out.write_all(&mask_out.finish()).await?;
@@ -412,5 +519,19 @@ fn human_bytes(bytes: u64) -> String {
         format!("{}Mi", bytes / MIB)
     } else {
         format!("{bytes} bytes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::image_tag;
+
+    #[test]
+    fn tags_are_found_after_the_registry_port() {
+        assert_eq!(image_tag("python"), None);
+        assert_eq!(image_tag("python:3.11-slim"), Some("3.11-slim"));
+        assert_eq!(image_tag("localhost:5000/img"), None);
+        assert_eq!(image_tag("localhost:5000/img:1"), Some("1"));
+        assert_eq!(image_tag("img@sha256:abc"), Some("sha256:abc"));
     }
 }

@@ -143,13 +143,23 @@ fn read_capped(path: &Path, cap: u64) -> Result<Option<String>, String> {
         .map_err(|_| "not valid UTF-8".to_string())
 }
 
-/// Replaces secret values in a step's recorded outputs, as in its logs.
+/// Replaces secret values in a step's recorded outputs and metrics, as in its logs.
 pub fn mask_outputs(result: &mut TaskResult, secrets: &[(String, String)]) {
-    for value in result.outputs.values_mut() {
+    let mask = |value: &mut String| {
         for (_, secret) in secrets.iter().filter(|(_, s)| !s.is_empty()) {
             if value.contains(secret.as_str()) {
                 *value = value.replace(secret.as_str(), "***");
             }
+        }
+    };
+    result.outputs.values_mut().for_each(mask);
+    let mut stack: Vec<&mut serde_json::Value> = result.metrics.values_mut().collect();
+    while let Some(value) = stack.pop() {
+        match value {
+            serde_json::Value::String(text) => mask(text),
+            serde_json::Value::Array(items) => stack.extend(items.iter_mut()),
+            serde_json::Value::Object(map) => stack.extend(map.values_mut()),
+            _ => {}
         }
     }
 }

@@ -36,6 +36,11 @@ impl StepExecutor {
     pub fn has_docker(&self) -> bool {
         self.docker.is_ok()
     }
+
+    /// The Docker executor, when there is one.
+    pub fn docker(&self) -> Option<Arc<DockerExecutor>> {
+        self.docker.as_ref().ok().cloned()
+    }
 }
 
 #[async_trait]

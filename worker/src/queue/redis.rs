@@ -21,7 +21,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamId, StreamPendingCountReply, StreamReadReply};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{QueueError, TaskQueue};
@@ -80,14 +80,16 @@ pub struct RedisQueue {
     config: RedisQueueConfig,
     /// For commands that answer at once.
     commands: ConnectionManager,
-    /// For blocking reads: no response timeout, or a long block would count as a failure.
-    blocking: tokio::sync::Mutex<ConnectionManager>,
+    /// Opens the background readers' own connections.
+    client: redis::Client,
     /// Stream entry of each task this worker took, for its acknowledgement.
     taken: Mutex<HashMap<TaskKey, (String, String)>>,
     /// Event entries handed to the scheduler and not yet acknowledged.
     unacked_events: Mutex<Vec<String>>,
-    /// Whether this scheduler has re-read the events it had taken before a restart.
-    pending_events_read: Mutex<bool>,
+    /// Tasks read in the background; started by the first `take`.
+    task_entries: tokio::sync::Mutex<Option<mpsc::Receiver<(String, StreamId)>>>,
+    /// Worker events read in the background; started by the first `next_events`.
+    event_entries: tokio::sync::Mutex<Option<mpsc::Receiver<(String, StreamId)>>>,
     cancels: broadcast::Sender<String>,
     closed: CancellationToken,
 }
@@ -101,16 +103,10 @@ impl RedisQueue {
     ) -> Result<RedisQueue, QueueError> {
         let client = redis::Client::open(config.url.as_str()).map_err(redis_error)?;
         let mut delay = Duration::from_millis(100);
-        let (commands, blocking) = loop {
+        let commands = loop {
             let quick =
                 ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
-            let patient = ConnectionManagerConfig::new().set_response_timeout(None);
-            let attempt = async {
-                let commands = ConnectionManager::new_with_config(client.clone(), quick).await?;
-                let blocking = ConnectionManager::new_with_config(client.clone(), patient).await?;
-                Ok::<_, redis::RedisError>((commands, blocking))
-            };
-            match attempt.await {
+            match ConnectionManager::new_with_config(client.clone(), quick).await {
                 Ok(connections) => break connections,
                 Err(err) => {
                     tracing::warn!(url = %config.url, error = %err, retry_in = ?delay, "Redis is not answering; retrying.");
@@ -126,10 +122,11 @@ impl RedisQueue {
         let queue = RedisQueue {
             config,
             commands,
-            blocking: tokio::sync::Mutex::new(blocking),
+            client: client.clone(),
             taken: Mutex::new(HashMap::new()),
             unacked_events: Mutex::new(Vec::new()),
-            pending_events_read: Mutex::new(false),
+            task_entries: tokio::sync::Mutex::new(None),
+            event_entries: tokio::sync::Mutex::new(None),
             cancels,
             closed: CancellationToken::new(),
         };
@@ -166,6 +163,7 @@ impl RedisQueue {
     fn forward_cancellations(&self, client: redis::Client) {
         let sender = self.cancels.clone();
         let channel = self.key("cancel");
+        let cancelled = self.key("cancelled");
         let closed = self.closed.clone();
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(100);
@@ -187,6 +185,13 @@ impl RedisQueue {
                     _ = closed.cancelled() => return,
                 };
                 delay = Duration::from_millis(100);
+                // Cancels sent while this worker was not listening are in the set.
+                if let Ok(mut con) = client.get_multiplexed_async_connection().await {
+                    let missed: Vec<String> = con.smembers(&cancelled).await.unwrap_or_default();
+                    for run_id in missed {
+                        let _ = sender.send(run_id);
+                    }
+                }
                 let mut messages = pubsub.on_message();
                 loop {
                     tokio::select! {
@@ -206,24 +211,29 @@ impl RedisQueue {
     }
 
     /// Advertises this worker: capacity, GPUs, what it runs now. Also renews the leases of the
-    /// tasks it holds, so the janitor does not take them back while they run.
-    pub async fn heartbeat(&self, info: &WorkerInfo) -> Result<(), QueueError> {
+    /// tasks it holds, so the janitor does not take them back while they run. Returns the tasks
+    /// whose lease was lost anyway (reclaimed while this worker was frozen, or gone with a Redis
+    /// that restarted empty): their results will be refused, so the caller may stop them.
+    pub async fn heartbeat(&self, info: &WorkerInfo) -> Result<Vec<TaskKey>, QueueError> {
         let mut con = self.commands.clone();
         let json = serde_json::to_string(info).unwrap_or_default();
         let _: () = con
             .hset(self.key("workers"), &info.name, json)
             .await
             .map_err(redis_error)?;
-        let held: Vec<(String, String)> = self
+        let held: Vec<(TaskKey, (String, String))> = self
             .taken
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        for (stream, id) in held {
-            // XCLAIM to ourselves with no minimum idle time resets the entry's idle clock.
-            let _: redis::Value = redis::cmd("XCLAIM")
+        let mut lost = Vec::new();
+        let mut first_error = None;
+        for (key, (stream, id)) in held {
+            // XCLAIM to ourselves with no minimum idle time resets the entry's idle clock; an
+            // empty answer means the entry is no longer pending for the group at all.
+            let renewed: redis::RedisResult<Vec<String>> = redis::cmd("XCLAIM")
                 .arg(&stream)
                 .arg(WORKERS_GROUP)
                 .arg(&self.config.consumer)
@@ -231,10 +241,28 @@ impl RedisQueue {
                 .arg(&id)
                 .arg("JUSTID")
                 .query_async(&mut con)
-                .await
-                .map_err(redis_error)?;
+                .await;
+            let gone = match renewed {
+                Ok(ids) => ids.is_empty(),
+                Err(err) if err.code() == Some("NOGROUP") => true,
+                Err(err) => {
+                    first_error.get_or_insert(redis_error(err));
+                    false
+                }
+            };
+            if gone {
+                tracing::warn!(task = %key, "Lost the lease of a running task; its result will be refused.");
+                self.taken
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key);
+                lost.push(key);
+            }
         }
-        Ok(())
+        match first_error {
+            Some(err) => Err(err),
+            None => Ok(lost),
+        }
     }
 
     /// Every worker that ever sent a heartbeat, with its last one.
@@ -253,15 +281,15 @@ impl RedisQueue {
     }
 
     /// Scheduler side: takes back tasks of `queue` that a worker took and has not renewed for
-    /// `min_idle` (it died or froze). Tasks delivered `max_deliveries` times or more go to the
-    /// dead-letter stream instead of coming back. The caller re-dispatches the others as new
-    /// attempts, after committing them.
+    /// `min_idle` (it died or froze). The caller decides, with its own attempt counts, whether
+    /// each comes back as a new attempt (committed first, then dispatched) or goes to the
+    /// dead-letter stream ([`RedisQueue::dead_letter`]). A Redis failure midway returns what was
+    /// taken back so far: nothing already removed from the stream is lost.
     pub async fn reclaim_idle(
         &self,
         queue: &str,
         min_idle: Duration,
-        max_deliveries: usize,
-    ) -> Result<(Vec<Reclaimed>, Vec<Reclaimed>), QueueError> {
+    ) -> Result<Vec<Reclaimed>, QueueError> {
         let stream = self.task_stream(queue);
         self.ensure_group(&stream, WORKERS_GROUP).await?;
         let mut con = self.commands.clone();
@@ -276,98 +304,60 @@ impl RedisQueue {
             .query_async(&mut con)
             .await
             .map_err(redis_error)?;
-        let (mut again, mut dead) = (Vec::new(), Vec::new());
+        let mut reclaimed = Vec::new();
         for entry in pending.ids {
-            // Claiming with the same minimum idle time makes a race with a heartbeat safe: if
-            // the worker renewed the lease a moment ago, nothing is claimed.
-            let claimed: Vec<StreamId> = redis::cmd("XCLAIM")
+            // The same minimum idle time makes a race with a heartbeat safe: a lease renewed a
+            // moment ago is not claimed.
+            let claimed = redis::cmd("XCLAIM")
                 .arg(&stream)
                 .arg(WORKERS_GROUP)
                 .arg(&self.config.consumer)
                 .arg(min_idle.as_millis() as u64)
                 .arg(&entry.id)
                 .query_async::<redis::streams::StreamClaimReply>(&mut con)
-                .await
-                .map_err(redis_error)?
-                .ids;
-            let Some(claimed) = claimed.into_iter().next() else {
-                continue;
-            };
-            let _: () = redis::cmd("XACK")
-                .arg(&stream)
-                .arg(WORKERS_GROUP)
-                .arg(&entry.id)
-                .query_async(&mut con)
-                .await
-                .map_err(redis_error)?;
-            let _: () = redis::cmd("XDEL")
-                .arg(&stream)
-                .arg(&entry.id)
-                .query_async(&mut con)
-                .await
-                .map_err(redis_error)?;
-            let task: TaskSpec = match decode(&stream, &claimed, "task") {
-                Ok(task) => task,
+                .await;
+            let claimed = match claimed {
+                Ok(reply) => reply.ids.into_iter().next(),
                 Err(err) => {
-                    tracing::error!(error = %err, "Dropped an undecodable task while reclaiming it.");
-                    continue;
+                    tracing::warn!(error = %err, "Reclaiming stopped midway; the rest waits for the next round.");
+                    break;
                 }
             };
-            let reclaimed = Reclaimed {
-                task,
-                deliveries: entry.times_delivered,
-            };
-            if entry.times_delivered >= max_deliveries {
-                let json = serde_json::to_string(&reclaimed.task).unwrap_or_default();
-                let _: String = con
-                    .xadd(
-                        self.key("dead"),
-                        "*",
-                        &[
-                            ("task", json.as_str()),
-                            ("reason", "delivered too many times"),
-                        ],
-                    )
-                    .await
-                    .map_err(redis_error)?;
-                dead.push(reclaimed);
-            } else {
-                again.push(reclaimed);
+            let Some(claimed) = claimed else { continue };
+            match decode::<TaskSpec>(&stream, &claimed, "task") {
+                Ok(task) => {
+                    if let Err(err) = self.forget(&stream, &entry.id).await {
+                        tracing::warn!(error = %err, "Reclaiming stopped midway; the rest waits for the next round.");
+                        break;
+                    }
+                    reclaimed.push(Reclaimed {
+                        task,
+                        deliveries: entry.times_delivered,
+                    });
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "Moved an undecodable task to the dead-letter stream.");
+                    self.bury(&stream, &entry.id, "undecodable").await;
+                }
             }
         }
-        Ok((again, dead))
+        Ok(reclaimed)
     }
 
-    async fn read_group(
-        &self,
-        group: &str,
-        streams: &[String],
-        id: &str,
-        count: usize,
-        block: bool,
-    ) -> Result<Option<StreamReadReply>, QueueError> {
-        let mut command = redis::cmd("XREADGROUP");
-        command
-            .arg("GROUP")
-            .arg(group)
-            .arg(&self.config.consumer)
-            .arg("COUNT")
-            .arg(count);
-        if block {
-            command.arg("BLOCK").arg(BLOCK_MS);
-        }
-        command.arg("STREAMS");
-        for stream in streams {
-            command.arg(stream);
-        }
-        for _ in streams {
-            command.arg(id);
-        }
-        let mut con = self.blocking.lock().await;
-        tokio::select! {
-            reply = command.query_async::<Option<StreamReadReply>>(&mut *con) => reply.map_err(redis_error),
-            _ = self.closed.cancelled() => Err(QueueError::Closed),
-        }
+    /// Scheduler side: records a task it gives up on (delivered too often) in the dead-letter
+    /// stream, with the reason.
+    pub async fn dead_letter(&self, task: &TaskSpec, reason: &str) -> Result<(), QueueError> {
+        let mut con = self.commands.clone();
+        let json = serde_json::to_string(task).unwrap_or_default();
+        let _: String = con
+            .xadd(
+                self.key("dead"),
+                "*",
+                &[("task", json.as_str()), ("reason", reason)],
+            )
+            .await
+            .map_err(redis_error)?;
+        Ok(())
     }
 
     /// Waits `delay` after a Redis failure, unless the queue closes first.
@@ -397,58 +387,42 @@ impl TaskQueue for RedisQueue {
     }
 
     async fn take(&self, queues: &[String]) -> Result<TaskSpec, QueueError> {
-        let streams: Vec<String> = queues.iter().map(|q| self.task_stream(q)).collect();
-        let mut delay = Duration::from_millis(100);
+        let mut entries = self.task_entries.lock().await;
+        if entries.is_none() {
+            let streams: Vec<String> = queues.iter().map(|q| self.task_stream(q)).collect();
+            // One task read ahead at most: the rest stay in Redis for workers with free slots.
+            *entries = Some(self.spawn_reader(streams, WORKERS_GROUP, false, 1));
+        }
+        let Some(receiver) = entries.as_mut() else {
+            return Err(QueueError::Closed);
+        };
         loop {
-            if self.closed.is_cancelled() {
-                return Err(QueueError::Closed);
-            }
-            let read = async {
-                for stream in &streams {
-                    self.ensure_group(stream, WORKERS_GROUP).await?;
-                }
-                self.read_group(WORKERS_GROUP, &streams, ">", 1, true).await
+            let (stream, entry) = tokio::select! {
+                received = receiver.recv() => received.ok_or(QueueError::Closed)?,
+                _ = self.closed.cancelled() => return Err(QueueError::Closed),
             };
-            let reply = match read.await {
-                Ok(reply) => reply,
-                Err(QueueError::Closed) => return Err(QueueError::Closed),
+            // While it waited here the janitor may have given it to another worker.
+            if !self.still_ours(&stream, &entry.id).await? {
+                continue;
+            }
+            let task: TaskSpec = match decode(&stream, &entry, "task") {
+                Ok(task) => task,
                 Err(err) => {
-                    self.back_off(&err, &mut delay).await?;
+                    tracing::error!(error = %err, "Moved an undecodable task to the dead-letter stream.");
+                    self.bury(&stream, &entry.id, "undecodable").await;
                     continue;
                 }
             };
-            delay = Duration::from_millis(100);
-            for key in reply.map(|r| r.keys).unwrap_or_default() {
-                for entry in key.ids {
-                    match decode::<TaskSpec>(&key.key, &entry, "task") {
-                        Ok(task) => {
-                            self.taken
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .insert(task.key.clone(), (key.key.clone(), entry.id.clone()));
-                            return Ok(task);
-                        }
-                        Err(err) => {
-                            // Dead-letter it rather than drop it silently.
-                            tracing::error!(error = %err, "Moved an undecodable task to the dead-letter stream.");
-                            let mut con = self.commands.clone();
-                            let _: redis::RedisResult<String> = con
-                                .xadd(
-                                    self.key("dead"),
-                                    "*",
-                                    &[("entry", entry.id.as_str()), ("reason", "undecodable")],
-                                )
-                                .await;
-                            let _: redis::RedisResult<()> = redis::cmd("XACK")
-                                .arg(&key.key)
-                                .arg(WORKERS_GROUP)
-                                .arg(&entry.id)
-                                .query_async(&mut con)
-                                .await;
-                        }
-                    }
-                }
+            if self.is_cancelled(&task.key.run_id).await? {
+                // Its run was cancelled before any worker took it: it never starts.
+                self.forget(&stream, &entry.id).await?;
+                continue;
             }
+            self.taken
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(task.key.clone(), (stream, entry.id));
+            return Ok(task);
         }
     }
 
@@ -468,50 +442,34 @@ impl TaskQueue for RedisQueue {
     }
 
     async fn next_events(&self, max: usize) -> Result<Vec<WorkerEvent>, QueueError> {
-        let stream = self.key("events");
-        let streams = [stream.clone()];
-        let mut delay = Duration::from_millis(100);
+        let mut entries = self.event_entries.lock().await;
+        if entries.is_none() {
+            // First the events this scheduler took before a restart and never acknowledged.
+            *entries =
+                Some(self.spawn_reader(vec![self.key("events")], SCHEDULER_GROUP, true, 4096));
+        }
+        let Some(receiver) = entries.as_mut() else {
+            return Err(QueueError::Closed);
+        };
         loop {
-            if self.closed.is_cancelled() {
-                return Err(QueueError::Closed);
-            }
-            // After a restart, first the events this scheduler took and never acknowledged.
-            let first = !*self
-                .pending_events_read
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let read = async {
-                self.ensure_group(&stream, SCHEDULER_GROUP).await?;
-                let id = if first { "0" } else { ">" };
-                self.read_group(SCHEDULER_GROUP, &streams, id, max, !first)
-                    .await
+            // Receiving from the channel is cancel-safe: a caller that stops waiting loses nothing.
+            let first = tokio::select! {
+                received = receiver.recv() => received.ok_or(QueueError::Closed)?,
+                _ = self.closed.cancelled() => return Err(QueueError::Closed),
             };
-            let reply = match read.await {
-                Ok(reply) => reply,
-                Err(QueueError::Closed) => return Err(QueueError::Closed),
-                Err(err) => {
-                    self.back_off(&err, &mut delay).await?;
-                    continue;
+            let mut batch = vec![first];
+            while batch.len() < max {
+                match receiver.try_recv() {
+                    Ok(entry) => batch.push(entry),
+                    Err(_) => break,
                 }
-            };
-            let entries: Vec<StreamId> = reply
-                .map(|r| r.keys)
-                .unwrap_or_default()
-                .into_iter()
-                .flat_map(|k| k.ids)
-                .collect();
-            if first && entries.len() < max {
-                *self
-                    .pending_events_read
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = true;
             }
-            let mut events = Vec::with_capacity(entries.len());
+            let mut events = Vec::with_capacity(batch.len());
             let mut unacked = self
                 .unacked_events
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            for entry in entries {
+            for (stream, entry) in batch {
                 unacked.push(entry.id.clone());
                 match decode::<WorkerEvent>(&stream, &entry, "event") {
                     Ok(event) => events.push(event),
@@ -568,24 +526,26 @@ impl TaskQueue for RedisQueue {
             .taken
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&task.key);
+            .get(&task.key)
+            .cloned();
         let Some((stream, id)) = entry else {
             return Ok(());
         };
-        let mut con = self.commands.clone();
-        redis::cmd("XACK")
-            .arg(&stream)
-            .arg(WORKERS_GROUP)
-            .arg(&id)
-            .query_async::<()>(&mut con)
-            .await
-            .map_err(redis_error)?;
-        redis::cmd("XDEL")
-            .arg(&stream)
-            .arg(&id)
-            .query_async::<()>(&mut con)
-            .await
-            .map_err(redis_error)
+        let mut delay = Duration::from_millis(100);
+        for _ in 0..5 {
+            match self.forget(&stream, &id).await {
+                Ok(()) => {
+                    self.taken
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&task.key);
+                    return Ok(());
+                }
+                Err(err) => self.back_off(&err, &mut delay).await?,
+            }
+        }
+        // Still held in `taken`: heartbeats keep its lease until a later call succeeds.
+        Err(QueueError::Redis("could not acknowledge the task".into()))
     }
 
     async fn cancel_run(&self, run_id: &str) -> Result<(), QueueError> {
@@ -621,6 +581,162 @@ impl RedisQueue {
             .map_err(redis_error)
     }
 
+    /// Reads a consumer group in a task of its own and hands entries over a channel of
+    /// `capacity`, so callers can stop waiting at any moment without losing an entry to a
+    /// blocking read they dropped. With `catch_up`, first re-reads this consumer's own pending
+    /// entries (taken before a restart, never acknowledged), from where it left off each time.
+    fn spawn_reader(
+        &self,
+        streams: Vec<String>,
+        group: &'static str,
+        catch_up: bool,
+        capacity: usize,
+    ) -> mpsc::Receiver<(String, StreamId)> {
+        let (sender, receiver) = mpsc::channel(capacity);
+        let client = self.client.clone();
+        let consumer = self.config.consumer.clone();
+        let closed = self.closed.clone();
+        let commands = self.commands.clone();
+        tokio::spawn(async move {
+            // Its own connection; a response timeout longer than the block, so a frozen Redis is
+            // noticed instead of waited on forever.
+            let config = ConnectionManagerConfig::new().set_response_timeout(Some(
+                Duration::from_millis(BLOCK_MS as u64) + Duration::from_secs(5),
+            ));
+            let mut delay = Duration::from_millis(100);
+            let mut connection = None;
+            // Per stream: where the catch-up has got to, or None once it is done.
+            let mut pending_from: Vec<Option<String>> = streams
+                .iter()
+                .map(|_| catch_up.then(|| "0".to_string()))
+                .collect();
+            loop {
+                if closed.is_cancelled() {
+                    return;
+                }
+                let con = match &mut connection {
+                    Some(con) => con,
+                    None => {
+                        match ConnectionManager::new_with_config(client.clone(), config.clone())
+                            .await
+                        {
+                            Ok(con) => connection.insert(con),
+                            Err(err) => {
+                                tracing::warn!(error = %err, retry_in = ?delay, "Redis is not answering; retrying.");
+                                tokio::time::sleep(delay).await;
+                                delay = (delay * 2).min(Duration::from_secs(5));
+                                continue;
+                            }
+                        }
+                    }
+                };
+                // Read only once there is room to hand an entry over: with a capacity of one, a
+                // worker holds at most the task it will run next, not tasks others could run.
+                let permit = tokio::select! {
+                    permit = sender.reserve() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return, // Nobody reads any more.
+                    },
+                    _ = closed.cancelled() => return,
+                };
+                let read = read_once(
+                    con,
+                    &mut commands.clone(),
+                    &streams,
+                    group,
+                    &consumer,
+                    &pending_from,
+                    capacity,
+                )
+                .await;
+                let reply = match read {
+                    Ok(reply) => reply,
+                    Err(err) => {
+                        tracing::warn!(error = %err, retry_in = ?delay, "Reading from Redis failed; retrying.");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = closed.cancelled() => return,
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                };
+                delay = Duration::from_millis(100);
+                let mut got: HashMap<String, Vec<StreamId>> = HashMap::new();
+                for key in reply.map(|r| r.keys).unwrap_or_default() {
+                    got.entry(key.key).or_default().extend(key.ids);
+                }
+                let mut permit = Some(permit);
+                for (i, stream) in streams.iter().enumerate() {
+                    let entries = got.remove(stream).unwrap_or_default();
+                    if pending_from[i].is_some() {
+                        pending_from[i] = entries.last().map(|e| e.id.clone());
+                    }
+                    for entry in entries {
+                        match permit.take() {
+                            Some(permit) => permit.send((stream.clone(), entry)),
+                            None => {
+                                if sender.send((stream.clone(), entry)).await.is_err() {
+                                    return; // Nobody reads any more.
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        receiver
+    }
+
+    /// Whether this consumer still holds a task entry (the janitor may have reclaimed it).
+    async fn still_ours(&self, stream: &str, id: &str) -> Result<bool, QueueError> {
+        let mut con = self.commands.clone();
+        let pending: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(WORKERS_GROUP)
+            .arg(id)
+            .arg(id)
+            .arg(1)
+            .query_async(&mut con)
+            .await
+            .map_err(redis_error)?;
+        Ok(pending
+            .ids
+            .iter()
+            .any(|p| p.consumer == self.config.consumer))
+    }
+
+    /// Acknowledges and deletes a task entry.
+    async fn forget(&self, stream: &str, id: &str) -> Result<(), QueueError> {
+        let mut con = self.commands.clone();
+        redis::cmd("XACK")
+            .arg(stream)
+            .arg(WORKERS_GROUP)
+            .arg(id)
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(redis_error)?;
+        redis::cmd("XDEL")
+            .arg(stream)
+            .arg(id)
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(redis_error)
+    }
+
+    /// Moves a task entry to the dead-letter stream with a reason.
+    async fn bury(&self, stream: &str, id: &str, reason: &str) {
+        let mut con = self.commands.clone();
+        let _: redis::RedisResult<String> = con
+            .xadd(
+                self.key("dead"),
+                "*",
+                &[("stream", stream), ("entry", id), ("reason", reason)],
+            )
+            .await;
+        let _ = self.forget(stream, id).await;
+    }
+
     /// Milliseconds since the epoch, as the heartbeats use.
     pub fn now_ms() -> u64 {
         now_ms()
@@ -648,4 +764,50 @@ fn decode<T: serde::de::DeserializeOwned>(
 
 fn redis_error(err: redis::RedisError) -> QueueError {
     QueueError::Redis(err.to_string())
+}
+
+/// One XREADGROUP: catch-up streams from where they are, the rest blocking for new entries.
+async fn read_once(
+    con: &mut ConnectionManager,
+    commands: &mut ConnectionManager,
+    streams: &[String],
+    group: &str,
+    consumer: &str,
+    pending_from: &[Option<String>],
+    count: usize,
+) -> Result<Option<StreamReadReply>, QueueError> {
+    for stream in streams {
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg(group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(commands)
+            .await;
+        match created {
+            Err(err) if err.code() != Some("BUSYGROUP") => return Err(redis_error(err)),
+            _ => {}
+        }
+    }
+    let catching_up = pending_from.iter().any(Option::is_some);
+    let mut command = redis::cmd("XREADGROUP");
+    command
+        .arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count.clamp(1, 256));
+    if !catching_up {
+        command.arg("BLOCK").arg(BLOCK_MS);
+    }
+    command.arg("STREAMS");
+    for stream in streams {
+        command.arg(stream);
+    }
+    for from in pending_from {
+        // Catching up re-reads this consumer's own pending entries after the last one seen.
+        command.arg(from.as_deref().unwrap_or(">"));
+    }
+    command.query_async(con).await.map_err(redis_error)
 }

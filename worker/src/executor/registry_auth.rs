@@ -60,22 +60,16 @@ impl RegistryAuth {
         let config: ConfigFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         let mut logins = HashMap::new();
         for (registry, entry) in config.auths {
-            let pair = match (entry.auth, entry.username, entry.password) {
-                (Some(auth), _, _) => {
-                    let decoded = base64::engine::general_purpose::STANDARD
-                        .decode(auth.trim())
-                        .map_err(|e| format!("auth of {registry}: {e}"))?;
-                    let text = String::from_utf8(decoded)
-                        .map_err(|e| format!("auth of {registry}: {e}"))?;
-                    match text.split_once(':') {
-                        Some((user, password)) => (user.to_string(), password.to_string()),
-                        None => continue,
-                    }
+            // One broken entry costs that registry its login, not every other one.
+            match login_of(&registry, entry) {
+                Ok(Some(pair)) => {
+                    logins.insert(normalize(&registry), pair);
                 }
-                (None, Some(user), Some(password)) => (user, password),
-                _ => continue,
-            };
-            logins.insert(normalize(&registry), pair);
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(%registry, error = %err, "Docker config.json login ignored.")
+                }
+            }
         }
         Ok(RegistryAuth { logins })
     }
@@ -93,12 +87,30 @@ impl RegistryAuth {
     }
 }
 
+/// `user:password` from one `auths` entry; `None` when it holds no password (a credential
+/// helper's registry: helpers are not supported).
+fn login_of(registry: &str, entry: AuthEntry) -> Result<Option<(String, String)>, String> {
+    Ok(match (entry.auth, entry.username, entry.password) {
+        (Some(auth), _, _) => {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(auth.trim())
+                .map_err(|e| format!("auth of {registry}: {e}"))?;
+            let text =
+                String::from_utf8(decoded).map_err(|e| format!("auth of {registry}: {e}"))?;
+            text.split_once(':')
+                .map(|(u, p)| (u.to_string(), p.to_string()))
+        }
+        (None, Some(user), Some(password)) => Some((user, password)),
+        _ => None,
+    })
+}
+
 /// The registry host of an image reference, Docker's way: the first path part when it has a
 /// dot, a port or is `localhost`; Docker Hub otherwise.
 pub fn registry_of(image: &str) -> String {
     match image.split_once('/') {
         Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            first.to_string()
+            normalize(first)
         }
         _ => normalize(DOCKER_HUB),
     }
@@ -136,6 +148,13 @@ mod tests {
         let hub = auth.credentials_for("python:3.11-slim").unwrap();
         assert_eq!(hub.username.as_deref(), Some("bob"));
         assert!(auth.credentials_for("localhost:5000/x").is_none());
+        assert_eq!(registry_of("index.docker.io/library/x"), "docker.io");
+        let partly_broken = br#"{"auths": {"bad.example": {"auth": "%%%"}, "good.example": {"auth": "YWxpY2U6czNjcmV0"}}}"#;
+        let auth = RegistryAuth::parse(partly_broken).unwrap();
+        assert!(
+            auth.credentials_for("good.example/x").is_some(),
+            "one bad entry spoils nothing else"
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::container_spec::{container_body, container_name, ContainerLimits, LABEL_WORKER};
 use super::registry_auth::RegistryAuth;
-use super::{mask_outputs, prepare_attempt_dir, read_step_reports, Executor};
+use super::{mask_outputs, prepare_attempt_dir, read_step_reports, resolve_secrets, Executor};
 use crate::logs::Masker;
 use crate::task::{now_ms, Outcome, PullPolicy, TaskResult, TaskSpec};
 
@@ -205,18 +205,10 @@ impl Executor for DockerExecutor {
                 "the step asks for GPUs, but this worker's Docker engine has no NVIDIA runtime (install the NVIDIA Container Toolkit and restart Docker)",
             );
         }
-        let mut secrets = Vec::new();
-        for name in &task.secrets {
-            match std::env::var(name) {
-                Ok(value) => secrets.push((name.clone(), value)),
-                Err(_) => {
-                    return TaskResult::error(
-                        task.key.clone(),
-                        format!("secret `{name}` is not set in the worker's environment"),
-                    )
-                }
-            }
-        }
+        let secrets = match resolve_secrets(task) {
+            Ok(values) => values,
+            Err(message) => return TaskResult::error(task.key.clone(), message),
+        };
         let logs = match prepare_attempt_dir(task).await {
             Ok(logs) => logs,
             Err(err) => {

@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use super::{mask_outputs, prepare_attempt_dir, read_step_reports, Executor};
+use super::{mask_outputs, prepare_attempt_dir, read_step_reports, resolve_secrets, Executor};
 use crate::logs::{capture, Masker};
 use crate::task::{now_ms, Outcome, StepCommand, TaskResult, TaskSpec};
 
@@ -60,18 +60,10 @@ impl Executor for LocalExecutor {
                 format!("step asks for image `{image}`, but this worker runs local processes only"),
             );
         }
-        let mut secret_values = Vec::new();
-        for name in &task.secrets {
-            match std::env::var(name) {
-                Ok(value) => secret_values.push((name.clone(), value)),
-                Err(_) => {
-                    return TaskResult::error(
-                        task.key.clone(),
-                        format!("secret `{name}` is not set in the worker's environment"),
-                    )
-                }
-            }
-        }
+        let secret_values = match resolve_secrets(task) {
+            Ok(values) => values,
+            Err(message) => return TaskResult::error(task.key.clone(), message),
+        };
         if let StepCommand::Exec(argv) = &task.command {
             if argv.is_empty() {
                 return TaskResult::error(task.key.clone(), "the step's command is empty");

@@ -143,6 +143,20 @@ fn read_capped(path: &Path, cap: u64) -> Result<Option<String>, String> {
         .map_err(|_| "not valid UTF-8".to_string())
 }
 
+/// The values of the step's secrets from this worker's environment; a missing one is an error
+/// that names it, before anything runs.
+pub fn resolve_secrets(task: &TaskSpec) -> Result<Vec<(String, String)>, String> {
+    task.secrets
+        .iter()
+        .map(|name| match std::env::var(name) {
+            Ok(value) => Ok((name.clone(), value)),
+            Err(_) => Err(format!(
+                "secret `{name}` is not set in the worker's environment"
+            )),
+        })
+        .collect()
+}
+
 /// Replaces secret values in a step's recorded outputs and metrics, as in its logs.
 pub fn mask_outputs(result: &mut TaskResult, secrets: &[(String, String)]) {
     let mask = |value: &mut String| {

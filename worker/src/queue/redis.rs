@@ -144,19 +144,7 @@ impl RedisQueue {
     }
 
     async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), QueueError> {
-        let mut con = self.commands.clone();
-        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(stream)
-            .arg(group)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut con)
-            .await;
-        match created {
-            Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
-            other => other.map_err(redis_error),
-        }
+        create_group(&mut self.commands.clone(), stream, group).await
     }
 
     /// Subscribes to the cancel channel in the background and passes run ids on.
@@ -766,6 +754,27 @@ fn redis_error(err: redis::RedisError) -> QueueError {
     QueueError::Redis(err.to_string())
 }
 
+/// Creates a stream's consumer group (and the stream) unless it exists: after Redis lost its
+/// data, the next read or write brings them back.
+async fn create_group(
+    con: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+) -> Result<(), QueueError> {
+    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(con)
+        .await;
+    match created {
+        Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
+        other => other.map_err(redis_error),
+    }
+}
+
 /// One XREADGROUP: catch-up streams from where they are, the rest blocking for new entries.
 async fn read_once(
     con: &mut ConnectionManager,
@@ -777,18 +786,7 @@ async fn read_once(
     count: usize,
 ) -> Result<Option<StreamReadReply>, QueueError> {
     for stream in streams {
-        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(stream)
-            .arg(group)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(commands)
-            .await;
-        match created {
-            Err(err) if err.code() != Some("BUSYGROUP") => return Err(redis_error(err)),
-            _ => {}
-        }
+        create_group(commands, stream, group).await?;
     }
     let catching_up = pending_from.iter().any(Option::is_some);
     let mut command = redis::cmd("XREADGROUP");

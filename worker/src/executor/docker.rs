@@ -254,7 +254,9 @@ impl Executor for DockerExecutor {
             .stream(true)
             .stdout(true)
             .stderr(true)
-            .logs(true)
+            // Attached before the start, there is nothing earlier to replay; replaying the log
+            // as well duplicated a fast container's output.
+            .logs(false)
             .build();
         let output = match self
             .docker

@@ -7,6 +7,28 @@ use sluice_tests::{
     containers_of_run, docker_ready, step, text, wait_output, wait_until, Scratch, TEST_IMAGE,
 };
 
+/// Starts `sluice run FILE` in the background and waits until its first container is up;
+/// returns the runner and the run's id.
+fn start_run_until_container(s: &Scratch, file: &str) -> (std::process::Child, String) {
+    let child = s
+        .sluice()
+        .args(["run", file])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let runs = s.data_dir().join("runs");
+    let mut run_id = String::new();
+    wait_until("the container to start", Duration::from_secs(60), || {
+        let Some(entry) = std::fs::read_dir(&runs).ok().and_then(|mut d| d.next()) else {
+            return false;
+        };
+        run_id = entry.unwrap().file_name().to_string_lossy().into_owned();
+        !containers_of_run(&run_id).is_empty()
+    });
+    (child, run_id)
+}
+
 /// A pipeline file whose `IMAGE` placeholders name the test image.
 fn pipeline(s: &Scratch, yaml: &str) -> String {
     let path = s.write("p.yaml", &yaml.replace("IMAGE", TEST_IMAGE));
@@ -252,23 +274,7 @@ fn ctrl_c_stops_a_running_container() {
         &s,
         "name: cancel\nsteps:\n  long: {image: IMAGE, pull: never, run: 'sleep 300'}\n",
     );
-    let child = s
-        .sluice()
-        .args(["run", &file])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let data = s.data_dir();
-    let mut run_id = String::new();
-    wait_until("the container to start", Duration::from_secs(60), || {
-        let runs = data.join("runs");
-        let Some(entry) = std::fs::read_dir(&runs).ok().and_then(|mut d| d.next()) else {
-            return false;
-        };
-        run_id = entry.unwrap().file_name().to_string_lossy().into_owned();
-        !containers_of_run(&run_id).is_empty()
-    });
+    let (child, run_id) = start_run_until_container(&s, &file);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,
@@ -293,22 +299,7 @@ fn containers_left_by_a_killed_runner_are_reaped_by_the_next_one() {
         &s,
         "name: orphan\nsteps:\n  long: {image: IMAGE, pull: never, run: 'sleep 300'}\n",
     );
-    let mut child = s
-        .sluice()
-        .args(["run", &file])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let runs = s.data_dir().join("runs");
-    let mut run_id = String::new();
-    wait_until("the container to start", Duration::from_secs(60), || {
-        let Some(entry) = std::fs::read_dir(&runs).ok().and_then(|mut d| d.next()) else {
-            return false;
-        };
-        run_id = entry.unwrap().file_name().to_string_lossy().into_owned();
-        !containers_of_run(&run_id).is_empty()
-    });
+    let (mut child, run_id) = start_run_until_container(&s, &file);
     child.kill().unwrap(); // SIGKILL: the runner cannot clean up.
     child.wait().unwrap();
     assert_eq!(
@@ -533,22 +524,7 @@ fn a_second_ctrl_c_leaves_no_container_behind() {
         &s,
         "name: stubborn\nsteps:\n  long: {image: IMAGE, pull: never, run: \"trap '' TERM; sleep 300\"}\n",
     );
-    let child = s
-        .sluice()
-        .args(["run", &file])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let runs = s.data_dir().join("runs");
-    let mut run_id = String::new();
-    wait_until("the container to start", Duration::from_secs(60), || {
-        let Some(entry) = std::fs::read_dir(&runs).ok().and_then(|mut d| d.next()) else {
-            return false;
-        };
-        run_id = entry.unwrap().file_name().to_string_lossy().into_owned();
-        !containers_of_run(&run_id).is_empty()
-    });
+    let (child, run_id) = start_run_until_container(&s, &file);
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     std::thread::sleep(Duration::from_millis(300));

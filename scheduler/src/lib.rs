@@ -1,6 +1,8 @@
 //! Sluice's scheduler side: pipeline files, the DAG, the run engine, the store and the CLI.
 
+pub mod api;
 pub mod cli;
+pub mod daemon;
 pub mod engine;
 pub mod spec;
 pub mod store;

@@ -6,7 +6,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{broadcast, Semaphore};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::{broadcast, mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::Executor;
@@ -37,12 +39,36 @@ struct Running {
     recently_cancelled: VecDeque<String>,
 }
 
+/// Extra controls of a worker loop, for `sluice worker` (the embedded mode needs none).
+#[derive(Default)]
+pub struct WorkerHooks {
+    /// Tasks whose lease this worker lost (the janitor gave them to another worker): they are
+    /// stopped, since their results would be refused.
+    pub lost: Option<mpsc::UnboundedReceiver<TaskKey>>,
+    /// Fired when a draining worker's grace period is over: what still runs is stopped and
+    /// handed back unreported, so the scheduler runs it again elsewhere.
+    pub abandon: CancellationToken,
+    /// How many tasks run now (for heartbeats).
+    pub busy: Arc<AtomicUsize>,
+}
+
 /// Runs the worker loop until `shutdown` fires or the queue closes; waits for running tasks.
 pub async fn run_worker(
     queue: Arc<dyn TaskQueue>,
     executor: Arc<dyn Executor>,
     config: WorkerConfig,
     shutdown: CancellationToken,
+) -> Result<(), QueueError> {
+    run_worker_with(queue, executor, config, shutdown, WorkerHooks::default()).await
+}
+
+/// [`run_worker`] with [`WorkerHooks`].
+pub async fn run_worker_with(
+    queue: Arc<dyn TaskQueue>,
+    executor: Arc<dyn Executor>,
+    config: WorkerConfig,
+    shutdown: CancellationToken,
+    hooks: WorkerHooks,
 ) -> Result<(), QueueError> {
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
     let gpus = GpuInventory::new(config.gpus.clone());
@@ -52,6 +78,13 @@ pub async fn run_worker(
         running.clone(),
         shutdown.clone(),
     ));
+    let stop_listener = tokio::spawn(stop_lost_and_abandoned(
+        hooks.lost,
+        hooks.abandon.clone(),
+        running.clone(),
+    ));
+    let abandon = hooks.abandon;
+    let busy = hooks.busy;
     let mut tasks = tokio::task::JoinSet::new();
     let outcome = loop {
         let permit = tokio::select! {
@@ -87,6 +120,9 @@ pub async fn run_worker(
         let running = running.clone();
         let worker = config.name.clone();
         let gpus = gpus.clone();
+        let abandon = abandon.clone();
+        let busy = busy.clone();
+        busy.fetch_add(1, Ordering::Relaxed);
         let mut task = task;
         tasks.spawn(async move {
             let result = match lease_gpus(&gpus, &mut task, &token).await {
@@ -125,6 +161,13 @@ pub async fn run_worker(
                 .unwrap_or_else(|e| e.into_inner())
                 .tokens
                 .remove(&task.key);
+            busy.fetch_sub(1, Ordering::Relaxed);
+            if abandon.is_cancelled() {
+                // Handed back: neither reported nor acknowledged; the janitor takes it back.
+                tracing::warn!(task = %task.key, "Stopped a task at the end of the grace period; handed back.");
+                drop(permit);
+                return;
+            }
             match queue.report(WorkerEvent::Finished(result)).await {
                 // Only a reported result lets the queue forget the delivery.
                 Ok(()) => {
@@ -143,7 +186,49 @@ pub async fn run_worker(
     };
     while tasks.join_next().await.is_some() {}
     cancel_listener.abort();
+    stop_listener.abort();
     outcome
+}
+
+/// Stops tasks whose lease was lost, and every task once `abandon` fires.
+async fn stop_lost_and_abandoned(
+    lost: Option<mpsc::UnboundedReceiver<TaskKey>>,
+    abandon: CancellationToken,
+    running: Arc<Mutex<Running>>,
+) {
+    let mut lost = lost;
+    loop {
+        let key = tokio::select! {
+            key = async {
+                match lost.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match key {
+                Some(key) => Some(key),
+                None => {
+                    lost = None;
+                    continue;
+                }
+            },
+            _ = abandon.cancelled() => None,
+        };
+        let running = running.lock().unwrap_or_else(|e| e.into_inner());
+        match key {
+            Some(key) => {
+                if let Some(token) = running.tokens.get(&key) {
+                    tracing::warn!(task = %key, "Stopping a task whose lease was lost.");
+                    token.cancel();
+                }
+            }
+            None => {
+                for token in running.tokens.values() {
+                    token.cancel();
+                }
+                return;
+            }
+        }
+    }
 }
 
 /// Leases the GPUs a task asks for and writes their ids into it. A container step on a worker

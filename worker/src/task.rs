@@ -157,6 +157,9 @@ pub enum Outcome {
     Cancelled,
     /// It could not be run at all (spawn failed, disk full, no executor for it).
     Error,
+    /// The worker that held it stopped heartbeating (killed, frozen, cut off) and the
+    /// scheduler's janitor took the task back. Set by the scheduler, never by a worker.
+    Lost,
 }
 
 impl Outcome {
@@ -168,6 +171,7 @@ impl Outcome {
             Outcome::TimedOut => "timed_out",
             Outcome::Cancelled => "cancelled",
             Outcome::Error => "error",
+            Outcome::Lost => "lost",
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct RunsArgs {
     #[arg(long)]
     pub before: Option<String>,
     #[command(flatten)]
+    pub remote: super::client::RemoteArgs,
+    #[command(flatten)]
     pub data: DataDirArg,
 }
 
@@ -33,6 +35,8 @@ pub struct ShowArgs {
     /// Print JSON (run, steps with attempts, history) instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub remote: super::client::RemoteArgs,
     #[command(flatten)]
     pub data: DataDirArg,
 }
@@ -53,6 +57,11 @@ pub struct LogsArgs {
     /// Only standard error.
     #[arg(long)]
     pub stderr: bool,
+    /// Keep printing as the step writes more, until the attempt ends (with `--server`).
+    #[arg(short, long, requires = "server")]
+    pub follow: bool,
+    #[command(flatten)]
+    pub remote: super::client::RemoteArgs,
     #[command(flatten)]
     pub data: DataDirArg,
 }
@@ -82,9 +91,17 @@ fn open_run(data: &DataDirArg, id: &str) -> anyhow::Result<Result<(Store, RunRec
 
 /// Lists runs, newest first.
 pub fn runs(args: RunsArgs) -> anyhow::Result<u8> {
+    if args.remote.server.is_some() {
+        return super::client::runs(&args);
+    }
     let store = open_store(&args.data)?;
     let runs = store.list_runs(args.limit, args.before.as_deref())?;
-    if args.json {
+    print_runs(&runs, args.json)
+}
+
+/// Prints runs as a table, or as JSON.
+pub(super) fn print_runs(runs: &[RunRecord], json: bool) -> anyhow::Result<u8> {
+    if json {
         println!("{}", serde_json::to_string_pretty(&runs)?);
         return Ok(0);
     }
@@ -115,6 +132,9 @@ pub fn runs(args: RunsArgs) -> anyhow::Result<u8> {
 
 /// Shows one run in full.
 pub fn show(args: ShowArgs) -> anyhow::Result<u8> {
+    if args.remote.server.is_some() {
+        return super::client::show(&args);
+    }
     let (store, run) = match open_run(&args.data, &args.run_id)? {
         Ok(found) => found,
         Err(code) => return Ok(code),
@@ -126,6 +146,12 @@ pub fn show(args: ShowArgs) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(0);
     }
+    print_run(&run, &steps, true)
+}
+
+/// Prints a run and its steps as text; `local` when read from the store directly (then an
+/// unfinished run has no runner: this process could open the store).
+pub(super) fn print_run(run: &RunRecord, steps: &[StepRecord], local: bool) -> anyhow::Result<u8> {
     let mut out = std::io::stdout().lock();
     let took = run
         .finished_ms
@@ -139,7 +165,7 @@ pub fn show(args: ShowArgs) -> anyhow::Result<u8> {
         &run.definition_hash[..12.min(run.definition_hash.len())]
     )?;
     writeln!(out, "status    {}{took}", run.status.as_str())?;
-    if !run.status.is_terminal() {
+    if local && !run.status.is_terminal() {
         // This process could open the store, so no runner holds it: the run's runner is gone.
         writeln!(
             out,
@@ -164,7 +190,7 @@ pub fn show(args: ShowArgs) -> anyhow::Result<u8> {
         "{:<width$}  {:<9}  {:>8}  {:>4}  {:>8}  DETAIL",
         "STEP", "STATUS", "ATTEMPTS", "EXIT", "TOOK"
     )?;
-    for step in &steps {
+    for step in steps {
         write_step(&mut out, step, width)?;
     }
     Ok(0)
@@ -234,6 +260,9 @@ fn write_step(out: &mut impl Write, step: &StepRecord, width: usize) -> std::io:
 
 /// Prints an attempt's logs: stdout to stdout and stderr to stderr, so redirection keeps them apart.
 pub fn logs(args: LogsArgs) -> anyhow::Result<u8> {
+    if args.remote.server.is_some() {
+        return super::client::logs(&args);
+    }
     let (store, run) = match open_run(&args.data, &args.run_id)? {
         Ok(found) => found,
         Err(code) => return Ok(code),
@@ -288,7 +317,7 @@ fn copy_file(path: &PathBuf, out: &mut impl Write) -> anyhow::Result<()> {
     }
 }
 
-fn timestamp(ms: u64) -> String {
+pub(super) fn timestamp(ms: u64) -> String {
     let time = UNIX_EPOCH + Duration::from_millis(ms);
     humantime::format_rfc3339_seconds(time).to_string()
 }

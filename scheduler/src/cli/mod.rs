@@ -1,5 +1,7 @@
 //! The `sluice` command line: flags, subcommands, and what each exit code means.
 
+mod client;
+mod daemon;
 mod graph;
 mod inspect;
 mod progress;
@@ -65,6 +67,28 @@ pub enum Command {
     Show(inspect::ShowArgs),
     /// Print the log of a step's attempt (stdout to stdout, stderr to stderr).
     Logs(inspect::LogsArgs),
+    /// The scheduler daemon: serves the API, queues ready steps in Redis for `sluice worker`s.
+    Scheduler(daemon::SchedulerArgs),
+    /// Takes steps from Redis and runs them (locally or in containers).
+    Worker(daemon::WorkerArgs),
+    /// The scheduler with in-process workers and no Redis, for one machine.
+    Server(daemon::ServerArgs),
+    /// Start a run of a pipeline the scheduler has loaded.
+    Trigger(client::TriggerArgs),
+    /// Cancel a run on the scheduler.
+    Cancel(client::CancelArgs),
+    /// List the scheduler's workers with their capacity and last heartbeat.
+    Workers(client::WorkersArgs),
+}
+
+impl Command {
+    /// Whether this is a long-running daemon (which logs at `info` unless told otherwise).
+    pub fn is_daemon(&self) -> bool {
+        matches!(
+            self,
+            Command::Scheduler(_) | Command::Worker(_) | Command::Server(_)
+        )
+    }
 }
 
 /// Runs the parsed command line and returns the process's exit code.
@@ -84,6 +108,12 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Runs(args) => inspect::runs(args),
         Command::Show(args) => inspect::show(args),
         Command::Logs(args) => inspect::logs(args),
+        Command::Scheduler(args) => daemon::scheduler(args),
+        Command::Worker(args) => daemon::worker(args),
+        Command::Server(args) => daemon::server(args),
+        Command::Trigger(args) => client::trigger(args),
+        Command::Cancel(args) => client::cancel(args),
+        Command::Workers(args) => client::workers(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

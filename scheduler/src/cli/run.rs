@@ -80,7 +80,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     runtime.block_on(run_embedded(data_dir, request, resume, gpus))
 }
 
-fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+pub(super) fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the data dir {}", dir.display()))?;
     dir.canonicalize()
@@ -191,7 +191,7 @@ fn pid_namespace() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn hostname() -> String {
+pub(super) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())

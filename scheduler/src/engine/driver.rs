@@ -1,11 +1,12 @@
 //! One run, driven from start to a terminal state.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use indexmap::IndexMap;
 use sluice_worker::task::{now_ms, Outcome, TaskResult, TaskSpec, WorkerEvent};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::tasks::{attempt_dir, build_task};
@@ -18,6 +19,8 @@ use crate::store::*;
 const EVENT_BATCH: usize = 4096;
 /// Longest a change that nothing waits on (a step started) stays uncommitted.
 const LAZY_COMMIT: Duration = Duration::from_millis(100);
+/// How many times workers may lose a step (die or freeze holding it) before it is given up on.
+pub const MAX_LOST: usize = 3;
 /// How long a cancelled run waits for its running steps to confirm they stopped.
 const CANCEL_WAIT: Duration = Duration::from_secs(15);
 
@@ -44,6 +47,41 @@ pub struct RunDriver {
     urgent: bool,
     cancel_deadline: Option<tokio::time::Instant>,
     observer: Box<dyn RunObserver>,
+    /// Steps whose next failure is final whatever their retry policy (lost too often).
+    give_up: HashSet<String>,
+    source: EventSource,
+    /// Tasks to queue again on the first turn of the loop (a daemon resuming a run).
+    redispatch: Vec<TaskSpec>,
+}
+
+/// Where a driver's worker events come from.
+enum EventSource {
+    /// Straight from the queue, acknowledged whenever everything applied is committed: the
+    /// embedded runner, which drives one run.
+    Queue,
+    /// Routed by the daemon, which reads the queue for every run; each batch applied is
+    /// reported back once committed, and the daemon acknowledges it when all runs have.
+    Routed {
+        events: mpsc::UnboundedReceiver<RoutedEvent>,
+        committed: mpsc::UnboundedSender<u64>,
+        applied: Vec<u64>,
+    },
+}
+
+/// What the daemon tells a run's driver.
+#[derive(Debug)]
+pub enum RoutedEvent {
+    /// Worker events of this run, from batch `batch` of the queue.
+    Worker {
+        /// The queue batch they came in.
+        batch: u64,
+        /// In the order workers reported them.
+        events: Vec<WorkerEvent>,
+    },
+    /// The janitor took a task back from a worker that stopped heartbeating.
+    Lost(TaskSpec),
+    /// Redis lost its data: every task in flight must be queued again.
+    Requeue,
 }
 
 impl RunDriver {
@@ -121,32 +159,7 @@ impl RunDriver {
         parallelism: Option<usize>,
         observer: Box<dyn RunObserver>,
     ) -> Result<RunDriver, EngineError> {
-        let mut run = match engine.store.lookup_run(run_id)? {
-            RunLookup::Found(run) => run,
-            RunLookup::NotFound => return Err(EngineError::UnknownRun(run_id.to_string())),
-            RunLookup::Ambiguous => return Err(EngineError::AmbiguousRun(run_id.to_string())),
-        };
-        if run.status.is_terminal() {
-            return Err(EngineError::AlreadyFinished(run.id, run.status.as_str()));
-        }
-        let definition = engine
-            .store
-            .pipeline(&run.definition_hash)?
-            .ok_or_else(|| EngineError::BadDefinition {
-                run: run.id.clone(),
-                message: "the definition is missing from the store".into(),
-            })?;
-        let pipeline = spec::parse_str(&definition.path.display().to_string(), &definition.text)
-            .map_err(|diags| EngineError::BadDefinition {
-                run: run.id.clone(),
-                message: diags.first().map(ToString::to_string).unwrap_or_default(),
-            })?;
-        let mut steps: IndexMap<String, StepRecord> = engine
-            .store
-            .steps(&run.id)?
-            .into_iter()
-            .map(|s| (s.name.clone(), s))
-            .collect();
+        let (mut run, pipeline, mut steps) = load_unfinished(&engine, run_id)?;
         let now = now_ms();
         let mut reset = Vec::new();
         for step in steps.values_mut() {
@@ -181,6 +194,51 @@ impl RunDriver {
         Ok(driver)
     }
 
+    /// Picks up a run in flight after the daemon restarted, without disturbing it: running
+    /// attempts keep running (their results arrive through the queue; the janitor takes back
+    /// those whose worker died), queued attempts are queued again under the same attempt number
+    /// (workers claim each attempt once, so one that was queued already runs once), retries
+    /// wait out their delay.
+    /// With `redis_lost_data`, every attempt in flight is queued again as a new attempt instead.
+    pub fn reattach(
+        engine: Engine,
+        run_id: &str,
+        observer: Box<dyn RunObserver>,
+        redis_lost_data: bool,
+    ) -> Result<RunDriver, EngineError> {
+        let (run, pipeline, steps) = load_unfinished(&engine, run_id)?;
+        let next_seq = engine.store.next_event_seq(&run.id)?;
+        let mut driver = RunDriver::new(engine, pipeline, run, steps, next_seq, observer);
+        let names: Vec<String> = driver.steps.keys().cloned().collect();
+        for name in names {
+            let record = &driver.steps[&name];
+            match record.status {
+                StepStatus::Queued => {
+                    driver.in_flight += 1;
+                    if let Some(step) = driver.pipeline.steps.get(&name) {
+                        let task = build_task(
+                            &driver.engine.data_dir,
+                            &driver.run,
+                            step,
+                            record,
+                            &driver.steps,
+                        );
+                        driver.redispatch.push(task);
+                    }
+                }
+                StepStatus::Running => driver.in_flight += 1,
+                _ => {}
+            }
+        }
+        if redis_lost_data {
+            driver.redispatch.clear();
+            driver.requeue_in_flight();
+        }
+        driver.event(None, None, "run.reattached", None);
+        driver.commit()?;
+        Ok(driver)
+    }
+
     fn new(
         engine: Engine,
         pipeline: Pipeline,
@@ -192,6 +250,7 @@ impl RunDriver {
         let mut dependents: HashMap<String, Vec<String>> = HashMap::new();
         let mut waiting_on = HashMap::new();
         let mut ready = VecDeque::new();
+        let mut retries = BinaryHeap::new();
         for step in pipeline.steps.values() {
             for dep in &step.depends {
                 dependents
@@ -212,8 +271,11 @@ impl RunDriver {
             let pending = steps
                 .get(&step.name)
                 .is_some_and(|s| s.status == StepStatus::Pending);
-            if waiting == 0 && pending {
-                ready.push_back(step.name.clone());
+            let retry_at = steps.get(&step.name).and_then(|s| s.retry_at_ms);
+            match retry_at {
+                Some(at) if pending => retries.push(Reverse((at, step.name.clone()))),
+                _ if waiting == 0 && pending => ready.push_back(step.name.clone()),
+                _ => {}
             }
         }
         RunDriver {
@@ -224,7 +286,7 @@ impl RunDriver {
             dependents,
             waiting_on,
             ready,
-            retries: BinaryHeap::new(),
+            retries,
             in_flight: 0,
             next_seq,
             changes: Changes::default(),
@@ -234,7 +296,25 @@ impl RunDriver {
             urgent: false,
             cancel_deadline: None,
             observer,
+            give_up: HashSet::new(),
+            source: EventSource::Queue,
+            redispatch: Vec::new(),
         }
+    }
+
+    /// Takes events from the daemon's router instead of the queue; reports each batch's id on
+    /// `committed` once what it changed is in the store.
+    pub fn routed(
+        mut self,
+        events: mpsc::UnboundedReceiver<RoutedEvent>,
+        committed: mpsc::UnboundedSender<u64>,
+    ) -> RunDriver {
+        self.source = EventSource::Routed {
+            events,
+            committed,
+            applied: Vec::new(),
+        };
+        self
     }
 
     /// The run as it stands.
@@ -249,20 +329,19 @@ impl RunDriver {
 
     /// Drives the run to a terminal state; `cancel` cancels it cleanly.
     pub async fn drive(mut self, cancel: CancellationToken) -> Result<RunRecord, EngineError> {
+        let mut tasks = std::mem::take(&mut self.redispatch);
         loop {
             self.release_due_retries(now_ms());
-            let tasks = self.start_ready_steps();
+            tasks.extend(self.start_ready_steps());
             if self.urgent {
                 // The attempt is committed before its task is queued.
                 self.commit()?;
             }
             if !self.dirty {
                 // Everything applied so far is committed: the queue may forget those events.
-                if let Err(err) = self.engine.queue.ack_events().await {
-                    tracing::warn!(error = %err, "Could not acknowledge worker events; they will be delivered again.");
-                }
+                self.acknowledge_applied().await;
             }
-            for task in tasks {
+            for task in tasks.drain(..) {
                 self.engine
                     .queue
                     .dispatch(task)
@@ -275,7 +354,11 @@ impl RunDriver {
             let next_retry = self.retries.peek().map(|Reverse((at, _))| *at);
             let cancelling = self.cancel_deadline.is_some();
             tokio::select! {
-                events = self.engine.queue.next_events(EVENT_BATCH) => {
+                routed = next_routed(&mut self.source) => match routed {
+                    Some(routed) => self.apply_routed(routed).await,
+                    None => return Err(EngineError::QueueClosed),
+                },
+                events = self.engine.queue.next_events(EVENT_BATCH), if matches!(self.source, EventSource::Queue) => {
                     for event in events.map_err(|_| EngineError::QueueClosed)? {
                         self.apply(event);
                     }
@@ -287,7 +370,116 @@ impl RunDriver {
             }
         }
         self.finish()?;
+        self.close_routed();
+        self.acknowledge_applied().await;
         Ok(self.run)
+    }
+
+    /// Tells the queue (or the daemon's router) that the events applied so far are committed.
+    async fn acknowledge_applied(&mut self) {
+        match &mut self.source {
+            EventSource::Queue => {
+                if let Err(err) = self.engine.queue.ack_events().await {
+                    tracing::warn!(error = %err, "Could not acknowledge worker events; they will be delivered again.");
+                }
+            }
+            EventSource::Routed {
+                committed, applied, ..
+            } => {
+                for batch in applied.drain(..) {
+                    let _ = committed.send(batch);
+                }
+            }
+        }
+    }
+
+    /// Stops taking routed events; those already sent are for a finished run, so they are as
+    /// good as committed (the router acknowledges their batches instead of waiting forever).
+    fn close_routed(&mut self) {
+        if let EventSource::Routed {
+            events, applied, ..
+        } = &mut self.source
+        {
+            events.close();
+            while let Ok(routed) = events.try_recv() {
+                if let RoutedEvent::Worker { batch, .. } = routed {
+                    applied.push(batch);
+                }
+            }
+        }
+    }
+
+    async fn apply_routed(&mut self, routed: RoutedEvent) {
+        match routed {
+            RoutedEvent::Worker { batch, events } => {
+                for event in events {
+                    self.apply(event);
+                }
+                if let EventSource::Routed { applied, .. } = &mut self.source {
+                    applied.push(batch);
+                }
+            }
+            RoutedEvent::Lost(task) => self.apply_lost(task).await,
+            RoutedEvent::Requeue => self.requeue_in_flight(),
+        }
+    }
+
+    /// A worker took the task and stopped heartbeating: the attempt counts as failed (outcome
+    /// `lost`) within the step's retry budget. A step lost [`MAX_LOST`] times is given up on
+    /// and its last task recorded in the queue's dead-letter place.
+    async fn apply_lost(&mut self, task: TaskSpec) {
+        let lost_before = self.steps.get(&task.key.step).map_or(0, |s| {
+            s.attempts
+                .iter()
+                .filter(|a| a.outcome.as_deref() == Some(Outcome::Lost.as_str()))
+                .count()
+        });
+        let mut result = TaskResult::error(
+            task.key.clone(),
+            "the worker running it stopped heartbeating; its lease expired",
+        );
+        result.outcome = Outcome::Lost;
+        if lost_before + 1 >= MAX_LOST {
+            let reason =
+                format!("lost by workers {MAX_LOST} times; moved to the dead-letter queue");
+            if let Err(err) = self.engine.queue.dead_letter(&task, &reason).await {
+                tracing::warn!(task = %task.key, error = %err, "Could not record a dead letter.");
+            }
+            result.message = Some(reason);
+            self.give_up.insert(task.key.step.clone());
+        }
+        self.apply_result(result);
+    }
+
+    /// Redis lost what it held: each queued or running attempt is ended as interrupted (not a
+    /// failure of the step: it does not use up retries) and the step is queued again as a new
+    /// attempt. A worker still running the old attempt loses its lease and is refused.
+    fn requeue_in_flight(&mut self) {
+        let names: Vec<String> = self.steps.keys().cloned().collect();
+        let now = now_ms();
+        for name in names {
+            let Some(record) = self.steps.get_mut(&name) else {
+                continue;
+            };
+            if !matches!(record.status, StepStatus::Queued | StepStatus::Running) {
+                continue;
+            }
+            if let Some(attempt) = record.attempts.last_mut() {
+                attempt.status = StepStatus::Failed;
+                attempt.finished_ms = Some(now);
+                attempt.message = Some("Redis lost the task; queued again".into());
+            }
+            record.status = StepStatus::Pending;
+            self.in_flight = self.in_flight.saturating_sub(1);
+            self.ready.push_front(name.clone());
+            self.touch_step(&name);
+            self.event(
+                Some(&name),
+                None,
+                "step.requeued",
+                Some("Redis lost the task".into()),
+            );
+        }
     }
 
     fn start_ready_steps(&mut self) -> Vec<TaskSpec> {
@@ -402,7 +594,9 @@ impl RunDriver {
         let status = match result.outcome {
             Outcome::Succeeded => StepStatus::Succeeded,
             Outcome::Cancelled => StepStatus::Cancelled,
-            Outcome::Failed | Outcome::TimedOut | Outcome::Error => StepStatus::Failed,
+            Outcome::Failed | Outcome::TimedOut | Outcome::Error | Outcome::Lost => {
+                StepStatus::Failed
+            }
         };
         if let Some(attempt) = record.attempts.last_mut() {
             attempt.status = status;
@@ -482,7 +676,7 @@ impl RunDriver {
 
     /// The wait before another attempt, or `None` when the policy allows no more.
     fn retry_delay(&self, name: &str, result: &TaskResult) -> Option<Duration> {
-        if self.cancel_deadline.is_some() {
+        if self.cancel_deadline.is_some() || self.give_up.contains(name) {
             return None;
         }
         let policy = &self.pipeline.steps.get(name)?.retry;
@@ -496,7 +690,9 @@ impl RunDriver {
             .count() as u32;
         // A process killed by signal N counts as exit code 128 + N, as shells and Docker say.
         let code = result.exit_code.or(result.signal.map(|s| 128 + s));
-        let allowed = attempts <= policy.limit && policy.retries_exit_code(code);
+        // A lost attempt has no exit code to filter on: the worker died, not the step.
+        let allowed = attempts <= policy.limit
+            && (result.outcome == Outcome::Lost || policy.retries_exit_code(code));
         allowed.then(|| policy.delay_before(attempts + 1))
     }
 
@@ -673,6 +869,40 @@ impl RunDriver {
     }
 }
 
+/// A run that has not finished, with the pipeline it follows and its steps, from the store.
+fn load_unfinished(
+    engine: &Engine,
+    run_id: &str,
+) -> Result<(RunRecord, Pipeline, IndexMap<String, StepRecord>), EngineError> {
+    let run = match engine.store.lookup_run(run_id)? {
+        RunLookup::Found(run) => run,
+        RunLookup::NotFound => return Err(EngineError::UnknownRun(run_id.to_string())),
+        RunLookup::Ambiguous => return Err(EngineError::AmbiguousRun(run_id.to_string())),
+    };
+    if run.status.is_terminal() {
+        return Err(EngineError::AlreadyFinished(run.id, run.status.as_str()));
+    }
+    let definition = engine
+        .store
+        .pipeline(&run.definition_hash)?
+        .ok_or_else(|| EngineError::BadDefinition {
+            run: run.id.clone(),
+            message: "the definition is missing from the store".into(),
+        })?;
+    let pipeline = spec::parse_str(&definition.path.display().to_string(), &definition.text)
+        .map_err(|diags| EngineError::BadDefinition {
+            run: run.id.clone(),
+            message: diags.first().map(ToString::to_string).unwrap_or_default(),
+        })?;
+    let steps: IndexMap<String, StepRecord> = engine
+        .store
+        .steps(&run.id)?
+        .into_iter()
+        .map(|s| (s.name.clone(), s))
+        .collect();
+    Ok((run, pipeline, steps))
+}
+
 fn describe_result(result: &TaskResult) -> String {
     let mut parts = vec![result.outcome.as_str().to_string()];
     if let Some(code) = result.exit_code {
@@ -701,5 +931,12 @@ async fn deadline(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+async fn next_routed(source: &mut EventSource) -> Option<RoutedEvent> {
+    match source {
+        EventSource::Routed { events, .. } => events.recv().await,
+        EventSource::Queue => std::future::pending().await,
     }
 }

@@ -75,9 +75,17 @@ impl Changes {
         self.put(format!("p/{}", pipeline.hash), pipeline);
     }
 
-    /// Stores a run.
+    /// Stores a run, and keeps the index of unfinished runs (`a/`) in step with it, so a
+    /// daemon that starts finds the runs to pick up without reading its whole history.
     pub fn put_run(&mut self, run: &RunRecord) {
         self.put(format!("r/{}", run.id), run);
+        let active = format!("a/{}", run.id);
+        if run.status.is_terminal() {
+            self.batch.remove(active.as_bytes());
+        } else {
+            self.batch.insert(active.as_bytes(), &[]);
+        }
+        self.len += 1;
     }
 
     /// Stores a step.
@@ -199,6 +207,15 @@ impl Store {
             }
         }
         Ok(runs)
+    }
+
+    /// Ids of the runs that have not finished, oldest first.
+    pub fn unfinished_runs(&self) -> Result<Vec<String>, StoreError> {
+        self.db
+            .scan_prefix(b"a/")
+            .keys()
+            .map(|key| Ok(String::from_utf8_lossy(&key?[2..]).into_owned()))
+            .collect()
     }
 
     /// A run by its id or by a prefix of it that only one run has (ids are long; people type
@@ -338,5 +355,22 @@ mod tests {
             store.lookup_run("02").unwrap(),
             RunLookup::NotFound
         ));
+    }
+
+    #[test]
+    fn unfinished_runs_follow_their_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut changes = Changes::default();
+        for id in ["01A", "01B", "01C"] {
+            changes.put_run(&run(id));
+        }
+        store.commit(changes).unwrap();
+        let mut finished = run("01B");
+        finished.status = RunStatus::Succeeded;
+        let mut changes = Changes::default();
+        changes.put_run(&finished);
+        store.commit(changes).unwrap();
+        assert_eq!(store.unfinished_runs().unwrap(), vec!["01A", "01C"]);
     }
 }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use crate::task::{TaskSpec, WorkerEvent};
 
-pub use self::redis::{RedisQueue, RedisQueueConfig};
+pub use self::redis::{Reclaimed, RedisQueue, RedisQueueConfig, WorkerInfo};
 pub use memory::MemoryQueue;
 
 /// Why a queue operation failed.
@@ -32,6 +32,15 @@ pub enum QueueError {
     },
 }
 
+/// Worker events read together, with the number to acknowledge them by.
+#[derive(Debug)]
+pub struct EventBatch {
+    /// Acknowledgement handle for [`TaskQueue::ack_event_batch`].
+    pub id: u64,
+    /// The events, in the order workers reported them.
+    pub events: Vec<WorkerEvent>,
+}
+
 /// Transport of tasks to workers and of their events back.
 #[async_trait]
 pub trait TaskQueue: Send + Sync {
@@ -51,6 +60,28 @@ pub trait TaskQueue: Send + Sync {
     /// Scheduler side: the events returned so far are committed and may be forgotten. Until
     /// this is called a durable queue delivers them again to a restarted scheduler.
     async fn ack_events(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
+
+    /// Scheduler side: like [`TaskQueue::next_events`], numbered so that a scheduler driving
+    /// many runs can acknowledge each batch once every run it touched has committed it
+    /// ([`TaskQueue::ack_event_batch`]), not when one run happens to be idle.
+    async fn next_event_batch(&self, max: usize) -> Result<EventBatch, QueueError> {
+        Ok(EventBatch {
+            id: 0,
+            events: self.next_events(max).await?,
+        })
+    }
+
+    /// Scheduler side: the events of batch `id` are committed and may be forgotten.
+    async fn ack_event_batch(&self, _id: u64) -> Result<(), QueueError> {
+        self.ack_events().await
+    }
+
+    /// Scheduler side: records a task given up on (lost by workers too many times) where
+    /// operators look for such tasks. Queues without such a place only log it.
+    async fn dead_letter(&self, task: &TaskSpec, reason: &str) -> Result<(), QueueError> {
+        tracing::error!(task = %task.key, reason, "Task given up on.");
         Ok(())
     }
 

@@ -11,7 +11,8 @@
 //!   them for workers that were not listening at the time;
 //! - `{prefix}workers`: hash of worker name to its advertised capacity and last heartbeat.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -24,13 +25,15 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::{QueueError, TaskQueue};
+use super::{EventBatch, QueueError, TaskQueue};
 use crate::task::{now_ms, TaskKey, TaskSpec, WorkerEvent};
 
 /// Consumer group of workers on every task stream.
 const WORKERS_GROUP: &str = "workers";
 /// Consumer group of the scheduler on the events stream.
 const SCHEDULER_GROUP: &str = "scheduler";
+/// How long a claim on an attempt is remembered: longer than any step runs.
+const CLAIM_TTL_SECS: u64 = 7 * 24 * 3600;
 /// How long one blocking read waits before it checks for shutdown.
 const BLOCK_MS: usize = 1000;
 
@@ -84,8 +87,9 @@ pub struct RedisQueue {
     client: redis::Client,
     /// Stream entry of each task this worker took, for its acknowledgement.
     taken: Mutex<HashMap<TaskKey, (String, String)>>,
-    /// Event entries handed to the scheduler and not yet acknowledged.
-    unacked_events: Mutex<Vec<String>>,
+    /// Event entries handed to the scheduler and not yet acknowledged, by batch.
+    unacked_events: Mutex<BTreeMap<u64, Vec<String>>>,
+    next_batch: AtomicU64,
     /// Tasks read in the background; started by the first `take`.
     task_entries: tokio::sync::Mutex<Option<mpsc::Receiver<(String, StreamId)>>>,
     /// Worker events read in the background; started by the first `next_events`.
@@ -124,7 +128,8 @@ impl RedisQueue {
             commands,
             client: client.clone(),
             taken: Mutex::new(HashMap::new()),
-            unacked_events: Mutex::new(Vec::new()),
+            unacked_events: Mutex::new(BTreeMap::new()),
+            next_batch: AtomicU64::new(1),
             task_entries: tokio::sync::Mutex::new(None),
             event_entries: tokio::sync::Mutex::new(None),
             cancels,
@@ -253,6 +258,14 @@ impl RedisQueue {
         }
     }
 
+    /// Removes a worker that stops cleanly from the registry.
+    pub async fn unregister(&self, name: &str) -> Result<(), QueueError> {
+        let mut con = self.commands.clone();
+        con.hdel(self.key("workers"), name)
+            .await
+            .map_err(redis_error)
+    }
+
     /// Every worker that ever sent a heartbeat, with its last one.
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>, QueueError> {
         let mut con = self.commands.clone();
@@ -332,22 +345,6 @@ impl RedisQueue {
         Ok(reclaimed)
     }
 
-    /// Scheduler side: records a task it gives up on (delivered too often) in the dead-letter
-    /// stream, with the reason.
-    pub async fn dead_letter(&self, task: &TaskSpec, reason: &str) -> Result<(), QueueError> {
-        let mut con = self.commands.clone();
-        let json = serde_json::to_string(task).unwrap_or_default();
-        let _: String = con
-            .xadd(
-                self.key("dead"),
-                "*",
-                &[("task", json.as_str()), ("reason", reason)],
-            )
-            .await
-            .map_err(redis_error)?;
-        Ok(())
-    }
-
     /// Waits `delay` after a Redis failure, unless the queue closes first.
     async fn back_off(&self, err: &QueueError, delay: &mut Duration) -> Result<(), QueueError> {
         tracing::warn!(error = %err, retry_in = ?delay, "Redis failed; retrying.");
@@ -406,6 +403,12 @@ impl TaskQueue for RedisQueue {
                 self.forget(&stream, &entry.id).await?;
                 continue;
             }
+            if !self.claim(&task.key).await? {
+                // A restarted scheduler queued an attempt again that a worker already has.
+                tracing::info!(task = %task.key, "Skipped a task another worker already took.");
+                self.forget(&stream, &entry.id).await?;
+                continue;
+            }
             self.taken
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -430,6 +433,10 @@ impl TaskQueue for RedisQueue {
     }
 
     async fn next_events(&self, max: usize) -> Result<Vec<WorkerEvent>, QueueError> {
+        Ok(self.next_event_batch(max).await?.events)
+    }
+
+    async fn next_event_batch(&self, max: usize) -> Result<EventBatch, QueueError> {
         let mut entries = self.event_entries.lock().await;
         if entries.is_none() {
             // First the events this scheduler took before a restart and never acknowledged.
@@ -452,13 +459,11 @@ impl TaskQueue for RedisQueue {
                     Err(_) => break,
                 }
             }
+            let id = self.next_batch.fetch_add(1, Ordering::Relaxed);
             let mut events = Vec::with_capacity(batch.len());
-            let mut unacked = self
-                .unacked_events
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut ids = Vec::with_capacity(batch.len());
             for (stream, entry) in batch {
-                unacked.push(entry.id.clone());
+                ids.push(entry.id.clone());
                 match decode::<WorkerEvent>(&stream, &entry, "event") {
                     Ok(event) => events.push(event),
                     Err(err) => {
@@ -466,47 +471,39 @@ impl TaskQueue for RedisQueue {
                     }
                 }
             }
+            self.unacked_events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, ids);
             if !events.is_empty() {
-                return Ok(events);
+                return Ok(EventBatch { id, events });
             }
         }
     }
 
     async fn ack_events(&self) -> Result<(), QueueError> {
-        let ids = std::mem::take(
+        let batches = std::mem::take(
             &mut *self
                 .unacked_events
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let stream = self.key("events");
-        let mut con = self.commands.clone();
-        let acked: redis::RedisResult<()> = async {
-            redis::cmd("XACK")
-                .arg(&stream)
-                .arg(SCHEDULER_GROUP)
-                .arg(&ids)
-                .query_async::<()>(&mut con)
-                .await?;
-            redis::cmd("XDEL")
-                .arg(&stream)
-                .arg(&ids)
-                .query_async::<()>(&mut con)
-                .await
-        }
-        .await;
-        if let Err(err) = acked {
-            // Not acknowledged means delivered again after a restart; fencing makes that safe.
-            self.unacked_events
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(ids);
-            return Err(redis_error(err));
+        for (id, ids) in batches {
+            self.ack_event_ids(id, ids).await?;
         }
         Ok(())
+    }
+
+    async fn ack_event_batch(&self, id: u64) -> Result<(), QueueError> {
+        let ids = self
+            .unacked_events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        match ids {
+            Some(ids) => self.ack_event_ids(id, ids).await,
+            None => Ok(()),
+        }
     }
 
     async fn done(&self, task: &TaskSpec) -> Result<(), QueueError> {
@@ -536,6 +533,20 @@ impl TaskQueue for RedisQueue {
         Err(QueueError::Redis("could not acknowledge the task".into()))
     }
 
+    async fn dead_letter(&self, task: &TaskSpec, reason: &str) -> Result<(), QueueError> {
+        let mut con = self.commands.clone();
+        let json = serde_json::to_string(task).unwrap_or_default();
+        let _: String = con
+            .xadd(
+                self.key("dead"),
+                "*",
+                &[("task", json.as_str()), ("reason", reason)],
+            )
+            .await
+            .map_err(redis_error)?;
+        Ok(())
+    }
+
     async fn cancel_run(&self, run_id: &str) -> Result<(), QueueError> {
         let mut con = self.commands.clone();
         let cancelled = self.key("cancelled");
@@ -561,6 +572,105 @@ impl TaskQueue for RedisQueue {
 }
 
 impl RedisQueue {
+    /// Acknowledges and deletes the event entries of one batch; on failure they stay
+    /// unacknowledged (delivered again after a restart, which fencing makes safe).
+    async fn ack_event_ids(&self, id: u64, ids: Vec<String>) -> Result<(), QueueError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let stream = self.key("events");
+        let mut con = self.commands.clone();
+        let acked: redis::RedisResult<()> = async {
+            redis::cmd("XACK")
+                .arg(&stream)
+                .arg(SCHEDULER_GROUP)
+                .arg(&ids)
+                .query_async::<()>(&mut con)
+                .await?;
+            redis::cmd("XDEL")
+                .arg(&stream)
+                .arg(&ids)
+                .query_async::<()>(&mut con)
+                .await
+        }
+        .await;
+        if let Err(err) = acked {
+            self.unacked_events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, ids);
+            return Err(redis_error(err));
+        }
+        Ok(())
+    }
+
+    /// Claims an attempt for this worker: the first taker of a `(run, step, attempt)` wins, so
+    /// an attempt queued twice (the scheduler restarted between its commit and its dispatch
+    /// and could not know whether the dispatch happened) still runs once.
+    async fn claim(&self, key: &TaskKey) -> Result<bool, QueueError> {
+        let mut con = self.commands.clone();
+        let claim = format!(
+            "{}claim:{}:{}:{}",
+            self.config.prefix, key.run_id, key.step, key.attempt
+        );
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&claim)
+            .arg(&self.config.consumer)
+            .arg("NX")
+            .arg("EX")
+            .arg(CLAIM_TTL_SECS)
+            .query_async(&mut con)
+            .await
+            .map_err(redis_error)?;
+        Ok(set.is_some())
+    }
+
+    /// Scheduler side: whether Redis lost its data since the last call (restarted without
+    /// persistence, flushed). A marker key is set on the first call and checked on each later
+    /// one; a missing marker means every task and event Redis held may be gone, and the caller
+    /// re-queues from its store what must run. The first call answers `true` too: a scheduler
+    /// that starts cannot know what an empty Redis lost.
+    pub async fn lost_data(&self) -> Result<bool, QueueError> {
+        let mut con = self.commands.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.key("epoch"))
+            .arg(now_ms())
+            .arg("NX")
+            .query_async(&mut con)
+            .await
+            .map_err(redis_error)?;
+        Ok(set.is_some())
+    }
+
+    /// Whether Redis answers.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        let mut con = self.commands.clone();
+        redis::cmd("PING")
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(redis_error)
+    }
+
+    /// Every worker queue that has a stream, for the janitor.
+    pub async fn task_queues(&self) -> Result<Vec<String>, QueueError> {
+        let mut con = self.commands.clone();
+        let prefix = self.task_stream("");
+        let mut iter: redis::AsyncIter<String> = con
+            .scan_match(format!("{prefix}*"))
+            .await
+            .map_err(redis_error)?;
+        let mut queues = Vec::new();
+        while let Some(key) = iter.next().await {
+            let key = key.map_err(redis_error)?;
+            if let Some(queue) = key.strip_prefix(&prefix) {
+                queues.push(queue.to_string());
+            }
+        }
+        queues.sort();
+        queues.dedup();
+        Ok(queues)
+    }
+
     /// Whether a run was cancelled (for a worker that takes one of its tasks afterwards).
     pub async fn is_cancelled(&self, run_id: &str) -> Result<bool, QueueError> {
         let mut con = self.commands.clone();

@@ -1,0 +1,238 @@
+//! Pipelines, runs, workers: the JSON endpoints.
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{ApiError, ApiState};
+use crate::daemon::{CancelError, TriggerError};
+use crate::store::{RunLookup, RunRecord};
+
+/// Most runs in one page.
+const MAX_PAGE: usize = 1000;
+/// Most runs looked at to fill one filtered page, so a rare filter cannot scan all history.
+const MAX_SCANNED: usize = 20_000;
+
+pub(super) async fn pipelines(State(state): State<ApiState>) -> Json<Value> {
+    state.daemon.with_catalog(|catalog| {
+        let pipelines: Vec<Value> = catalog
+            .pipelines
+            .values()
+            .map(|loaded| {
+                let p = &loaded.pipeline;
+                json!({
+                    "name": p.name,
+                    "description": p.description,
+                    "file": loaded.path,
+                    "hash": loaded.hash,
+                    "steps": p.steps.keys().collect::<Vec<_>>(),
+                    "params": p.params.keys().collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        Json(json!({ "pipelines": pipelines, "errors": catalog.errors }))
+    })
+}
+
+/// Body of a trigger: `{"params": {"min_accuracy": 0.9}}` (all optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TriggerBody {
+    #[serde(default)]
+    params: BTreeMap<String, Value>,
+}
+
+pub(super) async fn trigger(
+    State(state): State<ApiState>,
+    Path(pipeline): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    // An empty body starts a run with the default params.
+    let body: TriggerBody = if body.iter().all(u8::is_ascii_whitespace) {
+        TriggerBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|err| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("bad request body: {err} (expected {{\"params\": {{\"name\": value}}}})"),
+            )
+        })?
+    };
+    let mut overrides = BTreeMap::new();
+    for (name, value) in body.params {
+        let text = match value {
+            Value::String(s) => s,
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            other => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("param `{name}` must be a string, number or boolean, not {other}"),
+                ))
+            }
+        };
+        overrides.insert(name, text);
+    }
+    let daemon = state.daemon.clone();
+    // Creating a run commits (and flushes) the store: off the async threads.
+    let created = tokio::task::spawn_blocking(move || daemon.trigger(&pipeline, overrides, "api"))
+        .await
+        .map_err(ApiError::internal)?;
+    match created {
+        Ok(run) => Ok((StatusCode::CREATED, Json(json!({ "run": run }))).into_response()),
+        Err(err @ TriggerError::UnknownPipeline(_)) => Err(ApiError::not_found(err.to_string())),
+        Err(err @ TriggerError::Params(_)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            err.to_string(),
+        )),
+        Err(err @ TriggerError::ShuttingDown) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            err.to_string(),
+        )),
+        Err(TriggerError::Engine(err)) => Err(ApiError::internal(err)),
+    }
+}
+
+/// Query of the run list.
+#[derive(Debug, Deserialize)]
+pub(super) struct ListQuery {
+    limit: Option<usize>,
+    before: Option<String>,
+    pipeline: Option<String>,
+    status: Option<String>,
+}
+
+pub(super) async fn list(
+    State(state): State<ApiState>,
+    Query(mut query): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = query.limit.unwrap_or(50).clamp(1, MAX_PAGE);
+    let mut before = query.before.take();
+    let store = state.daemon.engine().store.clone();
+    let filtered = query.pipeline.is_some() || query.status.is_some();
+    let keep = move |run: &RunRecord| {
+        query.pipeline.as_ref().is_none_or(|p| &run.pipeline == p)
+            && query
+                .status
+                .as_ref()
+                .is_none_or(|s| run.status.as_str() == s)
+    };
+    let mut runs = Vec::new();
+    let mut scanned = 0;
+    loop {
+        let page = store
+            .list_runs(if filtered { MAX_PAGE } else { limit }, before.as_deref())
+            .map_err(ApiError::internal)?;
+        let exhausted = page.len() < if filtered { MAX_PAGE } else { limit };
+        scanned += page.len();
+        before = page.last().map(|r| r.id.clone());
+        runs.extend(page.into_iter().filter(|r| keep(r)));
+        if runs.len() >= limit || exhausted || scanned >= MAX_SCANNED {
+            break;
+        }
+    }
+    runs.truncate(limit);
+    let next = (runs.len() == limit).then(|| runs.last().map(|r| r.id.clone()));
+    Ok(Json(json!({ "runs": runs, "next_before": next.flatten() })))
+}
+
+fn find_run(state: &ApiState, id: &str) -> Result<RunRecord, ApiError> {
+    match state
+        .daemon
+        .engine()
+        .store
+        .lookup_run(id)
+        .map_err(ApiError::internal)?
+    {
+        RunLookup::Found(run) => Ok(run),
+        RunLookup::NotFound => Err(ApiError::not_found(format!("no run `{id}`"))),
+        RunLookup::Ambiguous => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("`{id}` matches several runs; give more of the id"),
+        )),
+    }
+}
+
+pub(super) async fn show(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let run = find_run(&state, &id)?;
+    let steps = state
+        .daemon
+        .engine()
+        .store
+        .steps(&run.id)
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "run": run, "steps": steps })))
+}
+
+pub(super) async fn events(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let run = find_run(&state, &id)?;
+    let events = state
+        .daemon
+        .engine()
+        .store
+        .events(&run.id)
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "run": run.id, "events": events })))
+}
+
+pub(super) async fn cancel(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    match state.daemon.cancel(&id) {
+        Ok(run) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "run": run.id, "status": "cancelling" })),
+        )
+            .into_response()),
+        Err(err @ CancelError::UnknownRun(_)) => Err(ApiError::not_found(err.to_string())),
+        Err(err @ (CancelError::Finished(..) | CancelError::Ambiguous(_))) => {
+            Err(ApiError::new(StatusCode::CONFLICT, err.to_string()))
+        }
+        Err(err @ CancelError::NotDriven(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            err.to_string(),
+        )),
+        Err(CancelError::Store(err)) => Err(ApiError::internal(err)),
+    }
+}
+
+pub(super) async fn workers(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let now = sluice_worker::task::now_ms();
+    let workers = state.daemon.workers().await.map_err(|why| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot list workers: {why}"),
+        )
+    })?;
+    let workers: Vec<Value> = workers
+        .into_iter()
+        .map(|w| {
+            let mut value = serde_json::to_value(&w).unwrap_or_default();
+            value["seen_ms_ago"] = json!(now.saturating_sub(w.heartbeat_ms));
+            value
+        })
+        .collect();
+    Ok(Json(json!({ "workers": workers })))
+}
+
+pub(super) async fn reload(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let daemon = state.daemon.clone();
+    let (loaded, failed) = tokio::task::spawn_blocking(move || daemon.reload())
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "loaded": loaded, "failed": failed })))
+}

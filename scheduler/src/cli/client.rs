@@ -1,0 +1,423 @@
+//! The client side of the HTTP API: `sluice trigger`, `cancel`, `workers`, and `runs`, `show`,
+//! `logs` with `--server`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Args;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use super::inspect::{print_run, print_runs, timestamp, LogsArgs, RunsArgs, ShowArgs};
+use super::{EXIT_FAILED, EXIT_INVALID};
+use crate::store::{RunRecord, RunStatus, StepRecord};
+
+/// How often `trigger --wait` asks how the run stands.
+const WAIT_POLL: Duration = Duration::from_millis(300);
+
+/// Where the scheduler's API is.
+#[derive(Debug, Clone, Args)]
+pub struct RemoteArgs {
+    /// The scheduler's URL, e.g. `http://127.0.0.1:8080` (without it `runs`, `show` and `logs`
+    /// read the local data dir).
+    #[arg(long, env = "SLUICE_SERVER")]
+    pub server: Option<String>,
+    /// API token for writes (trigger, cancel), sent as a bearer token.
+    #[arg(long, env = "SLUICE_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// Arguments of `sluice trigger`.
+#[derive(Debug, Args)]
+pub struct TriggerArgs {
+    /// The pipeline's name (as loaded by the scheduler).
+    pub pipeline: String,
+    /// Set a parameter: `-p min_accuracy=0.9` (repeatable).
+    #[arg(short = 'p', long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// Follow the run and exit 0 if it succeeded, 1 otherwise.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub remote: ServerArgs,
+}
+
+/// `--server` (required) and `--token`, for commands that only talk to a scheduler.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// The scheduler's URL, e.g. `http://127.0.0.1:8080`.
+    #[arg(long, env = "SLUICE_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// API token for writes, sent as a bearer token.
+    #[arg(long, env = "SLUICE_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// Arguments of `sluice cancel`.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The run id, or an unambiguous start of it.
+    pub run_id: String,
+    #[command(flatten)]
+    pub remote: ServerArgs,
+}
+
+/// Arguments of `sluice workers`.
+#[derive(Debug, Args)]
+pub struct WorkersArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub remote: ServerArgs,
+}
+
+/// An answer of the API that was not a success, or no answer.
+#[derive(Debug, thiserror::Error)]
+enum ApiFailure {
+    #[error("{message} (HTTP {status})")]
+    Status { status: u16, message: String },
+    #[error("cannot reach the scheduler at {url}: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+impl ApiFailure {
+    /// 4xx answers are the user's input; the rest are failures.
+    fn exit_code(&self) -> u8 {
+        match self {
+            ApiFailure::Status { status, .. } if (400..500).contains(status) => EXIT_INVALID,
+            _ => EXIT_FAILED,
+        }
+    }
+}
+
+struct Api {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(server: &str, token: Option<&str>) -> Api {
+        Api {
+            base: server.trim_end_matches('/').to_string(),
+            token: token.map(str::to_string),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ApiFailure> {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ApiFailure::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        Err(ApiFailure::Status { status, message })
+    }
+
+    async fn get(&self, path: &str) -> Result<Value, ApiFailure> {
+        let response = self
+            .send(self.http.get(format!("{}{path}", self.base)))
+            .await?;
+        response
+            .json()
+            .await
+            .map_err(|source| ApiFailure::Unreachable {
+                url: self.base.clone(),
+                source,
+            })
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<Value, ApiFailure> {
+        let request = self.http.post(format!("{}{path}", self.base)).json(&body);
+        let response = self.send(request).await?;
+        response
+            .json()
+            .await
+            .map_err(|source| ApiFailure::Unreachable {
+                url: self.base.clone(),
+                source,
+            })
+    }
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<u8>>>(f: F) -> anyhow::Result<u8> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+/// Prints the failure and gives its exit code.
+fn failed(err: ApiFailure) -> u8 {
+    eprintln!("error: {err}");
+    err.exit_code()
+}
+
+/// Encodes a path segment (run ids and names are plain, but a user can type anything).
+fn segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// `sluice trigger`.
+pub fn trigger(args: TriggerArgs) -> anyhow::Result<u8> {
+    let mut params = BTreeMap::new();
+    for pair in &args.params {
+        match pair.split_once('=') {
+            Some((key, value)) if !key.is_empty() => {
+                params.insert(key.to_string(), value.to_string());
+            }
+            _ => {
+                eprintln!("error: `-p {pair}` must be KEY=VALUE");
+                return Ok(EXIT_INVALID);
+            }
+        }
+    }
+    let api = Api::new(&args.remote.server, args.remote.token.as_deref());
+    block_on(async move {
+        let path = format!("/api/v1/pipelines/{}/runs", segment(&args.pipeline));
+        let created = match api.post(&path, json!({ "params": params })).await {
+            Ok(created) => created,
+            Err(err) => return Ok(failed(err)),
+        };
+        let run: RunRecord = serde_json::from_value(created["run"].clone())?;
+        println!("run {} of `{}` started", run.id, run.pipeline);
+        if !args.wait {
+            return Ok(0);
+        }
+        wait_for(&api, &run.id).await
+    })
+}
+
+/// Follows a run until it ends, printing each step's change; exit 0 if it succeeded.
+async fn wait_for(api: &Api, run_id: &str) -> anyhow::Result<u8> {
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut unreachable_since: Option<std::time::Instant> = None;
+    loop {
+        let shown = match api.get(&format!("/api/v1/runs/{}", segment(run_id))).await {
+            Ok(shown) => {
+                unreachable_since = None;
+                shown
+            }
+            // A scheduler restarting is not the run failing: keep asking for a while.
+            Err(err @ ApiFailure::Unreachable { .. }) => {
+                let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > Duration::from_secs(120) {
+                    return Ok(failed(err));
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(err) => return Ok(failed(err)),
+        };
+        let run: RunRecord = serde_json::from_value(shown["run"].clone())?;
+        let steps: Vec<StepRecord> = serde_json::from_value(shown["steps"].clone())?;
+        for step in &steps {
+            let status = step.status.as_str().to_string();
+            if seen.get(&step.name) != Some(&status) {
+                let detail = step
+                    .reason
+                    .clone()
+                    .or_else(|| step.last_attempt().and_then(|a| a.message.clone()))
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default();
+                println!("  {:<24} {status}{detail}", step.name);
+                seen.insert(step.name.clone(), status);
+            }
+        }
+        if run.status.is_terminal() {
+            println!("run {} {}", run.id, run.status.as_str());
+            return Ok(if run.status == RunStatus::Succeeded {
+                0
+            } else {
+                EXIT_FAILED
+            });
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+}
+
+/// `sluice cancel`.
+pub fn cancel(args: CancelArgs) -> anyhow::Result<u8> {
+    let api = Api::new(&args.remote.server, args.remote.token.as_deref());
+    block_on(async move {
+        let path = format!("/api/v1/runs/{}/cancel", segment(&args.run_id));
+        match api.post(&path, json!({})).await {
+            Ok(answer) => {
+                println!(
+                    "run {} is being cancelled",
+                    answer["run"].as_str().unwrap_or("")
+                );
+                Ok(0)
+            }
+            Err(err) => Ok(failed(err)),
+        }
+    })
+}
+
+/// `sluice workers`.
+pub fn workers(args: WorkersArgs) -> anyhow::Result<u8> {
+    let api = Api::new(&args.remote.server, args.remote.token.as_deref());
+    block_on(async move {
+        let answer = match api.get("/api/v1/workers").await {
+            Ok(answer) => answer,
+            Err(err) => return Ok(failed(err)),
+        };
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&answer["workers"])?);
+            return Ok(0);
+        }
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "{:<32}  {:<16}  {:>5}  {:>7}  {:<6}  {:<8}  LAST SEEN",
+            "WORKER", "QUEUES", "SLOTS", "RUNNING", "DOCKER", "GPUS"
+        )?;
+        for w in answer["workers"].as_array().into_iter().flatten() {
+            let list = |v: &Value| {
+                v.as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default()
+            };
+            let gpus = list(&w["gpus"]);
+            writeln!(
+                out,
+                "{:<32}  {:<16}  {:>5}  {:>7}  {:<6}  {:<8}  {}s ago ({})",
+                w["name"].as_str().unwrap_or(""),
+                list(&w["queues"]),
+                w["slots"].as_u64().unwrap_or(0),
+                w["running"].as_u64().unwrap_or(0),
+                if w["docker"].as_bool() == Some(true) {
+                    "yes"
+                } else {
+                    "no"
+                },
+                if gpus.is_empty() { "-".into() } else { gpus },
+                w["seen_ms_ago"].as_u64().unwrap_or(0) / 1000,
+                timestamp(w["heartbeat_ms"].as_u64().unwrap_or(0)),
+            )?;
+        }
+        Ok(0)
+    })
+}
+
+/// `sluice runs --server`.
+pub fn runs(args: &RunsArgs) -> anyhow::Result<u8> {
+    let server = args.remote.server.clone().unwrap_or_default();
+    let api = Api::new(&server, args.remote.token.as_deref());
+    block_on(async move {
+        let mut path = format!("/api/v1/runs?limit={}", args.limit);
+        if let Some(before) = &args.before {
+            path.push_str(&format!("&before={}", segment(before)));
+        }
+        let answer = match api.get(&path).await {
+            Ok(answer) => answer,
+            Err(err) => return Ok(failed(err)),
+        };
+        let runs: Vec<RunRecord> = serde_json::from_value(answer["runs"].clone())?;
+        print_runs(&runs, args.json)
+    })
+}
+
+/// `sluice show --server`.
+pub fn show(args: &ShowArgs) -> anyhow::Result<u8> {
+    let server = args.remote.server.clone().unwrap_or_default();
+    let api = Api::new(&server, args.remote.token.as_deref());
+    block_on(async move {
+        let id = segment(&args.run_id);
+        let answer = match api.get(&format!("/api/v1/runs/{id}")).await {
+            Ok(answer) => answer,
+            Err(err) => return Ok(failed(err)),
+        };
+        if args.json {
+            let mut answer = answer;
+            if let Ok(events) = api.get(&format!("/api/v1/runs/{id}/events")).await {
+                answer["events"] = events["events"].clone();
+            }
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            return Ok(0);
+        }
+        let run: RunRecord = serde_json::from_value(answer["run"].clone())?;
+        let steps: Vec<StepRecord> = serde_json::from_value(answer["steps"].clone())?;
+        print_run(&run, &steps, false)
+    })
+}
+
+/// `sluice logs --server`: stdout to stdout, stderr to stderr; `--follow` streams stdout.
+pub fn logs(args: &LogsArgs) -> anyhow::Result<u8> {
+    let server = args.remote.server.clone().unwrap_or_default();
+    let api = Api::new(&server, args.remote.token.as_deref());
+    block_on(async move {
+        let base = format!(
+            "{}/api/v1/runs/{}/steps/{}/logs",
+            api.base,
+            segment(&args.run_id),
+            segment(&args.step)
+        );
+        let mut streams = Vec::new();
+        if !args.stderr {
+            streams.push("stdout");
+        }
+        if !args.stdout {
+            streams.push("stderr");
+        }
+        for stream in streams {
+            let mut query: Vec<(&str, String)> = vec![("stream", stream.to_string())];
+            if let Some(attempt) = args.attempt {
+                query.push(("attempt", attempt.to_string()));
+            }
+            if args.follow && stream == "stdout" {
+                query.push(("follow", "true".into()));
+            }
+            let response = match api.send(api.http.get(&base).query(&query)).await {
+                Ok(response) => response,
+                Err(err) => return Ok(failed(err)),
+            };
+            let mut body = response.bytes_stream();
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk?;
+                if stream == "stdout" {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&chunk)?;
+                    out.flush()?;
+                } else {
+                    std::io::stderr().lock().write_all(&chunk)?;
+                }
+            }
+        }
+        Ok(0)
+    })
+}

@@ -1,0 +1,442 @@
+//! `sluice scheduler`, `sluice server` and `sluice worker`: the long-running processes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use sluice_worker::executor::{DockerExecutor, StepExecutor};
+use sluice_worker::gpu::parse_gpus_flag;
+use sluice_worker::pool::{run_worker, run_worker_with, WorkerConfig, WorkerHooks};
+use sluice_worker::queue::{MemoryQueue, RedisQueue, RedisQueueConfig, TaskQueue, WorkerInfo};
+use sluice_worker::task::now_ms;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::run::{hostname, prepare_data_dir};
+use super::{DataDirArg, EXIT_INVALID};
+use crate::api::{self, ApiState};
+use crate::daemon::{Daemon, DaemonConfig, Workers};
+use crate::engine::Engine;
+use crate::store::Store;
+
+/// How long a stopping daemon waits for its run drivers.
+const DRIVER_STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// Where the daemon serves its API and what it serves.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Folder of pipeline files; invalid files are reported and skipped.
+    #[arg(long, env = "SLUICE_PIPELINES", default_value = "pipelines")]
+    pub pipelines: PathBuf,
+    /// Address of the HTTP API (`127.0.0.1:0` picks a free port, printed at start).
+    #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Token that writes to the API (trigger, cancel, reload) must bring as `Bearer`.
+    #[arg(long, env = "SLUICE_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    #[command(flatten)]
+    pub data: DataDirArg,
+}
+
+/// How to reach Redis.
+#[derive(Debug, Args)]
+pub struct RedisArgs {
+    /// Redis URL.
+    #[arg(
+        long,
+        env = "SLUICE_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis: String,
+    /// Prefix of every key, so several deployments can share one Redis.
+    #[arg(long, env = "SLUICE_REDIS_PREFIX", default_value = "sluice:")]
+    pub redis_prefix: String,
+}
+
+/// Arguments of `sluice scheduler`.
+#[derive(Debug, Args)]
+pub struct SchedulerArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// How long a worker may go silent holding a task before the task is taken back and run
+    /// again (as a new attempt, within the step's retry budget).
+    #[arg(long, env = "SLUICE_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease: Duration,
+}
+
+/// Arguments of `sluice server`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Most steps at once (default: twice the CPU count).
+    #[arg(long, env = "SLUICE_SLOTS")]
+    pub slots: Option<usize>,
+    /// GPUs steps may lease: device ids (`0,1`) or `auto`.
+    #[arg(long, env = "SLUICE_GPUS", default_value = "")]
+    pub gpus: String,
+}
+
+/// Arguments of `sluice worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// Queues to take steps from, in order of preference.
+    #[arg(
+        long,
+        env = "SLUICE_QUEUES",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
+    pub queues: Vec<String>,
+    /// Most steps at once (default: the CPU count).
+    #[arg(long, env = "SLUICE_SLOTS")]
+    pub slots: Option<usize>,
+    /// This worker's name; unique per worker (default: host name and process id).
+    #[arg(long, env = "SLUICE_WORKER_NAME")]
+    pub name: Option<String>,
+    /// GPUs this worker hands to steps: device ids (`0,1`) or `auto`.
+    #[arg(long, env = "SLUICE_GPUS", default_value = "")]
+    pub gpus: String,
+    /// How often the worker says it is alive and renews the leases of its steps; keep it well
+    /// under the scheduler's `--lease`.
+    #[arg(long, env = "SLUICE_HEARTBEAT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+    /// After SIGTERM, how long running steps may take to finish before they are stopped and
+    /// handed back to run elsewhere.
+    #[arg(long, env = "SLUICE_GRACE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// `sluice scheduler`: the daemon with Redis between it and the workers.
+pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<u8> {
+    let data_dir = prepare_data_dir(&args.serve.data.data_dir)?;
+    runtime()?.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signals(shutdown.clone(), None));
+        let listener = bind(args.serve.listen).await?;
+        let store = Store::open(&data_dir)?;
+        let redis = RedisQueue::connect(
+            RedisQueueConfig {
+                url: args.redis.redis.clone(),
+                prefix: args.redis.redis_prefix.clone(),
+                consumer: "scheduler".into(),
+                queues: Vec::new(),
+            },
+            shutdown.clone(),
+        )
+        .await
+        .context("stopped before Redis answered")?;
+        let redis = Arc::new(redis);
+        let queue: Arc<dyn TaskQueue> = redis.clone();
+        let engine = Engine {
+            store,
+            queue: queue.clone(),
+            data_dir,
+        };
+        let config = DaemonConfig {
+            pipelines_dir: args.serve.pipelines.clone(),
+            lease: args.lease,
+        };
+        let daemon = Daemon::start(engine, config, Workers::Redis(redis), shutdown.clone()).await?;
+        serve(listener, daemon, args.serve.api_token).await?;
+        queue.close();
+        Ok(0)
+    })
+}
+
+/// `sluice server`: the daemon with in-process workers, for one machine without Redis.
+pub fn server(args: ServerArgs) -> anyhow::Result<u8> {
+    let data_dir = prepare_data_dir(&args.serve.data.data_dir)?;
+    let gpus = match parse_gpus_flag(&args.gpus) {
+        Ok(gpus) => gpus,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    runtime()?.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let name = format!("server:{}:{}", hostname(), std::process::id());
+        let executor = executor(&name).await;
+        tokio::spawn(stop_on_signals(shutdown.clone(), None));
+        let listener = bind(args.serve.listen).await?;
+        let store = Store::open(&data_dir)?;
+        let queue: Arc<dyn TaskQueue> = Arc::new(MemoryQueue::default());
+        let slots = args
+            .slots
+            .unwrap_or_else(crate::engine::default_parallelism)
+            .max(1);
+        let info = WorkerInfo {
+            name: name.clone(),
+            queues: vec!["*".into()],
+            slots,
+            gpus: gpus.clone(),
+            running: 0,
+            docker: executor.has_docker(),
+            heartbeat_ms: now_ms(),
+        };
+        let engine = Engine {
+            store,
+            queue: queue.clone(),
+            data_dir,
+        };
+        let config = DaemonConfig {
+            pipelines_dir: args.serve.pipelines.clone(),
+            lease: Duration::from_secs(30),
+        };
+        let workers_stop = CancellationToken::new();
+        let daemon = Daemon::start(
+            engine,
+            config,
+            Workers::InProcess(vec![info]),
+            shutdown.clone(),
+        )
+        .await?;
+        // In-process workers serve every queue the loaded pipelines use.
+        let queues = daemon.with_catalog(|c| {
+            let mut queues: Vec<String> = c
+                .pipelines
+                .values()
+                .flat_map(|p| p.pipeline.steps.values().map(|s| s.queue.clone()))
+                .chain(["default".to_string(), "gpu".to_string()])
+                .collect();
+            queues.sort();
+            queues.dedup();
+            queues
+        });
+        let workers = tokio::spawn(run_worker(
+            queue.clone(),
+            Arc::new(executor),
+            WorkerConfig {
+                name,
+                queues,
+                slots,
+                gpus,
+            },
+            workers_stop.clone(),
+        ));
+        serve(listener, daemon, args.serve.api_token).await?;
+        // Steps still running are stopped; the next start picks their runs up.
+        workers_stop.cancel();
+        queue.close();
+        let _ = tokio::time::timeout(DRIVER_STOP_WAIT, workers).await;
+        sluice_worker::executor::local::kill_running_groups();
+        Ok(0)
+    })
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// Serves the API until the daemon's shutdown fires, then lets the drivers wind down.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    daemon: Arc<Daemon>,
+    token: Option<String>,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    // Scripts and tests read this line for the port when `--listen` asked for any.
+    println!("sluice listening on http://{addr}");
+    tracing::info!(%addr, "API listening.");
+    let shutdown = daemon.shutdown_token().clone();
+    let state = ApiState {
+        daemon: daemon.clone(),
+        token: token.filter(|t| !t.is_empty()).map(Arc::from),
+    };
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("the HTTP server failed")?;
+    daemon.wait_idle(DRIVER_STOP_WAIT).await;
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C fires `shutdown`; a second one fires `abandon` (when given).
+async fn stop_on_signals(shutdown: CancellationToken, abandon: Option<CancellationToken>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("Stopping.");
+    shutdown.cancel();
+    if let Some(abandon) = abandon {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("Second stop signal: handing back the steps still running.");
+        abandon.cancel();
+    }
+}
+
+/// Local processes always; containers when a Docker engine answers (containers a previous
+/// life of this worker left behind are removed first).
+async fn executor(name: &str) -> StepExecutor {
+    match DockerExecutor::connect(name).await {
+        Ok(docker) => {
+            let own = name.to_string();
+            match docker.reap_orphans(move |worker| worker == own).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    containers = n,
+                    "Removed containers a previous run of this worker left."
+                ),
+                Err(err) => tracing::warn!(error = %err, "Could not look for leftover containers."),
+            }
+            StepExecutor::with_docker(Arc::new(docker))
+        }
+        Err(why) => {
+            tracing::info!(%why, "No Docker engine: steps with an image fail on this worker.");
+            StepExecutor::local_only(why)
+        }
+    }
+}
+
+/// `sluice worker`: takes steps from Redis and runs them.
+pub fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
+    let gpus = match parse_gpus_flag(&args.gpus) {
+        Ok(gpus) => gpus,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let slots = args
+        .slots
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
+    runtime()?.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let abandon = CancellationToken::new();
+        tokio::spawn(stop_on_signals(shutdown.clone(), Some(abandon.clone())));
+        let redis = RedisQueue::connect(
+            RedisQueueConfig {
+                url: args.redis.redis.clone(),
+                prefix: args.redis.redis_prefix.clone(),
+                consumer: name.clone(),
+                queues: args.queues.clone(),
+            },
+            shutdown.clone(),
+        )
+        .await
+        .context("stopped before Redis answered")?;
+        let redis = Arc::new(redis);
+        let executor = executor(&name).await;
+        let busy = Arc::new(AtomicUsize::new(0));
+        let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+        let info = WorkerInfo {
+            name: name.clone(),
+            queues: args.queues.clone(),
+            slots,
+            gpus: gpus.clone(),
+            running: 0,
+            docker: executor.has_docker(),
+            heartbeat_ms: 0,
+        };
+        let beating = CancellationToken::new();
+        let heartbeats = tokio::spawn(heartbeat(
+            redis.clone(),
+            info,
+            busy.clone(),
+            lost_tx,
+            args.heartbeat,
+            beating.clone(),
+        ));
+        println!(
+            "sluice worker {name}: queues {}, {slots} slots",
+            args.queues.join(",")
+        );
+        // Stop taking work at once on SIGTERM; the grace period starts then.
+        let grace = args.grace;
+        let abandon_after_grace = abandon.clone();
+        let draining = shutdown.clone();
+        tokio::spawn(async move {
+            draining.cancelled().await;
+            tokio::time::sleep(grace).await;
+            abandon_after_grace.cancel();
+        });
+        let queue: Arc<dyn TaskQueue> = redis.clone();
+        let outcome = run_worker_with(
+            queue,
+            Arc::new(executor),
+            WorkerConfig {
+                name: name.clone(),
+                queues: args.queues.clone(),
+                slots,
+                gpus,
+            },
+            shutdown,
+            WorkerHooks {
+                lost: Some(lost_rx),
+                abandon,
+                busy,
+            },
+        )
+        .await;
+        beating.cancel();
+        let _ = heartbeats.await;
+        if let Err(err) = redis.unregister(&name).await {
+            tracing::warn!(error = %err, "Could not remove this worker from the registry.");
+        }
+        redis.close();
+        outcome?;
+        Ok(0)
+    })
+}
+
+/// Heartbeats until `stop`: advertises the worker and renews its leases; tasks whose lease
+/// was lost are passed on to be stopped.
+async fn heartbeat(
+    redis: Arc<RedisQueue>,
+    mut info: WorkerInfo,
+    busy: Arc<AtomicUsize>,
+    lost: mpsc::UnboundedSender<sluice_worker::task::TaskKey>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        info.running = busy.load(Ordering::Relaxed);
+        info.heartbeat_ms = now_ms();
+        match redis.heartbeat(&info).await {
+            Ok(keys) => {
+                for key in keys {
+                    let _ = lost.send(key);
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "Heartbeat failed; retrying."),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The janitor (Redis only): takes back tasks whose worker stopped renewing its lease, and
+//! notices when Redis lost its data so runs in flight queue their work again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_worker::queue::RedisQueue;
+use tokio_util::sync::CancellationToken;
+
+use super::Daemon;
+use crate::engine::RoutedEvent;
+
+/// Shortest pause between two rounds.
+const MIN_ROUND: Duration = Duration::from_millis(250);
+
+/// Asks Redis, retrying until it answers, whether it lost its data (or is new).
+pub(super) async fn lost_data_at_start(redis: &RedisQueue, shutdown: &CancellationToken) -> bool {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match redis.lost_data().await {
+            Ok(lost) => return lost,
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in = ?delay, "Redis is not answering; retrying.");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return false,
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The janitor loop: a round every quarter of the lease.
+pub(super) async fn run(daemon: Arc<Daemon>, redis: Arc<RedisQueue>) {
+    let round = (daemon.config.lease / 4).max(MIN_ROUND);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(round) => {}
+            _ = daemon.shutdown.cancelled() => return,
+        }
+        if let Err(err) = one_round(&daemon, &redis).await {
+            tracing::warn!(error = %err, "Janitor round failed; trying again next round.");
+        }
+    }
+}
+
+async fn one_round(
+    daemon: &Daemon,
+    redis: &RedisQueue,
+) -> Result<(), sluice_worker::queue::QueueError> {
+    if redis.lost_data().await? {
+        let runs: Vec<String> = daemon.lock_runs().keys().cloned().collect();
+        tracing::warn!(
+            runs = runs.len(),
+            "Redis lost its data (restarted without persistence?); queueing the work in flight again."
+        );
+        for run in runs {
+            daemon.send_to_run(&run, RoutedEvent::Requeue);
+        }
+    }
+    for queue in redis.task_queues().await? {
+        for reclaimed in redis.reclaim_idle(&queue, daemon.config.lease).await? {
+            let key = reclaimed.task.key.clone();
+            if daemon.send_to_run(&key.run_id, RoutedEvent::Lost(reclaimed.task)) {
+                tracing::warn!(task = %key, "A worker stopped heartbeating; took its task back.");
+            } else {
+                tracing::debug!(task = %key, "Took back a task of a run not in flight.");
+            }
+        }
+    }
+    Ok(())
+}

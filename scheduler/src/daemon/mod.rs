@@ -1,0 +1,316 @@
+//! The scheduler daemon: many runs at once, driven from one queue.
+//!
+//! Each run has its own [`RunDriver`] task. One router reads worker events from the queue for
+//! every run and hands each run its share; a batch is acknowledged to the queue only once every
+//! run it touched has committed it (commit first, then acknowledge, across runs). With Redis, a
+//! janitor takes back tasks whose worker stopped heartbeating and notices when Redis lost its
+//! data; on start the daemon picks up every run that was in flight.
+
+mod catalog;
+mod janitor;
+mod router;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use sluice_worker::queue::{RedisQueue, WorkerInfo};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::engine::{Engine, EngineError, RoutedEvent, RunDriver, RunRequest, Silent};
+use crate::store::{RunLookup, RunRecord};
+
+pub use catalog::{Catalog, LoadError};
+
+/// How a daemon is set up.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Folder of pipeline files.
+    pub pipelines_dir: PathBuf,
+    /// How long a worker may go without renewing a task's lease before the janitor takes the
+    /// task back (Redis only).
+    pub lease: Duration,
+}
+
+/// Where the daemon learns which workers exist.
+pub enum Workers {
+    /// Workers that heartbeat through Redis.
+    Redis(Arc<RedisQueue>),
+    /// The in-process workers of `sluice server`.
+    InProcess(Vec<WorkerInfo>),
+}
+
+/// A run being driven: how to reach its driver.
+struct RunHandle {
+    events: mpsc::UnboundedSender<RoutedEvent>,
+    cancel: CancellationToken,
+}
+
+/// Why a trigger did not start a run.
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    /// No loaded pipeline has that name.
+    #[error("no pipeline named `{0}` is loaded")]
+    UnknownPipeline(String),
+    /// The params do not fit the pipeline's declarations.
+    #[error("{0}")]
+    Params(String),
+    /// The daemon is shutting down.
+    #[error("the scheduler is shutting down")]
+    ShuttingDown,
+    /// The store failed.
+    #[error(transparent)]
+    Engine(EngineError),
+}
+
+/// Why a cancel did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    /// No run has that id (or prefix).
+    #[error("no run `{0}`")]
+    UnknownRun(String),
+    /// Several runs start with that prefix.
+    #[error("`{0}` matches several runs; give more of the id")]
+    Ambiguous(String),
+    /// The run already ended.
+    #[error("run `{0}` already finished ({1})")]
+    Finished(String, &'static str),
+    /// The run is unfinished but this daemon does not drive it (its definition is unreadable).
+    #[error("run `{0}` is not being driven by this scheduler")]
+    NotDriven(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// The scheduler: pipelines, runs in flight, and the loops that keep them moving.
+pub struct Daemon {
+    engine: Engine,
+    config: DaemonConfig,
+    catalog: RwLock<Catalog>,
+    runs: Mutex<HashMap<String, RunHandle>>,
+    committed: mpsc::UnboundedSender<u64>,
+    workers: Workers,
+    shutdown: CancellationToken,
+    drivers: TaskTracker,
+}
+
+impl Daemon {
+    /// Loads the pipelines, starts the router (and with Redis the janitor), and picks up every
+    /// run that was in flight when the last daemon stopped.
+    pub async fn start(
+        engine: Engine,
+        config: DaemonConfig,
+        workers: Workers,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<Daemon>> {
+        let catalog = Catalog::load(&config.pipelines_dir).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read the pipelines folder {}: {e}",
+                config.pipelines_dir.display()
+            )
+        })?;
+        let (committed, committed_rx) = mpsc::unbounded_channel();
+        let daemon = Arc::new(Daemon {
+            engine,
+            config,
+            catalog: RwLock::new(catalog),
+            runs: Mutex::new(HashMap::new()),
+            committed,
+            workers,
+            shutdown,
+            drivers: TaskTracker::new(),
+        });
+        // Before picking runs up: what an empty Redis lost must be queued again.
+        let redis_lost_data = match &daemon.workers {
+            Workers::Redis(redis) => janitor::lost_data_at_start(redis, &daemon.shutdown).await,
+            Workers::InProcess(_) => false,
+        };
+        daemon.reattach_unfinished(redis_lost_data)?;
+        tokio::spawn(router::route_events(daemon.clone(), committed_rx));
+        if let Workers::Redis(redis) = &daemon.workers {
+            tokio::spawn(janitor::run(daemon.clone(), redis.clone()));
+        }
+        Ok(daemon)
+    }
+
+    fn reattach_unfinished(self: &Arc<Self>, redis_lost_data: bool) -> anyhow::Result<()> {
+        let ids = self.engine.store.unfinished_runs()?;
+        for id in ids {
+            match RunDriver::reattach(self.engine.clone(), &id, Box::new(Silent), redis_lost_data) {
+                Ok(driver) => {
+                    tracing::info!(run = %id, pipeline = %driver.run().pipeline, "Picked up a run in flight.");
+                    self.spawn_driver(driver);
+                }
+                Err(err) => {
+                    tracing::error!(run = %id, error = %err, "Cannot pick up a run in flight; it stays as it is.")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The engine (store, queue, data dir).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Fires when the daemon is asked to stop.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Runs `f` with the loaded pipelines.
+    pub fn with_catalog<T>(&self, f: impl FnOnce(&Catalog) -> T) -> T {
+        f(&self.catalog.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Reads the pipelines folder again; returns how many pipelines loaded and files failed.
+    pub fn reload(&self) -> std::io::Result<(usize, usize)> {
+        let catalog = Catalog::load(&self.config.pipelines_dir)?;
+        let counts = (catalog.pipelines.len(), catalog.errors.len());
+        *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = catalog;
+        Ok(counts)
+    }
+
+    /// The workers known, with their last heartbeat.
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>, String> {
+        match &self.workers {
+            Workers::Redis(redis) => redis.workers().await.map_err(|e| e.to_string()),
+            Workers::InProcess(workers) => Ok(workers
+                .iter()
+                .map(|w| WorkerInfo {
+                    heartbeat_ms: sluice_worker::task::now_ms(),
+                    ..w.clone()
+                })
+                .collect()),
+        }
+    }
+
+    /// Whether the daemon can take work: its queue answers.
+    pub async fn ready(&self) -> Result<(), String> {
+        match &self.workers {
+            Workers::Redis(redis) => redis.ping().await.map_err(|e| e.to_string()),
+            Workers::InProcess(_) => Ok(()),
+        }
+    }
+
+    /// How many runs are being driven now.
+    pub fn runs_in_flight(&self) -> usize {
+        self.lock_runs().len()
+    }
+
+    /// Starts a run of `pipeline`; returns it as committed (the run exists once this returns).
+    pub fn trigger(
+        self: &Arc<Self>,
+        pipeline: &str,
+        overrides: BTreeMap<String, String>,
+        trigger: &str,
+    ) -> Result<RunRecord, TriggerError> {
+        if self.shutdown.is_cancelled() {
+            return Err(TriggerError::ShuttingDown);
+        }
+        let loaded = self
+            .with_catalog(|c| c.pipelines.get(pipeline).cloned())
+            .ok_or_else(|| TriggerError::UnknownPipeline(pipeline.to_string()))?;
+        let base_dir = base_dir_of(&loaded.path);
+        let request = RunRequest {
+            loaded,
+            overrides,
+            trigger: trigger.to_string(),
+            parallelism: None,
+            base_dir,
+        };
+        let driver =
+            RunDriver::create(self.engine.clone(), request, Box::new(Silent)).map_err(|err| {
+                match err {
+                    EngineError::Params(message) => TriggerError::Params(message),
+                    other => TriggerError::Engine(other),
+                }
+            })?;
+        let run = driver.run().clone();
+        tracing::info!(run = %run.id, pipeline = %run.pipeline, trigger, "Run started.");
+        self.spawn_driver(driver);
+        Ok(run)
+    }
+
+    /// Asks a run to stop: queued steps are withdrawn, running ones killed on their workers.
+    pub fn cancel(&self, id_or_prefix: &str) -> Result<RunRecord, CancelError> {
+        let run = match self.engine.store.lookup_run(id_or_prefix)? {
+            RunLookup::Found(run) => run,
+            RunLookup::NotFound => return Err(CancelError::UnknownRun(id_or_prefix.into())),
+            RunLookup::Ambiguous => return Err(CancelError::Ambiguous(id_or_prefix.into())),
+        };
+        if run.status.is_terminal() {
+            return Err(CancelError::Finished(run.id, run.status.as_str()));
+        }
+        match self.lock_runs().get(&run.id) {
+            Some(handle) => handle.cancel.cancel(),
+            None => return Err(CancelError::NotDriven(run.id)),
+        }
+        tracing::info!(run = %run.id, "Run cancel requested.");
+        Ok(run)
+    }
+
+    /// Waits for the drivers to wind down after `shutdown` (they stop where they are: every
+    /// change they made is committed, and the next daemon picks the runs up).
+    pub async fn wait_idle(&self, limit: Duration) {
+        self.drivers.close();
+        let _ = tokio::time::timeout(limit, self.drivers.wait()).await;
+    }
+
+    fn spawn_driver(self: &Arc<Self>, driver: RunDriver) {
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let run_id = driver.run().id.clone();
+        self.lock_runs().insert(
+            run_id.clone(),
+            RunHandle {
+                events,
+                cancel: cancel.clone(),
+            },
+        );
+        let driver = driver.routed(events_rx, self.committed.clone());
+        let daemon = self.clone();
+        self.drivers.spawn(async move {
+            let outcome = tokio::select! {
+                outcome = driver.drive(cancel) => Some(outcome),
+                // Stopping the daemon leaves the run where its last commit left it.
+                _ = daemon.shutdown.cancelled() => None,
+            };
+            daemon.lock_runs().remove(&run_id);
+            match outcome {
+                Some(Ok(run)) => {
+                    tracing::info!(run = %run.id, status = run.status.as_str(), "Run finished.")
+                }
+                Some(Err(err)) => {
+                    tracing::error!(run = %run_id, error = %err, "Driving the run failed; it resumes when the scheduler restarts.")
+                }
+                None => {}
+            }
+        });
+    }
+
+    /// Hands a routed event to a run's driver; false when the run is not being driven.
+    fn send_to_run(&self, run_id: &str, event: RoutedEvent) -> bool {
+        self.lock_runs()
+            .get(run_id)
+            .is_some_and(|handle| handle.events.send(event).is_ok())
+    }
+
+    fn lock_runs(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunHandle>> {
+        self.runs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Folder that relative workdirs of a pipeline resolve against: its file's folder.
+fn base_dir_of(path: &Path) -> PathBuf {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .canonicalize()
+        .unwrap_or_else(|_| PathBuf::from("."))
+}

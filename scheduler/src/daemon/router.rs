@@ -1,0 +1,88 @@
+//! Hands worker events to the runs they are about, and acknowledges each batch to the queue once
+//! every run it touched has committed what it changed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use sluice_worker::queue::{QueueError, TaskQueue};
+use sluice_worker::task::WorkerEvent;
+use tokio::sync::mpsc;
+
+use super::Daemon;
+use crate::engine::RoutedEvent;
+
+/// Most worker events read in one batch.
+const EVENT_BATCH: usize = 4096;
+
+/// The router loop; ends when the daemon shuts down or the queue closes.
+pub(super) async fn route_events(daemon: Arc<Daemon>, mut committed: mpsc::UnboundedReceiver<u64>) {
+    let queue = daemon.engine.queue.clone();
+    // Batches handed out and not yet committed by every run they touched: batch → runs left.
+    let mut waiting: HashMap<u64, usize> = HashMap::new();
+    loop {
+        tokio::select! {
+            batch = queue.next_event_batch(EVENT_BATCH) => match batch {
+                Ok(batch) => {
+                    let handed = hand_out(&daemon, batch.id, batch.events);
+                    if handed == 0 {
+                        acknowledge(queue.as_ref(), batch.id).await;
+                    } else {
+                        waiting.insert(batch.id, handed);
+                    }
+                }
+                Err(QueueError::Closed) => return,
+                Err(err) => {
+                    tracing::warn!(error = %err, "Reading worker events failed; retrying.");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            },
+            Some(batch) = committed.recv() => {
+                if let Some(left) = waiting.get_mut(&batch) {
+                    *left = left.saturating_sub(1);
+                    if *left == 0 {
+                        waiting.remove(&batch);
+                        acknowledge(queue.as_ref(), batch).await;
+                    }
+                }
+            }
+            _ = daemon.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Sends each run its events of the batch, in order; returns how many runs got some. Events
+/// of runs not being driven (finished: a late or repeated report) are dropped: fencing would
+/// refuse them anyway.
+fn hand_out(daemon: &Daemon, batch: u64, events: Vec<WorkerEvent>) -> usize {
+    let mut by_run: IndexMap<String, Vec<WorkerEvent>> = IndexMap::new();
+    for event in events {
+        by_run
+            .entry(run_of(&event).to_string())
+            .or_default()
+            .push(event);
+    }
+    let mut handed = 0;
+    for (run, events) in by_run {
+        if daemon.send_to_run(&run, RoutedEvent::Worker { batch, events }) {
+            handed += 1;
+        } else {
+            tracing::debug!(run = %run, "Dropped worker events of a run that is not in flight.");
+        }
+    }
+    handed
+}
+
+fn run_of(event: &WorkerEvent) -> &str {
+    match event {
+        WorkerEvent::Started { key, .. } => &key.run_id,
+        WorkerEvent::Finished(result) => &result.key.run_id,
+    }
+}
+
+async fn acknowledge(queue: &dyn TaskQueue, batch: u64) {
+    if let Err(err) = queue.ack_event_batch(batch).await {
+        tracing::warn!(error = %err, "Could not acknowledge worker events; they will be delivered again.");
+    }
+}

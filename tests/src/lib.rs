@@ -1,5 +1,7 @@
 //! Helpers for end-to-end tests: build and run the real `sluice` binary in a scratch folder.
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;

@@ -1,0 +1,360 @@
+//! A small cluster for distributed tests: a `redis-server` of the test's own, a `sluice
+//! scheduler` and `sluice worker`s, all real processes that a test can kill, freeze and restart.
+//!
+//! Without `redis-server` on PATH the tests are skipped with a printed reason, unless
+//! `SLUICE_REQUIRE_REDIS=1` (CI sets it), where they fail.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::{sluice_bin, text, wait_output, wait_until, Scratch};
+
+/// The lease the test schedulers give workers: short, so lost workers are noticed quickly.
+pub const TEST_LEASE: &str = "2s";
+/// Heartbeat of test workers, well under the lease.
+pub const TEST_HEARTBEAT: &str = "300ms";
+
+/// A free TCP port on 127.0.0.1 (free when asked; tests bind it soon after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Whether `redis-server` can be started; see the module docs.
+pub fn redis_available() -> bool {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("SLUICE_REQUIRE_REDIS").as_deref() != Ok("1"),
+            "SLUICE_REQUIRE_REDIS=1 but redis-server is not on PATH (apt-get install redis-server)"
+        );
+        eprintln!("skipped: redis-server is not on PATH");
+    }
+    found
+}
+
+/// A process that is killed when dropped.
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Its pid.
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, signal: Signal) {
+        let _ = kill(self.pid(), signal);
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // A frozen process must be thawed to die cleanly on some kernels; harmless otherwise.
+        self.signal(Signal::SIGCONT);
+        self.kill9();
+    }
+}
+
+/// Redis, a scheduler and workers over one scratch folder with a `pipelines/` folder.
+pub struct Cluster {
+    /// Scratch folder: `pipelines/`, `data/`, logs.
+    pub scratch: Scratch,
+    /// Redis's port (kept across restarts).
+    pub redis_port: u16,
+    /// The API's port (kept across scheduler restarts).
+    pub api_port: u16,
+    redis: Option<Proc>,
+    /// The scheduler, when running.
+    pub scheduler: Option<Proc>,
+    starts: usize,
+}
+
+impl Cluster {
+    /// Starts Redis only; `None` when the test is skipped (no redis-server).
+    pub fn new() -> Option<Cluster> {
+        if !redis_available() {
+            return None;
+        }
+        let mut cluster = Cluster {
+            scratch: Scratch::new(),
+            redis_port: free_port(),
+            api_port: free_port(),
+            redis: None,
+            scheduler: None,
+            starts: 0,
+        };
+        std::fs::create_dir_all(cluster.scratch.path().join("pipelines")).expect("mkdir");
+        cluster.start_redis();
+        Some(cluster)
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.redis_port)
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn server(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    /// Writes `pipelines/NAME.yaml`.
+    pub fn pipeline(&self, name: &str, text: &str) -> PathBuf {
+        self.scratch.write(&format!("pipelines/{name}.yaml"), text)
+    }
+
+    fn log_path(&mut self, what: &str) -> PathBuf {
+        self.starts += 1;
+        self.scratch
+            .path()
+            .join(format!("{what}-{}.log", self.starts))
+    }
+
+    /// Starts redis-server without persistence (a restart loses everything).
+    pub fn start_redis(&mut self) {
+        let log = self.log_path("redis");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.redis_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .current_dir(self.scratch.path())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("redis-server starts");
+        self.redis = Some(Proc { child, log });
+        let port = self.redis_port;
+        wait_until("redis to accept connections", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    /// Kills Redis (kill -9: no save).
+    pub fn kill_redis(&mut self) {
+        if let Some(mut redis) = self.redis.take() {
+            redis.kill9();
+        }
+    }
+
+    /// Starts the scheduler and waits until its API answers.
+    pub fn start_scheduler(&mut self) {
+        let log = self.log_path("scheduler");
+        let mut child = Command::new(sluice_bin())
+            .args([
+                "scheduler",
+                "--pipelines",
+                "pipelines",
+                "--listen",
+                &format!("127.0.0.1:{}", self.api_port),
+                "--redis",
+                &self.redis_url(),
+                "--lease",
+                TEST_LEASE,
+            ])
+            .env("SLUICE_DATA_DIR", self.scratch.data_dir())
+            .env("RUST_LOG", "info")
+            .env_remove("SLUICE_API_TOKEN")
+            .current_dir(self.scratch.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("scheduler starts");
+        // The first line says where it listens, once the API is up.
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("scheduler output");
+        assert!(
+            line.contains("listening on"),
+            "scheduler did not start: {line}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        self.scheduler = Some(Proc { child, log });
+    }
+
+    /// `kill -9` the scheduler.
+    pub fn kill_scheduler(&mut self) {
+        if let Some(mut scheduler) = self.scheduler.take() {
+            scheduler.kill9();
+        }
+    }
+
+    /// Starts a worker named `name` with `slots` slots.
+    pub fn start_worker(&mut self, name: &str, slots: usize) -> Proc {
+        let log = self.log_path(&format!("worker-{name}"));
+        let child = Command::new(sluice_bin())
+            .args([
+                "worker",
+                "--redis",
+                &self.redis_url(),
+                "--name",
+                name,
+                "--slots",
+                &slots.to_string(),
+                "--heartbeat",
+                TEST_HEARTBEAT,
+                "--grace",
+                "5s",
+            ])
+            .env("RUST_LOG", "info")
+            .current_dir(self.scratch.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("worker starts");
+        Proc { child, log }
+    }
+
+    /// `sluice ARGS... --server URL`, to completion.
+    pub fn client(&self, args: &[&str]) -> std::process::Output {
+        let child = self
+            .scratch
+            .sluice()
+            .args(args)
+            .args(["--server", &self.server()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sluice");
+        wait_output(child, Duration::from_secs(120))
+    }
+
+    /// Starts a run of `pipeline` through the API; returns its id.
+    pub fn trigger(&self, pipeline: &str) -> String {
+        let out = self.client(&["trigger", pipeline]);
+        assert!(
+            out.status.success(),
+            "trigger failed: {}",
+            text(&out.stderr)
+        );
+        run_id_of(&text(&out.stdout))
+    }
+
+    /// `sluice show RUN --json --server`, parsed.
+    pub fn show(&self, run_id: &str) -> serde_json::Value {
+        let out = self.client(&["show", run_id, "--json"]);
+        assert!(out.status.success(), "show failed: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    }
+
+    /// Waits until the run is over (through the API); returns `show --json`.
+    pub fn wait_run(&self, run_id: &str, timeout: Duration) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        let finished = |show: &serde_json::Value| {
+            matches!(
+                show["run"]["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
+        };
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            last = self.show(run_id);
+            if finished(&last) {
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "run {run_id} did not finish within {timeout:?}: {last:#}\nscheduler log:\n{}",
+            self.scheduler.as_ref().map(Proc::log_text).unwrap_or_default()
+        );
+    }
+
+    /// Status of a step of a run, through the API.
+    pub fn step_status(&self, run_id: &str, step: &str) -> String {
+        let show = self.show(run_id);
+        crate::step(&show, step)["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Every scheduler log so far, joined.
+    pub fn scheduler_logs(&self) -> String {
+        let mut logs = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.scratch.path()) {
+            let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            paths.sort();
+            for path in paths {
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                if name.starts_with("scheduler-") {
+                    logs.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+                }
+            }
+        }
+        logs
+    }
+}
+
+/// The run id in `run ID of `P` started`.
+pub fn run_id_of(stdout: &str) -> String {
+    stdout
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no run id in {stdout:?}"))
+        .to_string()
+}
+
+/// Lines of a file, or none.
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Checks what every failure test ends with: the run is over and each of its steps has at
+/// most one successful attempt (one committed result).
+pub fn assert_one_result_per_step(show: &serde_json::Value) {
+    for step in show["steps"].as_array().expect("steps") {
+        let successes = step["attempts"]
+            .as_array()
+            .expect("attempts")
+            .iter()
+            .filter(|a| a["outcome"] == "succeeded")
+            .count();
+        assert!(successes <= 1, "step with two committed successes: {step:#}");
+    }
+}

@@ -1,0 +1,200 @@
+//! Failure tests of the distributed mode: a real redis-server, `sluice scheduler` and `sluice
+//! worker` processes that the tests kill, freeze and restart. Each test ends by checking that
+//! every run it started is over and that each step has at most one committed result.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use sluice_tests::cluster::{assert_one_result_per_step, lines, Cluster};
+use sluice_tests::{step, wait_until};
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A step that appends its name and attempt to `ran.log` in the scratch folder, then sleeps.
+fn marking_step(sleep: &str) -> String {
+    format!("echo \"$SLUICE_STEP $SLUICE_ATTEMPT\" >> ../ran.log; sleep {sleep}")
+}
+
+#[test]
+fn a_worker_killed_mid_step_is_replaced_and_the_run_succeeds() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    cluster.pipeline(
+        "slow",
+        &format!(
+            "name: slow\nsteps:\n  work:\n    retry: 1\n    run: {}\n",
+            serde_json::to_string(&marking_step("3")).unwrap()
+        ),
+    );
+    cluster.start_scheduler();
+    let mut first = cluster.start_worker("first", 1);
+    let run = cluster.trigger("slow");
+    let ran = cluster.scratch.path().join("ran.log");
+    wait_until("the step to start", RUN_TIMEOUT, || !lines(&ran).is_empty());
+    let _second = cluster.start_worker("second", 1);
+    first.kill9();
+
+    let show = cluster.wait_run(&run, RUN_TIMEOUT);
+    assert_eq!(show["run"]["status"], "succeeded", "{show:#}");
+    let work = step(&show, "work");
+    let attempts = work["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{work:#}");
+    assert_eq!(attempts[0]["outcome"], "lost", "{work:#}");
+    assert_eq!(attempts[0]["worker"], "first");
+    assert_eq!(attempts[1]["outcome"], "succeeded");
+    assert_eq!(attempts[1]["worker"], "second");
+    assert_eq!(lines(&ran), vec!["work 1", "work 2"]);
+    assert_one_result_per_step(&show);
+}
+
+#[test]
+fn a_frozen_worker_past_its_lease_has_its_late_result_refused() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    // Attempt 1 takes long enough for the lease to run out while its worker is frozen; the
+    // step process itself keeps running and ends on its own.
+    cluster.pipeline(
+        "frozen",
+        "name: frozen\nsteps:\n  work:\n    retry: 2\n    run: |\n      echo \"work $SLUICE_ATTEMPT\" >> ../ran.log\n      if [ \"$SLUICE_ATTEMPT\" = 1 ]; then sleep 4; fi\n      echo \"result=$SLUICE_ATTEMPT\" >> \"$SLUICE_OUTPUTS\"\n",
+    );
+    cluster.start_scheduler();
+    let frozen = cluster.start_worker("frozen", 1);
+    let run = cluster.trigger("frozen");
+    let ran = cluster.scratch.path().join("ran.log");
+    wait_until("the step to start", RUN_TIMEOUT, || !lines(&ran).is_empty());
+    frozen.signal(Signal::SIGSTOP);
+    let _other = cluster.start_worker("other", 1);
+    let show = cluster.wait_run(&run, RUN_TIMEOUT);
+    assert_eq!(show["run"]["status"], "succeeded", "{show:#}");
+
+    // Thaw the first worker: it learns its lease is gone or reports attempt 1; either way the
+    // committed state must not change.
+    frozen.signal(Signal::SIGCONT);
+    let log = frozen.log.clone();
+    wait_until("the thawed worker to notice", RUN_TIMEOUT, || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("Lost the lease") || cluster.scheduler_logs().contains("Stale result rejected")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let after = cluster.show(&run);
+    let work = step(&after, "work");
+    assert_eq!(work["status"], "succeeded");
+    assert_eq!(work["outputs"]["result"], "2", "the late result overwrote newer work: {work:#}");
+    let attempts = work["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["outcome"], "lost", "{work:#}");
+    assert_eq!(attempts.last().unwrap()["worker"], "other");
+    assert_one_result_per_step(&after);
+}
+
+#[test]
+fn a_scheduler_killed_mid_fan_out_resumes_without_running_anything_twice() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    let mut yaml = String::from("name: fan\nsteps:\n  root:\n    run: echo \"$SLUICE_STEP\" >> ../ran.log\n");
+    for i in 0..12 {
+        yaml.push_str(&format!(
+            "  leaf{i}:\n    depends: root\n    run: {}\n",
+            serde_json::to_string(&marking_step("0.7")).unwrap()
+        ));
+    }
+    yaml.push_str("  join:\n    depends: [");
+    yaml.push_str(&(0..12).map(|i| format!("leaf{i}")).collect::<Vec<_>>().join(", "));
+    yaml.push_str("]\n    run: echo \"$SLUICE_STEP\" >> ../ran.log\n");
+    cluster.pipeline("fan", &yaml);
+    cluster.start_scheduler();
+    let _a = cluster.start_worker("a", 3);
+    let _b = cluster.start_worker("b", 3);
+    let run = cluster.trigger("fan");
+    let ran = cluster.scratch.path().join("ran.log");
+    // Some leaves done, others running or queued.
+    wait_until("a few leaves to finish", RUN_TIMEOUT, || lines(&ran).len() >= 7);
+    cluster.kill_scheduler();
+    std::thread::sleep(Duration::from_millis(1500));
+    cluster.start_scheduler();
+
+    let show = cluster.wait_run(&run, RUN_TIMEOUT);
+    assert_eq!(show["run"]["status"], "succeeded", "{show:#}");
+    let mut names: Vec<String> = lines(&ran)
+        .into_iter()
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
+        .collect();
+    names.sort();
+    let mut expected: Vec<String> = (0..12).map(|i| format!("leaf{i}")).collect();
+    expected.extend(["join".to_string(), "root".to_string()]);
+    expected.sort();
+    assert_eq!(names, expected, "every step runs exactly once");
+    assert_one_result_per_step(&show);
+}
+
+#[test]
+fn a_redis_restart_without_persistence_does_not_lose_the_run() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    cluster.pipeline(
+        "chain",
+        &format!(
+            "name: chain\nsteps:\n  a:\n    run: {a}\n  b:\n    depends: a\n    run: {b}\n  c:\n    depends: b\n    run: {c}\n",
+            a = serde_json::to_string(&marking_step("0")).unwrap(),
+            b = serde_json::to_string(&marking_step("2")).unwrap(),
+            c = serde_json::to_string(&marking_step("0")).unwrap(),
+        ),
+    );
+    cluster.start_scheduler();
+    let _w = cluster.start_worker("w", 2);
+    let run = cluster.trigger("chain");
+    let ran = cluster.scratch.path().join("ran.log");
+    wait_until("step b to start", RUN_TIMEOUT, || {
+        lines(&ran).iter().any(|l| l.starts_with("b "))
+    });
+    cluster.kill_redis();
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.start_redis();
+
+    let show = cluster.wait_run(&run, RUN_TIMEOUT);
+    assert_eq!(show["run"]["status"], "succeeded", "{show:#}");
+    let c_runs = lines(&ran).iter().filter(|l| l.starts_with("c ")).count();
+    assert_eq!(c_runs, 1, "{:?}", lines(&ran));
+    assert_one_result_per_step(&show);
+}
+
+#[test]
+fn many_concurrent_triggers_while_workers_come_and_go_lose_and_duplicate_nothing() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    cluster.pipeline(
+        "small",
+        "name: small\ndefaults:\n  retry: 3\nsteps:\n  one:\n    run: sleep 0.2\n  two:\n    depends: one\n    run: sleep 0.2\n  three:\n    depends: two\n    run: echo \"$SLUICE_RUN_ID\" >> ../done.log\n",
+    );
+    cluster.start_scheduler();
+    let mut leaving = cluster.start_worker("leaving", 4);
+    let _staying = cluster.start_worker("staying", 4);
+    let runs: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..24)
+            .map(|_| scope.spawn(|| cluster.trigger("small")))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    leaving.kill9();
+    let _late = cluster.start_worker("late", 4);
+
+    let mut unique = runs.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 24, "each trigger started its own run");
+    for run in &runs {
+        let show = cluster.wait_run(run, RUN_TIMEOUT);
+        assert_eq!(show["run"]["status"], "succeeded", "{show:#}");
+        assert_one_result_per_step(&show);
+    }
+    let listed = cluster.client(&["runs", "--json", "--limit", "100"]);
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 24, "no run lost or added");
+    let mut done = lines(&cluster.scratch.path().join("done.log"));
+    done.sort();
+    assert_eq!(done, unique, "the last step of each run ran once");
+}

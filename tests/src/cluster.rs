@@ -162,9 +162,11 @@ impl Cluster {
             .expect("redis-server starts");
         self.redis = Some(Proc { child, log });
         let port = self.redis_port;
-        wait_until("redis to accept connections", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        wait_until(
+            "redis to accept connections",
+            Duration::from_secs(10),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
     }
 
     /// Kills Redis (kill -9: no save).
@@ -176,6 +178,11 @@ impl Cluster {
 
     /// Starts the scheduler and waits until its API answers.
     pub fn start_scheduler(&mut self) {
+        self.start_scheduler_with(&[]);
+    }
+
+    /// Starts the scheduler with extra flags.
+    pub fn start_scheduler_with(&mut self, extra: &[&str]) {
         let log = self.log_path("scheduler");
         let mut child = Command::new(sluice_bin())
             .args([
@@ -189,6 +196,7 @@ impl Cluster {
                 "--lease",
                 TEST_LEASE,
             ])
+            .args(extra)
             .env("SLUICE_DATA_DIR", self.scratch.data_dir())
             .env("RUST_LOG", "info")
             .env_remove("SLUICE_API_TOKEN")
@@ -297,7 +305,10 @@ impl Cluster {
         }
         panic!(
             "run {run_id} did not finish within {timeout:?}: {last:#}\nscheduler log:\n{}",
-            self.scheduler.as_ref().map(Proc::log_text).unwrap_or_default()
+            self.scheduler
+                .as_ref()
+                .map(Proc::log_text)
+                .unwrap_or_default()
         );
     }
 
@@ -355,6 +366,66 @@ pub fn assert_one_result_per_step(show: &serde_json::Value) {
             .iter()
             .filter(|a| a["outcome"] == "succeeded")
             .count();
-        assert!(successes <= 1, "step with two committed successes: {step:#}");
+        assert!(
+            successes <= 1,
+            "step with two committed successes: {step:#}"
+        );
     }
+}
+
+/// One HTTP/1.1 request over a plain socket (the tests need status codes and bodies, nothing
+/// more); returns the status and the body.
+pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = std::net::TcpStream::connect(host).expect("connect to the API");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    request.push_str(&format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
 }

@@ -75,13 +75,17 @@ fn a_frozen_worker_past_its_lease_has_its_late_result_refused() {
     let log = frozen.log.clone();
     wait_until("the thawed worker to notice", RUN_TIMEOUT, || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        text.contains("Lost the lease") || cluster.scheduler_logs().contains("Stale result rejected")
+        text.contains("Lost the lease")
+            || cluster.scheduler_logs().contains("Stale result rejected")
     });
     std::thread::sleep(Duration::from_secs(1));
     let after = cluster.show(&run);
     let work = step(&after, "work");
     assert_eq!(work["status"], "succeeded");
-    assert_eq!(work["outputs"]["result"], "2", "the late result overwrote newer work: {work:#}");
+    assert_eq!(
+        work["outputs"]["result"], "2",
+        "the late result overwrote newer work: {work:#}"
+    );
     let attempts = work["attempts"].as_array().unwrap();
     assert_eq!(attempts[0]["outcome"], "lost", "{work:#}");
     assert_eq!(attempts.last().unwrap()["worker"], "other");
@@ -93,7 +97,8 @@ fn a_scheduler_killed_mid_fan_out_resumes_without_running_anything_twice() {
     let Some(mut cluster) = Cluster::new() else {
         return;
     };
-    let mut yaml = String::from("name: fan\nsteps:\n  root:\n    run: echo \"$SLUICE_STEP\" >> ../ran.log\n");
+    let mut yaml =
+        String::from("name: fan\nsteps:\n  root:\n    run: echo \"$SLUICE_STEP\" >> ../ran.log\n");
     for i in 0..12 {
         yaml.push_str(&format!(
             "  leaf{i}:\n    depends: root\n    run: {}\n",
@@ -101,7 +106,12 @@ fn a_scheduler_killed_mid_fan_out_resumes_without_running_anything_twice() {
         ));
     }
     yaml.push_str("  join:\n    depends: [");
-    yaml.push_str(&(0..12).map(|i| format!("leaf{i}")).collect::<Vec<_>>().join(", "));
+    yaml.push_str(
+        &(0..12)
+            .map(|i| format!("leaf{i}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
     yaml.push_str("]\n    run: echo \"$SLUICE_STEP\" >> ../ran.log\n");
     cluster.pipeline("fan", &yaml);
     cluster.start_scheduler();
@@ -110,7 +120,9 @@ fn a_scheduler_killed_mid_fan_out_resumes_without_running_anything_twice() {
     let run = cluster.trigger("fan");
     let ran = cluster.scratch.path().join("ran.log");
     // Some leaves done, others running or queued.
-    wait_until("a few leaves to finish", RUN_TIMEOUT, || lines(&ran).len() >= 7);
+    wait_until("a few leaves to finish", RUN_TIMEOUT, || {
+        lines(&ran).len() >= 7
+    });
     cluster.kill_scheduler();
     std::thread::sleep(Duration::from_millis(1500));
     cluster.start_scheduler();

@@ -6,7 +6,7 @@
 
 use std::io;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// What replaces a secret's value in logs.
 pub const MASK: &[u8] = b"***";
@@ -101,7 +101,9 @@ pub async fn capture(
     file: tokio::fs::File,
     mut masker: Masker,
 ) -> io::Result<u64> {
-    let mut writer = BufWriter::with_capacity(CHUNK, file);
+    // No write buffer: each read is written at once, so a followed log shows a line when the
+    // step prints it (reads are already up to CHUNK bytes, so a loud step costs few writes).
+    let mut writer = file;
     let mut buffer = vec![0u8; CHUNK];
     let mut written = 0u64;
     loop {

@@ -62,7 +62,7 @@ async fn one_round(
     for queue in redis.task_queues().await? {
         for reclaimed in redis.reclaim_idle(&queue, daemon.config.lease).await? {
             let key = reclaimed.task.key.clone();
-            if daemon.send_to_run(&key.run_id, RoutedEvent::Lost(reclaimed.task)) {
+            if daemon.send_to_run(&key.run_id, RoutedEvent::Lost(Box::new(reclaimed.task))) {
                 tracing::warn!(task = %key, "A worker stopped heartbeating; took its task back.");
             } else {
                 tracing::debug!(task = %key, "Took back a task of a run not in flight.");

@@ -79,7 +79,7 @@ pub enum RoutedEvent {
         events: Vec<WorkerEvent>,
     },
     /// The janitor took a task back from a worker that stopped heartbeating.
-    Lost(TaskSpec),
+    Lost(Box<TaskSpec>),
     /// Redis lost its data: every task in flight must be queued again.
     Requeue,
 }
@@ -419,7 +419,7 @@ impl RunDriver {
                     applied.push(batch);
                 }
             }
-            RoutedEvent::Lost(task) => self.apply_lost(task).await,
+            RoutedEvent::Lost(task) => self.apply_lost(*task).await,
             RoutedEvent::Requeue => self.requeue_in_flight(),
         }
     }

@@ -468,8 +468,8 @@ async fn copy_logs(
     mut mask_err: Masker,
     progress: Arc<AtomicU64>,
 ) -> std::io::Result<()> {
-    let mut out = tokio::io::BufWriter::new(stdout);
-    let mut err = tokio::io::BufWriter::new(stderr);
+    // Unbuffered, so a followed log shows output as the container prints it.
+    let (mut out, mut err) = (stdout, stderr);
     let written = async {
         while let Some(item) = stream.next().await {
             match item {

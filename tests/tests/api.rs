@@ -1,0 +1,282 @@
+//! The HTTP API and its CLI client against a real scheduler (Redis) or `sluice server`.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use sluice_tests::cluster::{http, lines, run_id_of, Cluster, Proc};
+use sluice_tests::{process_alive, sluice_bin, step, text, wait_until, Scratch};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+#[test]
+fn api_answers_with_fitting_status_codes_and_guards_writes_with_the_token() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    cluster.pipeline(
+        "good",
+        "name: good\nparams:\n  epochs: {type: integer, default: 1}\nsteps:\n  only:\n    run: echo \"epochs=$PARAM_EPOCHS\"\n",
+    );
+    cluster.pipeline("broken", "name: broken\nsteps:\n  x:\n    rum: true\n");
+    cluster.start_scheduler_with(&["--api-token", "s3cret"]);
+    let _worker = cluster.start_worker("w", 1);
+    let api = cluster.server();
+    let token = Some("s3cret");
+
+    assert_eq!(http("GET", &format!("{api}/healthz"), None, None).0, 200);
+    assert_eq!(http("GET", &format!("{api}/readyz"), None, None).0, 200);
+    let (status, body) = http("GET", &format!("{api}/api/v1/pipelines"), None, None);
+    assert_eq!(status, 200);
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(listed["pipelines"][0]["name"], "good");
+    let problems = listed["errors"][0]["problems"].to_string();
+    assert!(
+        problems.contains("broken.yaml:4:5") && problems.contains("rum"),
+        "a broken file is reported with its line and field: {problems}"
+    );
+
+    let trigger = format!("{api}/api/v1/pipelines/good/runs");
+    assert_eq!(http("POST", &trigger, None, None).0, 401, "no token");
+    assert_eq!(
+        http("POST", &trigger, Some("s3cre"), None).0,
+        401,
+        "wrong token"
+    );
+    let (status, body) = http(
+        "POST",
+        &trigger,
+        token,
+        Some(r#"{"params": {"epochs": "many"}}"#),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("epochs"), "the error names the param: {body}");
+    let (status, body) = http("POST", &trigger, token, Some(r#"{"params": {"epoch": 3}}"#));
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("did you mean `epochs`"), "{body}");
+    let (status, body) = http("POST", &trigger, token, Some("{not json"));
+    assert_eq!(status, 422, "{body}");
+    let (status, _) = http(
+        "POST",
+        &format!("{api}/api/v1/pipelines/nope/runs"),
+        token,
+        None,
+    );
+    assert_eq!(status, 404);
+    let (status, body) = http(
+        "POST",
+        &trigger,
+        token,
+        Some(r#"{"params": {"epochs": 7}}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let run = created["run"]["id"].as_str().unwrap().to_string();
+    assert_eq!(created["run"]["params"]["epochs"], "7");
+
+    let show = cluster.wait_run(&run, TIMEOUT);
+    assert_eq!(show["run"]["status"], "succeeded");
+    let out = cluster.client(&["logs", &run, "only"]);
+    assert_eq!(text(&out.stdout), "epochs=7\n");
+
+    let (status, body) = http(
+        "POST",
+        &format!("{api}/api/v1/runs/{run}/cancel"),
+        token,
+        None,
+    );
+    assert_eq!(status, 409, "a finished run cannot be cancelled: {body}");
+    let (status, _) = http("GET", &format!("{api}/api/v1/runs/01NOPE"), None, None);
+    assert_eq!(status, 404);
+    let (status, body) = http("GET", &format!("{api}/api/v1/nothing"), None, None);
+    assert_eq!(status, 404);
+    assert!(body.contains("\"error\""), "errors are JSON: {body}");
+
+    // The CLI says what went wrong and exits 2 on the user's mistakes.
+    let out = cluster.client(&["trigger", "good", "--token", "wrong"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("Bearer"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = cluster.client(&["trigger", "nope", "--token", "s3cret"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no pipeline named `nope`"));
+}
+
+#[test]
+fn trigger_wait_follows_the_run_and_exits_on_its_outcome() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    cluster.pipeline(
+        "passes",
+        "name: passes\nsteps:\n  a:\n    run: echo hi\n  b:\n    depends: a\n    run: echo there\n",
+    );
+    cluster.pipeline(
+        "fails",
+        "name: fails\nsteps:\n  a:\n    run: exit 3\n  b:\n    depends: a\n    run: echo never\n",
+    );
+    cluster.start_scheduler();
+    let _worker = cluster.start_worker("w", 2);
+
+    let out = cluster.client(&["trigger", "passes", "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("succeeded"));
+    let out = cluster.client(&["trigger", "fails", "--wait"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("failed") && stdout.contains("skipped"),
+        "{stdout}"
+    );
+
+    let workers = cluster.client(&["workers", "--json"]);
+    let workers: serde_json::Value = serde_json::from_slice(&workers.stdout).unwrap();
+    assert_eq!(workers[0]["name"], "w");
+    assert_eq!(workers[0]["slots"], 2);
+    assert_eq!(workers[0]["queues"][0], "default");
+}
+
+#[test]
+fn cancel_reaches_the_running_step_on_its_worker_and_kills_it() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    cluster.pipeline(
+        "long",
+        "name: long\nsteps:\n  wait:\n    run: echo $$ > ../step.pid; exec sleep 300\n  after:\n    depends: wait\n    run: echo never\n",
+    );
+    cluster.start_scheduler();
+    let _worker = cluster.start_worker("w", 1);
+    let run = cluster.trigger("long");
+    let pid_file = cluster.scratch.path().join("step.pid");
+    wait_until("the step to start", TIMEOUT, || {
+        !lines(&pid_file).is_empty()
+    });
+    let pid: i32 = lines(&pid_file)[0].trim().parse().unwrap();
+    assert!(process_alive(pid));
+
+    let out = cluster.client(&["cancel", &run]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until("the step's process to be killed", TIMEOUT, || {
+        !process_alive(pid)
+    });
+    let show = cluster.wait_run(&run, TIMEOUT);
+    assert_eq!(show["run"]["status"], "cancelled");
+    assert_eq!(step(&show, "wait")["status"], "cancelled");
+    assert_eq!(step(&show, "after")["status"], "cancelled");
+}
+
+#[test]
+fn logs_follow_streams_while_the_step_runs_and_ends_with_it() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    cluster.pipeline(
+        "talky",
+        "name: talky\nsteps:\n  talk:\n    run: |\n      echo first\n      while [ ! -e ../go ]; do sleep 0.1; done\n      echo second\n",
+    );
+    cluster.start_scheduler();
+    let _worker = cluster.start_worker("w", 1);
+    let run = cluster.trigger("talky");
+    wait_until("the step to run", TIMEOUT, || {
+        cluster.step_status(&run, "talk") == "running"
+    });
+    let mut follow = cluster
+        .scratch
+        .sluice()
+        .args([
+            "logs",
+            &run,
+            "talk",
+            "--stdout",
+            "--follow",
+            "--server",
+            &cluster.server(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first line arrives while the step still runs (it waits for `go`). Reads happen in a
+    // thread so that every wait here has a timeout.
+    let mut stdout = follow.stdout.take().unwrap();
+    let (chunks, received) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || loop {
+        let mut buf = [0u8; 256];
+        match std::io::Read::read(&mut stdout, &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if chunks.send(buf[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let first = received
+        .recv_timeout(TIMEOUT)
+        .expect("the first line while the step runs");
+    assert_eq!(first, b"first\n");
+    assert_eq!(cluster.step_status(&run, "talk"), "running");
+    std::fs::write(cluster.scratch.path().join("go"), "").unwrap();
+    let mut rest = Vec::new();
+    while let Ok(chunk) = received.recv_timeout(TIMEOUT) {
+        rest.extend(chunk);
+    }
+    assert_eq!(text(&rest), "second\n");
+    let status = sluice_tests::wait_output(follow, TIMEOUT).status;
+    assert!(status.success());
+}
+
+#[test]
+fn sluice_server_runs_pipelines_with_in_process_workers_and_no_redis() {
+    let scratch = Scratch::new();
+    scratch.write(
+        "pipelines/local.yaml",
+        "name: local\nparams:\n  who: world\nsteps:\n  hello:\n    run: echo \"hello $PARAM_WHO\"\n    outputs: [greeting]\n  save:\n    depends: hello\n    run: echo greeting=done >> \"$SLUICE_OUTPUTS\"\n    outputs: [greeting]\n",
+    );
+    let port = sluice_tests::cluster::free_port();
+    let log = scratch.path().join("server.log");
+    let mut child = scratch
+        .sluice()
+        .args([
+            "server",
+            "--pipelines",
+            "pipelines",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.contains("listening"), "{line}");
+    let _server = Proc { child, log };
+    let server = format!("http://127.0.0.1:{port}");
+
+    let run = |args: &[&str]| {
+        let child = std::process::Command::new(sluice_bin())
+            .args(args)
+            .args(["--server", &server])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        sluice_tests::wait_output(child, TIMEOUT)
+    };
+    let out = run(&["trigger", "local", "-p", "who=sluice", "--wait"]);
+    // `hello` promised an output it never wrote: the run fails and says so.
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let run_id = run_id_of(&text(&out.stdout));
+    let out = run(&["logs", &run_id, "hello"]);
+    assert_eq!(text(&out.stdout), "hello sluice\n");
+    let out = run(&["workers", "--json"]);
+    let workers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(workers.as_array().unwrap().len(), 1);
+}

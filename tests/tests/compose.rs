@@ -1,0 +1,150 @@
+//! `docker-compose.yml` at the workspace root: valid for the compose tool that is installed, and
+//! it holds what the deployment needs (Redis, a scheduler, workers with the Docker socket, a GPU
+//! worker, healthchecks).
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use sluice_tests::{text, workspace_root};
+
+/// The compose tool here: `docker compose` (v2) or else `docker-compose` (v1).
+#[derive(Clone, Copy)]
+enum Compose {
+    V2,
+    V1,
+}
+
+impl Compose {
+    /// The tool that answers `version`, if any. Without one the test is skipped with a printed
+    /// reason, unless `SLUICE_REQUIRE_DOCKER=1`, where it fails.
+    fn find() -> Option<Compose> {
+        let answers = |program: &str, args: &[&str]| {
+            Command::new(program)
+                .args(args)
+                .output()
+                .is_ok_and(|out| out.status.success())
+        };
+        if answers("docker", &["compose", "version"]) {
+            return Some(Compose::V2);
+        }
+        if answers("docker-compose", &["version"]) {
+            return Some(Compose::V1);
+        }
+        let why = "neither `docker compose` nor `docker-compose` is installed";
+        if std::env::var("SLUICE_REQUIRE_DOCKER").as_deref() == Ok("1") {
+            panic!("SLUICE_REQUIRE_DOCKER=1 but {why}");
+        }
+        eprintln!("skipped: {why}; set SLUICE_REQUIRE_DOCKER=1 to fail instead");
+        None
+    }
+
+    /// Runs `compose -f docker-compose.yml [--profile gpu] config ARGS...` in the workspace root.
+    fn config(self, gpu: bool, args: &[&str]) -> Output {
+        let mut command = match self {
+            Compose::V2 => {
+                let mut c = Command::new("docker");
+                c.arg("compose");
+                c
+            }
+            Compose::V1 => Command::new("docker-compose"),
+        };
+        command.args(["-f", "docker-compose.yml"]);
+        if gpu {
+            command.args(["--profile", "gpu"]);
+        }
+        let out = command
+            .arg("config")
+            .args(args)
+            .current_dir(workspace_root())
+            .env_remove("COMPOSE_FILE")
+            .env_remove("COMPOSE_PROFILES")
+            .output()
+            .expect("run the compose tool");
+        assert!(
+            out.status.success(),
+            "compose config {args:?} failed ({}):\n{}",
+            out.status,
+            text(&out.stderr)
+        );
+        out
+    }
+
+    /// The resolved file, with the `gpu` profile on (v2 leaves inactive profiles out).
+    fn resolved(self) -> Value {
+        match self {
+            Compose::V2 => {
+                let out = self.config(true, &["--format", "json"]);
+                serde_json::from_slice(&out.stdout).expect("config --format json prints JSON")
+            }
+            Compose::V1 => {
+                let out = self.config(true, &[]);
+                serde_yaml::from_slice(&out.stdout).expect("config prints YAML")
+            }
+        }
+    }
+}
+
+/// Whether a service mounts `target` (short `src:dst[:mode]` or long `{target}` syntax).
+fn mounts(service: &Value, target: &str) -> bool {
+    service["volumes"].as_array().is_some_and(|volumes| {
+        volumes.iter().any(|v| match v {
+            Value::String(s) => s.split(':').nth(1) == Some(target),
+            v => v["target"] == target,
+        })
+    })
+}
+
+/// Whether a service reserves GPUs: a device request whose capabilities include `gpu`.
+fn reserves_gpus(service: &Value) -> bool {
+    service["deploy"]["resources"]["reservations"]["devices"]
+        .as_array()
+        .is_some_and(|devices| {
+            devices.iter().any(|d| {
+                d["capabilities"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c == "gpu"))
+            })
+        })
+}
+
+/// Whether a service has a healthcheck that is not disabled.
+fn has_healthcheck(service: &Value) -> bool {
+    let check = &service["healthcheck"];
+    check["test"].as_array().is_some_and(|t| !t.is_empty()) && check["disable"] != true
+}
+
+#[test]
+fn the_compose_file_is_valid_and_deploys_redis_a_scheduler_and_workers() {
+    let Some(compose) = Compose::find() else {
+        return;
+    };
+    compose.config(false, &["--quiet"]);
+
+    let config = compose.resolved();
+    let services = config["services"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no services in {config}"));
+    for name in ["redis", "scheduler", "worker"] {
+        assert!(services.contains_key(name), "no `{name}` service");
+    }
+    for name in ["redis", "scheduler"] {
+        assert!(
+            has_healthcheck(&services[name]),
+            "`{name}` has no healthcheck"
+        );
+    }
+    let workers: Vec<_> = services
+        .iter()
+        .filter(|(name, _)| name.starts_with("worker"))
+        .collect();
+    for (name, service) in &workers {
+        assert!(
+            mounts(service, "/var/run/docker.sock"),
+            "`{name}` does not mount the Docker socket"
+        );
+    }
+    assert!(
+        workers.iter().any(|(_, service)| reserves_gpus(service)),
+        "no worker service reserves GPUs (deploy.resources.reservations.devices with [gpu])"
+    );
+}

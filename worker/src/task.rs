@@ -35,6 +35,8 @@ pub enum StepCommand {
     Shell(String),
     /// argv, executed without a shell.
     Exec(Vec<String>),
+    /// A step kind built into the worker (`uses:`), run without a process.
+    Builtin(String),
 }
 
 /// How many GPUs a step asks for, with the meaning of `docker run --gpus`.

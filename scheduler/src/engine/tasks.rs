@@ -41,8 +41,7 @@ pub fn build_task(
     let command = match &step.action {
         Action::Shell(text) => StepCommand::Shell(text.clone()),
         Action::Exec(argv) => StepCommand::Exec(argv.clone()),
-        // Validation refuses `uses` until built-in kinds exist; keep the task well-formed anyway.
-        Action::Uses { kind } => StepCommand::Exec(vec![format!("sluice-builtin-{kind}")]),
+        Action::Uses { kind } => StepCommand::Builtin(kind.clone()),
     };
     let inputs = step
         .depends

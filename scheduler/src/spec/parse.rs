@@ -109,6 +109,10 @@ struct StepDefaults {
 }
 
 /// Where whole-file problems are reported: a mapping's own mark points inside it, not at its start.
+/// Step kinds built into workers (`uses:`): `noop` succeeds at once without a process, for
+/// joins, placeholders and measuring the orchestrator itself.
+pub const BUILTIN_KINDS: &[&str] = &["noop"];
+
 const FILE_START: Mark = Mark { line: 1, column: 1 };
 
 /// Reads the whole pipeline; the reader collects every problem found.
@@ -753,14 +757,28 @@ fn action<'n>(
         }
         (None, None, Some(uses)) => {
             let kind = r.string(uses, &join(path, "uses"))?;
-            r.diags
-                .error(
-                    uses.mark,
-                    &join(path, "uses"),
-                    format!("unknown step kind `{kind}`"),
-                )
-                .help("this version has no built-in step kinds yet; use `run` or `command`");
-            None
+            if !BUILTIN_KINDS.contains(&kind.as_str()) {
+                r.diags
+                    .error(
+                        uses.mark,
+                        &join(path, "uses"),
+                        format!("unknown step kind `{kind}`"),
+                    )
+                    .help(format!(
+                        "built-in kinds: {}; or use `run` or `command`",
+                        BUILTIN_KINDS.join(", ")
+                    ));
+                return None;
+            }
+            if let Some(with) = with {
+                r.error(
+                    with.mark,
+                    &join(path, "with"),
+                    format!("step kind `{kind}` takes no `with` arguments"),
+                );
+                return None;
+            }
+            Some(Action::Uses { kind })
         }
         (None, None, None) => {
             r.diags

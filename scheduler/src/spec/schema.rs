@@ -61,7 +61,7 @@ pub fn pipeline_schema() -> Value {
             "when": {"type": "string", "description": "steps.<step>.outputs.<key> == value, or params.<name> op value."},
             "run": {"type": "string", "description": "Shell command, run with sh -c."},
             "command": {"type": "array", "items": {"type": ["string", "number", "boolean"]}, "minItems": 1},
-            "uses": {"type": "string"},
+            "uses": {"enum": ["noop"], "description": "A step kind built into workers: `noop` succeeds at once without a process."},
             "with": {"type": "object"},
             "image": {"type": "string"},
             "env": env,

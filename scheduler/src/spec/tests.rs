@@ -820,7 +820,7 @@ fn uses_is_refused_until_there_are_built_in_kinds() {
             field: "steps.build.uses",
             step: Some("build"),
             message: "unknown step kind `docker/build`",
-            help: Some("this version has no built-in step kinds yet; use `run` or `command`"),
+            help: Some("built-in kinds: noop; or use `run` or `command`"),
         },
     );
 }
@@ -1569,4 +1569,18 @@ fn a_gpu_listed_twice_is_refused() {
     let d = one_error("name: p\nsteps:\n  a: {run: x, resources: {gpu: {ids: ['0', '0']}}}\n");
     assert_eq!(d.field, "steps.a.resources.gpu.ids");
     assert_eq!(d.message, "GPU `0` is listed twice");
+}
+
+#[test]
+fn uses_noop_is_a_builtin_step_that_takes_no_arguments() {
+    let p = valid(&with_steps("  join:\n    uses: noop\n"));
+    assert_eq!(
+        step(&p, "join").action,
+        Action::Uses {
+            kind: "noop".into()
+        }
+    );
+    let d = one_error(&with_steps("  join:\n    uses: noop\n    with: {x: 1}\n"));
+    assert_eq!(d.field, "steps.join.with");
+    assert!(d.message.contains("takes no `with`"), "{d}");
 }

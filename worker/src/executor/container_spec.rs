@@ -62,6 +62,8 @@ pub fn container_body(
         ),
         // `command:` replaces the image's entrypoint: the step says exactly what runs.
         StepCommand::Exec(argv) => (argv.clone(), Vec::new()),
+        // Built-in kinds never reach a container (the executor runs them in the worker).
+        StepCommand::Builtin(kind) => (vec![format!("sluice-builtin-{kind}")], Vec::new()),
     };
     let env = task
         .env

@@ -64,10 +64,12 @@ impl Executor for LocalExecutor {
             Ok(values) => values,
             Err(message) => return TaskResult::error(task.key.clone(), message),
         };
-        if let StepCommand::Exec(argv) = &task.command {
-            if argv.is_empty() {
+        match &task.command {
+            StepCommand::Exec(argv) if argv.is_empty() => {
                 return TaskResult::error(task.key.clone(), "the step's command is empty");
             }
+            StepCommand::Builtin(kind) => return super::builtin::run(task, kind).await,
+            _ => {}
         }
         let logs = match prepare_attempt_dir(task).await {
             Ok(logs) => logs,
@@ -92,6 +94,7 @@ impl Executor for LocalExecutor {
                 c.args(&argv[1..]);
                 c
             }
+            StepCommand::Builtin(kind) => Command::new(format!("sluice-builtin-{kind}")),
         };
         command
             .current_dir(&task.workdir)
@@ -128,6 +131,7 @@ impl Executor for LocalExecutor {
                 let what = match &task.command {
                     StepCommand::Shell(_) => "sh".to_string(),
                     StepCommand::Exec(argv) => argv[0].clone(),
+                    StepCommand::Builtin(kind) => kind.clone(),
                 };
                 return TaskResult::error(
                     task.key.clone(),

@@ -1,6 +1,7 @@
 //! Executors run one attempt and say how it ended. A failing step is a normal result, not an
 //! `Err`: the trait returns a [`TaskResult`] for every attempt, whatever happened.
 
+pub mod builtin;
 pub mod container_spec;
 pub mod docker;
 pub mod local;

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use super::{DockerExecutor, Executor, LocalExecutor};
-use crate::task::{TaskResult, TaskSpec};
+use crate::task::{StepCommand, TaskResult, TaskSpec};
 
 /// The executor a worker runs: local processes always, containers when Docker was reachable.
 pub struct StepExecutor {
@@ -46,6 +46,9 @@ impl StepExecutor {
 #[async_trait]
 impl Executor for StepExecutor {
     async fn run(&self, task: &TaskSpec, cancel: CancellationToken) -> TaskResult {
+        if let StepCommand::Builtin(kind) = &task.command {
+            return super::builtin::run(task, kind).await;
+        }
         match (&task.image, &self.docker) {
             (None, _) => self.local.run(task, cancel).await,
             (Some(_), Ok(docker)) => docker.run(task, cancel).await,

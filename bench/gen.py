@@ -5,29 +5,44 @@
     bench/gen.py fanout 5000 > fanout.yaml   # 5000 independent `true` steps
     bench/gen.py dag 10000 > dag.yaml        # 10,000 steps, each depending on up to 3 earlier
                                              # ones, with retries, timeouts and resources
+
+Options (after the count), for the chain and the fan-out:
+
+    --noop            steps are `uses: noop` (built into workers, no process) instead of `true`
+    --name NAME       the pipeline's name (default bench-chain / bench-fanout)
+    --parallelism N   the pipeline's `parallelism:` (most steps of one run at once)
 """
+import argparse
 import random
-import sys
 
 
-def chain(n):
-    yield "name: bench-chain"
+def step_body(noop):
+    return "uses: noop" if noop else "run: 'true'"
+
+
+def header(name, default, parallelism):
+    yield f"name: {name or default}"
+    if parallelism:
+        yield f"parallelism: {parallelism}"
     yield "steps:"
+
+
+def chain(n, noop=False, name=None, parallelism=None):
+    yield from header(name, "bench-chain", parallelism)
     for i in range(n):
         yield f"  s{i}:"
-        yield "    run: 'true'"
+        yield f"    {step_body(noop)}"
         if i:
             yield f"    depends: [s{i - 1}]"
 
 
-def fanout(n):
-    yield "name: bench-fanout"
-    yield "steps:"
+def fanout(n, noop=False, name=None, parallelism=None):
+    yield from header(name, "bench-fanout", parallelism)
     for i in range(n):
-        yield f"  s{i}: {{run: 'true'}}"
+        yield f"  s{i}: {{{step_body(noop)}}}"
 
 
-def dag(n):
+def dag(n, **_):
     rng = random.Random(42)
     yield "name: bench-dag"
     yield "params: {threshold: 0.5, dataset: data.csv}"
@@ -48,5 +63,12 @@ def dag(n):
 
 
 if __name__ == "__main__":
-    kind, count = sys.argv[1], int(sys.argv[2])
-    print("\n".join({"chain": chain, "fanout": fanout, "dag": dag}[kind](count)))
+    cli = argparse.ArgumentParser(description="Generates benchmark pipelines.")
+    cli.add_argument("kind", choices=["chain", "fanout", "dag"])
+    cli.add_argument("count", type=int)
+    cli.add_argument("--noop", action="store_true")
+    cli.add_argument("--name")
+    cli.add_argument("--parallelism", type=int)
+    a = cli.parse_args()
+    gen = {"chain": chain, "fanout": fanout, "dag": dag}[a.kind]
+    print("\n".join(gen(a.count, noop=a.noop, name=a.name, parallelism=a.parallelism)))

@@ -6,3 +6,4 @@ pub mod daemon;
 pub mod engine;
 pub mod spec;
 pub mod store;
+pub mod triggers;

@@ -4,6 +4,7 @@
 //! daemon has a token. Errors are JSON `{"error": "..."}` with a status that fits: 404 for what
 //! does not exist, 409 for a run already over, 422 for params that do not fit, 5xx for faults.
 
+pub mod hooks;
 mod logs;
 mod runs;
 
@@ -81,6 +82,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/runs/{run}/events", get(runs::events))
         .route("/api/v1/runs/{run}/steps/{step}/logs", get(logs::logs))
         .route("/api/v1/workers", get(runs::workers))
+        .route("/api/v1/pipelines/{pipeline}/skipped", get(runs::skipped))
+        // Webhooks authenticate with their own HMAC signatures, not the API token.
+        .route(
+            "/hooks/{pipeline}/{trigger}",
+            post(hooks::hook).layer(axum::extract::DefaultBodyLimit::max(hooks::MAX_BODY)),
+        )
         .merge(writes)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state)

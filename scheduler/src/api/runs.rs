@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{ApiError, ApiState};
-use crate::daemon::{CancelError, TriggerError};
+use crate::daemon::{CancelError, Origin, Started, TriggerError};
 use crate::store::{RunLookup, RunRecord};
 
 /// Most runs in one page.
@@ -81,11 +81,25 @@ pub(super) async fn trigger(
     }
     let daemon = state.daemon.clone();
     // Creating a run commits (and flushes) the store: off the async threads.
-    let created = tokio::task::spawn_blocking(move || daemon.trigger(&pipeline, overrides, "api"))
-        .await
-        .map_err(ApiError::internal)?;
+    let origin = Origin {
+        trigger: "api".into(),
+        ..Origin::default()
+    };
+    let created =
+        tokio::task::spawn_blocking(move || daemon.start_run(&pipeline, overrides, origin))
+            .await
+            .map_err(ApiError::internal)?;
     match created {
-        Ok(run) => Ok((StatusCode::CREATED, Json(json!({ "run": run }))).into_response()),
+        Ok(Started::New(run)) => {
+            Ok((StatusCode::CREATED, Json(json!({ "run": run }))).into_response())
+        }
+        Ok(Started::Skipped(reason)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("not started: {reason}"),
+        )),
+        Ok(Started::Existing(id)) => {
+            Ok((StatusCode::OK, Json(json!({ "run": { "id": id } }))).into_response())
+        }
         Err(err @ TriggerError::UnknownPipeline(_)) => Err(ApiError::not_found(err.to_string())),
         Err(err @ TriggerError::Params(_)) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -226,6 +240,13 @@ pub(super) async fn workers(State(state): State<ApiState>) -> Result<Json<Value>
         })
         .collect();
     Ok(Json(json!({ "workers": workers })))
+}
+
+pub(super) async fn skipped(
+    State(state): State<ApiState>,
+    Path(pipeline): Path<String>,
+) -> Json<Value> {
+    Json(json!({ "pipeline": pipeline, "skipped": state.daemon.skipped(&pipeline, 100) }))
 }
 
 pub(super) async fn reload(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {

@@ -126,7 +126,11 @@ fn prepare_request(file: &Path, args: &RunArgs) -> Result<RunRequest, u8> {
         overrides,
         trigger: "manual".into(),
         parallelism: args.parallelism.map(|p| p as usize),
+        commit: crate::spec::git_commit(&base_dir),
         base_dir,
+        id: None,
+        marks: Vec::new(),
+        waiting: false,
     })
 }
 

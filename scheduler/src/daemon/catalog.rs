@@ -15,6 +15,8 @@ pub struct Catalog {
     pub pipelines: BTreeMap<String, LoadedPipeline>,
     /// Files that were skipped, with why.
     pub errors: Vec<LoadError>,
+    /// The git commit of the folder, when it is in a git work tree.
+    pub commit: Option<String>,
 }
 
 /// A pipeline file the daemon could not load.
@@ -24,6 +26,9 @@ pub struct LoadError {
     pub file: PathBuf,
     /// Every problem, one `file:line:column: message` line each.
     pub problems: Vec<String>,
+    /// Hash of the last good version still served for this file, if there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serving_last_good: Option<String>,
 }
 
 impl Catalog {
@@ -43,6 +48,7 @@ impl Catalog {
                                 file.display(),
                                 first.path.display()
                             )],
+                            serving_last_good: None,
                         });
                         continue;
                     }
@@ -51,9 +57,11 @@ impl Catalog {
                 Err(diagnostics) => catalog.errors.push(LoadError {
                     file: file.clone(),
                     problems: diagnostics.iter().map(ToString::to_string).collect(),
+                    serving_last_good: None,
                 }),
             }
         }
+        catalog.commit = spec::git_commit(dir);
         for error in &catalog.errors {
             tracing::error!(file = %error.file.display(), problems = %error.problems.join("\n"), "Skipped an invalid pipeline file.");
         }
@@ -64,5 +72,41 @@ impl Catalog {
             "Loaded pipelines."
         );
         Ok(catalog)
+    }
+
+    /// Loads `dir` again; a file that no longer validates keeps the version `previous` had of
+    /// it, so a bad commit does not stop the schedule of a pipeline that worked.
+    pub fn reload(dir: &Path, previous: &Catalog) -> std::io::Result<Catalog> {
+        let mut catalog = Catalog::load(dir)?;
+        for error in &mut catalog.errors {
+            let last_good = previous
+                .pipelines
+                .values()
+                .find(|p| p.path == error.file)
+                .filter(|p| !catalog.pipelines.contains_key(&p.pipeline.name));
+            if let Some(last_good) = last_good {
+                tracing::warn!(file = %error.file.display(), "Keeping the last good version of an invalid pipeline file.");
+                error.serving_last_good = Some(last_good.hash.clone());
+                catalog
+                    .pipelines
+                    .insert(last_good.pipeline.name.clone(), last_good.clone());
+            }
+        }
+        Ok(catalog)
+    }
+
+    /// A fingerprint of the folder's pipeline files (paths, sizes, modification times), to
+    /// notice a change without reading every file.
+    pub fn fingerprint(dir: &Path) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for file in spec::find_pipeline_files(&[dir.to_path_buf()]).unwrap_or_default() {
+            file.hash(&mut hasher);
+            if let Ok(meta) = std::fs::metadata(&file) {
+                meta.len().hash(&mut hasher);
+                meta.modified().ok().hash(&mut hasher);
+            }
+        }
+        hasher.finish()
     }
 }

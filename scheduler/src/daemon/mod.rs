@@ -9,8 +9,10 @@
 mod catalog;
 mod janitor;
 mod router;
+mod schedule;
+mod start;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -20,10 +22,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::engine::{Engine, EngineError, RoutedEvent, RunDriver, RunRequest, Silent};
+use crate::engine::{Engine, EngineError, RoutedEvent, RunDriver, Silent};
 use crate::store::{RunLookup, RunRecord};
 
 pub use catalog::{Catalog, LoadError};
+pub use start::{Origin, Started};
 
 /// How a daemon is set up.
 #[derive(Debug, Clone)]
@@ -45,6 +48,9 @@ pub enum Workers {
 
 /// A run being driven: how to reach its driver.
 struct RunHandle {
+    pipeline: String,
+    /// Waiting for a concurrency slot (`overlap: queue`), no step started yet.
+    waiting: bool,
     events: mpsc::UnboundedSender<RoutedEvent>,
     cancel: CancellationToken,
 }
@@ -96,6 +102,11 @@ pub struct Daemon {
     workers: Workers,
     shutdown: CancellationToken,
     drivers: TaskTracker,
+    /// Held while a trigger decides and creates its run, so that checks (a delivery seen, an
+    /// instant fired, the concurrency limit) and the run they allow are one step under races.
+    trigger_lock: Mutex<()>,
+    /// Wakes runs waiting for a concurrency slot.
+    slot_freed: tokio::sync::Notify,
 }
 
 impl Daemon {
@@ -123,6 +134,8 @@ impl Daemon {
             workers,
             shutdown,
             drivers: TaskTracker::new(),
+            trigger_lock: Mutex::new(()),
+            slot_freed: tokio::sync::Notify::new(),
         });
         // Before picking runs up: what an empty Redis lost must be queued again.
         let redis_lost_data = match &daemon.workers {
@@ -131,6 +144,7 @@ impl Daemon {
         };
         daemon.reattach_unfinished(redis_lost_data)?;
         tokio::spawn(router::route_events(daemon.clone(), committed_rx));
+        tokio::spawn(schedule::run(daemon.clone()));
         if let Workers::Redis(redis) = &daemon.workers {
             tokio::spawn(janitor::run(daemon.clone(), redis.clone()));
         }
@@ -169,8 +183,13 @@ impl Daemon {
     }
 
     /// Reads the pipelines folder again; returns how many pipelines loaded and files failed.
+    /// A file that stopped being valid keeps its last good version loaded (its errors are
+    /// listed all the same).
     pub fn reload(&self) -> std::io::Result<(usize, usize)> {
-        let catalog = Catalog::load(&self.config.pipelines_dir)?;
+        let catalog = {
+            let previous = self.catalog.read().unwrap_or_else(|e| e.into_inner());
+            Catalog::reload(&self.config.pipelines_dir, &previous)?
+        };
         let counts = (catalog.pipelines.len(), catalog.errors.len());
         *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = catalog;
         Ok(counts)
@@ -203,40 +222,6 @@ impl Daemon {
         self.lock_runs().len()
     }
 
-    /// Starts a run of `pipeline`; returns it as committed (the run exists once this returns).
-    pub fn trigger(
-        self: &Arc<Self>,
-        pipeline: &str,
-        overrides: BTreeMap<String, String>,
-        trigger: &str,
-    ) -> Result<RunRecord, TriggerError> {
-        if self.shutdown.is_cancelled() {
-            return Err(TriggerError::ShuttingDown);
-        }
-        let loaded = self
-            .with_catalog(|c| c.pipelines.get(pipeline).cloned())
-            .ok_or_else(|| TriggerError::UnknownPipeline(pipeline.to_string()))?;
-        let base_dir = base_dir_of(&loaded.path);
-        let request = RunRequest {
-            loaded,
-            overrides,
-            trigger: trigger.to_string(),
-            parallelism: None,
-            base_dir,
-        };
-        let driver =
-            RunDriver::create(self.engine.clone(), request, Box::new(Silent)).map_err(|err| {
-                match err {
-                    EngineError::Params(message) => TriggerError::Params(message),
-                    other => TriggerError::Engine(other),
-                }
-            })?;
-        let run = driver.run().clone();
-        tracing::info!(run = %run.id, pipeline = %run.pipeline, trigger, "Run started.");
-        self.spawn_driver(driver);
-        Ok(run)
-    }
-
     /// Asks a run to stop: queued steps are withdrawn, running ones killed on their workers.
     pub fn cancel(&self, id_or_prefix: &str) -> Result<RunRecord, CancelError> {
         let run = match self.engine.store.lookup_run(id_or_prefix)? {
@@ -266,22 +251,31 @@ impl Daemon {
         let (events, events_rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let run_id = driver.run().id.clone();
+        let pipeline = driver.run().pipeline.clone();
         self.lock_runs().insert(
             run_id.clone(),
             RunHandle {
+                pipeline,
+                waiting: driver.is_waiting(),
                 events,
                 cancel: cancel.clone(),
             },
         );
-        let driver = driver.routed(events_rx, self.committed.clone());
+        let mut driver = driver.routed(events_rx, self.committed.clone());
         let daemon = self.clone();
         self.drivers.spawn(async move {
             let outcome = tokio::select! {
-                outcome = driver.drive(cancel) => Some(outcome),
+                outcome = async {
+                    if driver.is_waiting() {
+                        daemon.wait_for_slot(&mut driver, &cancel).await?;
+                    }
+                    driver.drive(cancel.clone()).await
+                } => Some(outcome),
                 // Stopping the daemon leaves the run where its last commit left it.
                 _ = daemon.shutdown.cancelled() => None,
             };
             daemon.lock_runs().remove(&run_id);
+            daemon.slot_freed.notify_waiters();
             match outcome {
                 Some(Ok(run)) => {
                     tracing::info!(run = %run.id, status = run.status.as_str(), "Run finished.")

@@ -95,7 +95,10 @@ impl RunDriver {
         let params = resolve_params(&loaded.pipeline, &request.overrides)?;
         let pipeline = loaded.pipeline;
         let run = RunRecord {
-            id: ulid::Ulid::new().to_string(),
+            id: request
+                .id
+                .clone()
+                .unwrap_or_else(|| ulid::Ulid::new().to_string()),
             pipeline: pipeline.name.clone(),
             definition_hash: loaded.hash.clone(),
             trigger: request.trigger,
@@ -105,10 +108,15 @@ impl RunDriver {
                 .parallelism
                 .or(pipeline.parallelism)
                 .unwrap_or_else(default_parallelism),
-            status: RunStatus::Running,
+            status: if request.waiting {
+                RunStatus::Queued
+            } else {
+                RunStatus::Running
+            },
             created_ms: now_ms(),
             finished_ms: None,
             step_count: pipeline.steps.len(),
+            commit: request.commit.clone(),
         };
         let steps = pipeline
             .steps
@@ -140,11 +148,19 @@ impl RunDriver {
         for name in names {
             driver.touch_step(&name);
         }
+        for (key, value) in &request.marks {
+            driver.changes.put_mark(key, value);
+        }
         driver.run_changed = true;
+        let kind = if request.waiting {
+            "run.waiting"
+        } else {
+            "run.started"
+        };
         driver.event(
             None,
             None,
-            "run.started",
+            kind,
             Some(format!("trigger {}", driver.run.trigger)),
         );
         driver.commit()?;
@@ -315,6 +331,27 @@ impl RunDriver {
             applied: Vec::new(),
         };
         self
+    }
+
+    /// Whether the run waits for a concurrency slot (`overlap: queue`).
+    pub fn is_waiting(&self) -> bool {
+        self.run.status == RunStatus::Queued
+    }
+
+    /// Starts a run that waited for a concurrency slot.
+    pub fn begin(&mut self) -> Result<(), EngineError> {
+        if self.run.status == RunStatus::Queued {
+            self.run.status = RunStatus::Running;
+            self.run_changed = true;
+            self.event(
+                None,
+                None,
+                "run.started",
+                Some("a concurrency slot freed".into()),
+            );
+            self.commit()?;
+        }
+        Ok(())
     }
 
     /// The run as it stands.

@@ -91,6 +91,15 @@ pub struct RunRequest {
     pub parallelism: Option<usize>,
     /// Folder relative workdirs resolve against.
     pub base_dir: PathBuf,
+    /// The run's id when the trigger derives it (a cron instant); a new ULID otherwise.
+    pub id: Option<String>,
+    /// Trigger bookkeeping committed with the run (see [`crate::store::Changes::put_mark`]).
+    pub marks: Vec<(String, serde_json::Value)>,
+    /// Git commit of the definition, when known.
+    pub commit: Option<String>,
+    /// Created waiting for a concurrency slot (`overlap: queue`): no step starts until
+    /// [`RunDriver::begin`].
+    pub waiting: bool,
 }
 
 /// Defaults overridden by `overrides`; every value checked against its declared type.

@@ -47,6 +47,8 @@ pub enum StoreError {
 
 /// What looking a run up by id or prefix found.
 #[derive(Debug)]
+// Returned once per lookup, never kept in bulk: boxing the record would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum RunLookup {
     /// Exactly one run.
     Found(RunRecord),
@@ -91,6 +93,12 @@ impl Changes {
     /// Stores a step.
     pub fn put_step(&mut self, step: &StepRecord) {
         self.put(format!("s/{}/{}", step.run_id, step.name), step);
+    }
+
+    /// Records a trigger's bookkeeping (a cron trigger's last instant, a webhook delivery id,
+    /// a watched file) with the run it started, in the same commit.
+    pub fn put_mark(&mut self, key: &str, value: &serde_json::Value) {
+        self.put(format!("m/{key}"), value);
     }
 
     /// Appends to a run's history.
@@ -209,6 +217,23 @@ impl Store {
         Ok(runs)
     }
 
+    /// A trigger's mark, see [`Changes::put_mark`].
+    pub fn mark(&self, key: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        self.get(&format!("m/{key}"))
+    }
+
+    /// Marks whose key starts with `prefix`, in key order.
+    pub fn marks(&self, prefix: &str) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        self.db
+            .scan_prefix(format!("m/{prefix}").as_bytes())
+            .map(|entry| {
+                let (key, value) = entry?;
+                let name = String::from_utf8_lossy(&key[2..]).into_owned();
+                Ok((name, decode(&key, &value)?))
+            })
+            .collect()
+    }
+
     /// Ids of the runs that have not finished, oldest first.
     pub fn unfinished_runs(&self) -> Result<Vec<String>, StoreError> {
         self.db
@@ -280,6 +305,7 @@ mod tests {
             created_ms: 0,
             finished_ms: None,
             step_count: 0,
+            commit: None,
         }
     }
 

@@ -126,6 +126,10 @@ pub struct RunRecord {
     pub finished_ms: Option<u64>,
     /// Number of steps, for listings.
     pub step_count: usize,
+    /// The git commit of the pipelines folder when the definition was loaded, if it is in a
+    /// git work tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
 }
 
 /// One attempt of a step.

@@ -1,0 +1,373 @@
+//! `POST /hooks/{pipeline}/{trigger}`: webhooks that start runs, signed with HMAC-SHA256.
+//!
+//! Signatures (any one that matches any of the trigger's secrets is enough, so a secret can be
+//! rotated by listing old and new, comma-separated, in the variable `secret_env` names):
+//! - `X-Sluice-Signature: sha256=<hex>` over the raw body;
+//! - `X-Sluice-Signature: t=<unix seconds>,v1=<hex>[,v1=<hex>]` over `"{t}.{body}"`, refused
+//!   more than [`TOLERANCE_SECS`] from now (replay protection);
+//! - GitHub's `X-Hub-Signature-256: sha256=<hex>`.
+//!
+//! A delivery id (`X-Sluice-Delivery`, `X-GitHub-Delivery` or `Idempotency-Key`) seen in the
+//! last [`DEDUPE_WINDOW_MS`] returns the first run's id and starts nothing.
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::{ApiError, ApiState};
+use crate::daemon::{Origin, Started, TriggerError};
+use crate::spec::Trigger;
+
+/// Largest body accepted; more is answered 413.
+pub const MAX_BODY: usize = 1 << 20;
+/// How far a timestamped signature may be from now.
+pub const TOLERANCE_SECS: i64 = 300;
+/// How long a delivery id is remembered.
+pub const DEDUPE_WINDOW_MS: u64 = 24 * 3600 * 1000;
+
+pub(super) async fn hook(
+    State(state): State<ApiState>,
+    Path((pipeline, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let trigger = state.daemon.with_catalog(|c| {
+        c.pipelines.get(&pipeline).and_then(|loaded| {
+            loaded.pipeline.triggers.iter().find_map(|t| match t {
+                Trigger::Webhook {
+                    name: n,
+                    secret_env,
+                    params,
+                } if *n == name => Some((secret_env.clone(), params.clone())),
+                _ => None,
+            })
+        })
+    });
+    let Some((secret_env, mapping)) = trigger else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no webhook `{name}` on a pipeline `{pipeline}`"),
+        ));
+    };
+    if let Some(var) = &secret_env {
+        let secrets = secrets_from_env(var).ok_or_else(|| {
+            tracing::error!(
+                pipeline,
+                webhook = name,
+                var,
+                "The webhook's secret variable is not set; refusing deliveries."
+            );
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the webhook's secret is not configured on the scheduler (`{var}`)"),
+            )
+        })?;
+        let now = chrono::Utc::now().timestamp();
+        if let Err(why) = verify(&headers, &body, &secrets, now) {
+            tracing::warn!(pipeline, webhook = name, why, "Webhook delivery refused.");
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, why));
+        }
+    }
+    let params = map_params(&body, &mapping)?;
+    let dedupe = delivery_id(&headers).map(|id| {
+        let digest = Sha256::digest(id.as_bytes());
+        format!("delivery/{pipeline}/{name}/{}", hex::encode(&digest[..16]))
+    });
+    let origin = Origin {
+        trigger: format!("webhook:{name}"),
+        dedupe,
+        dedupe_window_ms: Some(DEDUPE_WINDOW_MS),
+        ..Origin::default()
+    };
+    let daemon = state.daemon.clone();
+    let started = tokio::task::spawn_blocking(move || daemon.start_run(&pipeline, params, origin))
+        .await
+        .map_err(ApiError::internal)?;
+    match started {
+        Ok(Started::New(run)) => {
+            Ok((StatusCode::ACCEPTED, Json(json!({ "run": run.id }))).into_response())
+        }
+        Ok(Started::Existing(run)) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "run": run, "duplicate": true })),
+        )
+            .into_response()),
+        Ok(Started::Skipped(reason)) => {
+            Ok((StatusCode::OK, Json(json!({ "skipped": reason }))).into_response())
+        }
+        Err(err @ TriggerError::Params(_)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            err.to_string(),
+        )),
+        Err(err @ TriggerError::UnknownPipeline(_)) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, err.to_string()))
+        }
+        Err(err @ TriggerError::ShuttingDown) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            err.to_string(),
+        )),
+        Err(TriggerError::Engine(err)) => Err(ApiError::internal(err)),
+    }
+}
+
+/// The secrets in variable `var`, comma-separated (several during a rotation).
+fn secrets_from_env(var: &str) -> Option<Vec<String>> {
+    let value = std::env::var(var).ok()?;
+    let secrets: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    (!secrets.is_empty()).then_some(secrets)
+}
+
+/// Checks the delivery's signature headers against `secrets`; `Err` says why it is refused.
+pub fn verify(
+    headers: &HeaderMap,
+    body: &[u8],
+    secrets: &[String],
+    now_unix: i64,
+) -> Result<(), &'static str> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let mut offered = false;
+    for value in [header("x-sluice-signature"), header("x-hub-signature-256")]
+        .into_iter()
+        .flatten()
+    {
+        offered = true;
+        if let Some(hex_sig) = value.trim().strip_prefix("sha256=") {
+            if secrets
+                .iter()
+                .any(|s| signature_matches(s, &[body], hex_sig))
+            {
+                return Ok(());
+            }
+            continue;
+        }
+        // Timestamped: t=<unix>,v1=<hex>[,v1=<hex>...]
+        let mut timestamp = None;
+        let mut signatures = Vec::new();
+        for part in value.split(',') {
+            match part.trim().split_once('=') {
+                Some(("t", t)) => timestamp = t.parse::<i64>().ok(),
+                Some(("v1", sig)) => signatures.push(sig),
+                _ => {}
+            }
+        }
+        let Some(t) = timestamp else {
+            return Err("the signature header is not `sha256=<hex>` or `t=<unix>,v1=<hex>`");
+        };
+        if (now_unix - t).abs() > TOLERANCE_SECS {
+            return Err(
+                "the signature's timestamp is too far from now (replayed or a wrong clock)",
+            );
+        }
+        let prefix = format!("{t}.");
+        let matched = signatures.iter().any(|sig| {
+            secrets
+                .iter()
+                .any(|s| signature_matches(s, &[prefix.as_bytes(), body], sig))
+        });
+        if matched {
+            return Ok(());
+        }
+    }
+    if offered {
+        Err("the signature does not match the body")
+    } else {
+        Err("the delivery is not signed: send X-Sluice-Signature (or X-Hub-Signature-256)")
+    }
+}
+
+/// HMAC-SHA256 of `parts` with `secret`, compared with `hex_sig` in constant time.
+fn signature_matches(secret: &str, parts: &[&[u8]], hex_sig: &str) -> bool {
+    let Ok(expected) = hex::decode(hex_sig.trim()) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
+        return false;
+    };
+    for part in parts {
+        mac.update(part);
+    }
+    mac.verify_slice(&expected).is_ok()
+}
+
+fn delivery_id(headers: &HeaderMap) -> Option<String> {
+    ["x-sluice-delivery", "x-github-delivery", "idempotency-key"]
+        .iter()
+        .find_map(|name| headers.get(*name)?.to_str().ok())
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(str::to_string)
+}
+
+/// Params from the JSON body by the trigger's mapping (`param: payload.path`); the engine then
+/// checks their types against the pipeline's declarations.
+fn map_params(
+    body: &[u8],
+    mapping: &indexmap::IndexMap<String, String>,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    if mapping.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let payload: Value = serde_json::from_slice(body).map_err(|err| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the body is not JSON ({err}), and params are mapped from it"),
+        )
+    })?;
+    let mut params = BTreeMap::new();
+    for (param, path) in mapping {
+        let value = lookup(&payload, path).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("param `{param}`: the payload has no `{path}`"),
+            )
+        })?;
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            other => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "param `{param}`: `{path}` is {}, not a string, number or boolean",
+                        kind(other)
+                    ),
+                ))
+            }
+        };
+        params.insert(param.clone(), text);
+    }
+    Ok(params)
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+        _ => "a scalar",
+    }
+}
+
+/// `Records.0.s3.object.key`, `Records[0].s3.object.key` or `$.Records[0]...` in `payload`.
+pub fn lookup<'v>(payload: &'v Value, path: &str) -> Option<&'v Value> {
+    let path = path.strip_prefix("$.").unwrap_or(path);
+    let normalised = path.replace('[', ".").replace(']', "");
+    let mut at = payload;
+    for part in normalised.split('.').filter(|p| !p.is_empty()) {
+        at = match at {
+            Value::Object(map) => map.get(part)?,
+            Value::Array(items) => items.get(part.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    fn sign(secret: &str, data: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(data);
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    #[test]
+    fn githubs_published_test_vector_is_accepted() {
+        // https://docs.github.com/en/webhooks/using-webhooks/validating-webhook-deliveries
+        let secret = vec!["It's a Secret to Everybody".to_string()];
+        let h = headers(&[(
+            "x-hub-signature-256",
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+        )]);
+        assert_eq!(verify(&h, b"Hello, World!", &secret, 0), Ok(()));
+        assert!(verify(&h, b"Hello, World?", &secret, 0).is_err());
+    }
+
+    #[test]
+    fn sluice_signatures_plain_timestamped_and_rotated() {
+        let secrets = vec!["old".to_string(), "new".to_string()];
+        let body = br#"{"a":1}"#;
+        let plain = format!("sha256={}", sign("new", body));
+        assert_eq!(
+            verify(
+                &headers(&[("x-sluice-signature", &plain)]),
+                body,
+                &secrets,
+                0
+            ),
+            Ok(())
+        );
+        let wrong = format!("sha256={}", sign("other", body));
+        assert!(verify(
+            &headers(&[("x-sluice-signature", &wrong)]),
+            body,
+            &secrets,
+            0
+        )
+        .is_err());
+        assert!(verify(&headers(&[]), body, &secrets, 0)
+            .unwrap_err()
+            .contains("not signed"));
+
+        let t = 1_800_000_000;
+        let signed = |secret: &str| sign(secret, format!("{t}.{{\"a\":1}}").as_bytes());
+        let stamped = format!("t={t},v1={},v1={}", signed("stale"), signed("old"));
+        let h = headers(&[("x-sluice-signature", &stamped)]);
+        assert_eq!(verify(&h, body, &secrets, t + 10), Ok(()));
+        assert!(verify(&h, body, &secrets, t + TOLERANCE_SECS + 1)
+            .unwrap_err()
+            .contains("too far"));
+        // The timestamp is signed too: moving it breaks the signature.
+        let moved = format!("t={},v1={}", t + 1, signed("old"));
+        assert!(verify(
+            &headers(&[("x-sluice-signature", &moved)]),
+            body,
+            &secrets,
+            t
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn payload_paths() {
+        let payload: Value = serde_json::json!({
+            "Records": [{"s3": {"object": {"key": "landing/a.csv", "size": 10}}}]
+        });
+        for path in [
+            "Records.0.s3.object.key",
+            "Records[0].s3.object.key",
+            "$.Records[0].s3.object.key",
+        ] {
+            assert_eq!(
+                lookup(&payload, path),
+                Some(&serde_json::json!("landing/a.csv"))
+            );
+        }
+        assert_eq!(lookup(&payload, "Records.1.s3"), None);
+        assert_eq!(lookup(&payload, "Records.0.nope"), None);
+    }
+}

@@ -1,0 +1,226 @@
+//! Starting runs: the one way every trigger (API, cron, webhook, watched folder) creates a run,
+//! with its bookkeeping and the pipeline's concurrency policy applied atomically.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use sluice_worker::task::now_ms;
+use tokio_util::sync::CancellationToken;
+
+use super::{base_dir_of, Daemon, TriggerError};
+use crate::engine::{EngineError, RunDriver, RunRequest, Silent};
+use crate::spec::Overlap;
+use crate::store::{Changes, RunRecord};
+
+/// Who asks for a run, and what it brings along.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// Recorded as the run's trigger: `api`, `cron`, `webhook:NAME`, `watch:PATH`.
+    pub trigger: String,
+    /// The run's id when the trigger derives it (a cron instant): a run with that id already
+    /// there means this trigger already fired.
+    pub run_id: Option<String>,
+    /// A mark that, when present, names the run this request already started (a webhook
+    /// delivery id, a watched file); written with the new run otherwise.
+    pub dedupe: Option<String>,
+    /// Marks older than this many milliseconds no longer dedupe (a delivery id window).
+    pub dedupe_window_ms: Option<u64>,
+    /// More bookkeeping to commit with the run.
+    pub marks: Vec<(String, Value)>,
+}
+
+/// What a trigger led to.
+#[derive(Debug, Clone)]
+pub enum Started {
+    /// A new run, committed.
+    New(RunRecord),
+    /// The same request started this run before; nothing new was started.
+    Existing(String),
+    /// The concurrency policy (`overlap: skip`) said no; the skip is recorded.
+    Skipped(String),
+}
+
+impl Daemon {
+    /// Starts a run of `pipeline` for `origin`; the run exists (committed) once this returns.
+    pub fn start_run(
+        self: &Arc<Self>,
+        pipeline: &str,
+        overrides: BTreeMap<String, String>,
+        origin: Origin,
+    ) -> Result<Started, TriggerError> {
+        let _decide = self.trigger_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.shutdown.is_cancelled() {
+            return Err(TriggerError::ShuttingDown);
+        }
+        let (loaded, commit) = self
+            .with_catalog(|c| {
+                c.pipelines
+                    .get(pipeline)
+                    .map(|p| (p.clone(), c.commit.clone()))
+            })
+            .ok_or_else(|| TriggerError::UnknownPipeline(pipeline.to_string()))?;
+        let store = &self.engine.store;
+        let engine_error = |e: crate::store::StoreError| TriggerError::Engine(e.into());
+        if let Some(id) = &origin.run_id {
+            if store.run(id).map_err(engine_error)?.is_some() {
+                return Ok(Started::Existing(id.clone()));
+            }
+        }
+        if let Some(key) = &origin.dedupe {
+            if let Some(mark) = store.mark(key).map_err(engine_error)? {
+                let fresh = origin.dedupe_window_ms.is_none_or(|window| {
+                    now_ms().saturating_sub(mark["at_ms"].as_u64().unwrap_or(0)) < window
+                });
+                if let (true, Some(run)) = (fresh, mark["run"].as_str()) {
+                    return Ok(Started::Existing(run.to_string()));
+                }
+            }
+        }
+        let mut waiting = false;
+        if let Some(concurrency) = loaded.pipeline.concurrency {
+            let active = self.active_runs(pipeline);
+            if active.len() >= concurrency.limit as usize {
+                match concurrency.overlap {
+                    Overlap::Allow => {}
+                    Overlap::Queue => waiting = true,
+                    Overlap::CancelRunning => {
+                        for run in &active {
+                            tracing::info!(run = %run, pipeline, "Cancelling a running run for a new one (overlap: cancel_running).");
+                            let _ = self.cancel(run);
+                        }
+                    }
+                    Overlap::Skip => {
+                        let reason = format!(
+                            "`{pipeline}` already has {} active run(s), its concurrency limit is {} and overlap is skip",
+                            active.len(),
+                            concurrency.limit
+                        );
+                        self.record_skip(pipeline, &origin.trigger, &reason)
+                            .map_err(engine_error)?;
+                        tracing::info!(pipeline, trigger = %origin.trigger, "Trigger skipped: {reason}.");
+                        return Ok(Started::Skipped(reason));
+                    }
+                }
+            }
+        }
+        let id = origin
+            .run_id
+            .clone()
+            .unwrap_or_else(|| ulid::Ulid::new().to_string());
+        let mut marks = origin.marks;
+        if let Some(key) = origin.dedupe {
+            marks.push((key, json!({ "run": id, "at_ms": now_ms() })));
+        }
+        let request = RunRequest {
+            base_dir: base_dir_of(&loaded.path),
+            loaded,
+            overrides,
+            trigger: origin.trigger.clone(),
+            parallelism: None,
+            id: Some(id),
+            marks,
+            commit,
+            waiting,
+        };
+        let driver =
+            RunDriver::create(self.engine.clone(), request, Box::new(Silent)).map_err(|err| {
+                match err {
+                    EngineError::Params(message) => TriggerError::Params(message),
+                    other => TriggerError::Engine(other),
+                }
+            })?;
+        let run = driver.run().clone();
+        tracing::info!(run = %run.id, pipeline = %run.pipeline, trigger = %run.trigger, waiting, "Run started.");
+        self.spawn_driver(driver);
+        Ok(Started::New(run))
+    }
+
+    /// Ids of the runs of `pipeline` in flight (running or waiting for a slot), oldest first.
+    fn active_runs(&self, pipeline: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .lock_runs()
+            .iter()
+            .filter(|(_, h)| h.pipeline == pipeline)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn record_skip(
+        &self,
+        pipeline: &str,
+        trigger: &str,
+        reason: &str,
+    ) -> Result<(), crate::store::StoreError> {
+        let mut changes = Changes::default();
+        let key = format!("skipped/{pipeline}/{}", ulid::Ulid::new());
+        changes.put_mark(
+            &key,
+            &json!({ "trigger": trigger, "reason": reason, "at_ms": now_ms() }),
+        );
+        self.engine.store.commit(changes)
+    }
+
+    /// Triggers skipped by the concurrency policy, newest first (at most `limit`).
+    pub fn skipped(&self, pipeline: &str, limit: usize) -> Vec<Value> {
+        let mut marks = self
+            .engine
+            .store
+            .marks(&format!("skipped/{pipeline}/"))
+            .unwrap_or_default();
+        marks.reverse();
+        marks.into_iter().take(limit).map(|(_, v)| v).collect()
+    }
+
+    /// Waits until the run may start under its pipeline's concurrency limit (oldest waiting
+    /// run first), then starts it.
+    pub(super) async fn wait_for_slot(
+        &self,
+        driver: &mut RunDriver,
+        cancel: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        let run_id = driver.run().id.clone();
+        let pipeline = driver.run().pipeline.clone();
+        loop {
+            let freed = self.slot_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if cancel.is_cancelled() || self.may_start(&pipeline, &run_id) {
+                break;
+            }
+            tokio::select! {
+                _ = freed => {}
+                _ = cancel.cancelled() => {}
+            }
+        }
+        if let Some(handle) = self.lock_runs().get_mut(&run_id) {
+            handle.waiting = false;
+        }
+        // A run cancelled while it waited is started and cancelled at once by its driver.
+        driver.begin()
+    }
+
+    /// Whether `run_id` is the oldest waiting run of `pipeline` and a slot is free.
+    fn may_start(&self, pipeline: &str, run_id: &str) -> bool {
+        let limit = self
+            .with_catalog(|c| {
+                c.pipelines
+                    .get(pipeline)
+                    .and_then(|p| p.pipeline.concurrency)
+            })
+            .map_or(usize::MAX, |c| c.limit as usize);
+        let runs = self.lock_runs();
+        let running = runs
+            .values()
+            .filter(|h| h.pipeline == pipeline && !h.waiting)
+            .count();
+        let oldest_waiting = runs
+            .iter()
+            .filter(|(_, h)| h.pipeline == pipeline && h.waiting)
+            .map(|(id, _)| id)
+            .min();
+        running < limit && oldest_waiting.is_none_or(|oldest| oldest == run_id)
+    }
+}

@@ -1,0 +1,3 @@
+//! What starts runs without a person: cron schedules, webhooks, watched folders.
+
+pub mod cron;

@@ -429,3 +429,131 @@ fn dechunk(mut body: &str) -> String {
     }
     out
 }
+
+/// A `sluice server` (in-process workers, no Redis) over a scratch folder with `pipelines/`.
+pub struct Server {
+    /// The process, when running.
+    pub proc: Option<Proc>,
+    /// Its API port (kept across restarts).
+    pub port: u16,
+    env: Vec<(String, String)>,
+    starts: usize,
+}
+
+impl Server {
+    /// Starts `sluice server` in `scratch` with extra environment.
+    pub fn start(scratch: &Scratch, env: &[(&str, &str)]) -> Server {
+        let mut server = Server {
+            proc: None,
+            port: free_port(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            starts: 0,
+        };
+        server.restart(scratch);
+        server
+    }
+
+    /// Starts it again (after [`Server::kill9`]).
+    pub fn restart(&mut self, scratch: &Scratch) {
+        self.starts += 1;
+        let log = scratch.path().join(format!("server-{}.log", self.starts));
+        let mut child = scratch
+            .sluice()
+            .args([
+                "server",
+                "--pipelines",
+                "pipelines",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+            ])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("server starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("server output");
+        assert!(
+            line.contains("listening on"),
+            "server did not start: {line}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        self.proc = Some(Proc { child, log });
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut proc) = self.proc.take() {
+            proc.kill9();
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `GET path`, parsed as JSON.
+    pub fn get(&self, path: &str) -> serde_json::Value {
+        let (status, body) = http("GET", &format!("{}{path}", self.url()), None, None);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).expect("JSON")
+    }
+
+    /// Every run, newest first.
+    pub fn runs(&self) -> Vec<serde_json::Value> {
+        self.get("/api/v1/runs?limit=1000")["runs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Its logs so far.
+    pub fn log_text(&self) -> String {
+        self.proc.as_ref().map(Proc::log_text).unwrap_or_default()
+    }
+}
+
+/// A POST with extra headers; returns the status and body.
+pub fn post_with_headers(url: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = std::net::TcpStream::connect(host).expect("connect to the API");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    // The server may answer (413) before reading a large body: a failed write is not an error.
+    let _ = stream.write_all(&bytes);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}

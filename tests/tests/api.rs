@@ -87,6 +87,11 @@ fn api_answers_with_fitting_status_codes_and_guards_writes_with_the_token() {
     assert_eq!(status, 409, "a finished run cannot be cancelled: {body}");
     let (status, _) = http("GET", &format!("{api}/api/v1/runs/01NOPE"), None, None);
     assert_eq!(status, 404);
+    for query in ["limit=abc", "status=done"] {
+        let (status, body) = http("GET", &format!("{api}/api/v1/runs?{query}"), None, None);
+        assert_eq!(status, 422, "{query}: {body}");
+        assert!(body.contains("\"error\""), "{body}");
+    }
     let (status, body) = http("GET", &format!("{api}/api/v1/nothing"), None, None);
     assert_eq!(status, 404);
     assert!(body.contains("\"error\""), "errors are JSON: {body}");

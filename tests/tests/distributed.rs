@@ -210,3 +210,28 @@ fn many_concurrent_triggers_while_workers_come_and_go_lose_and_duplicate_nothing
     done.sort();
     assert_eq!(done, unique, "the last step of each run ran once");
 }
+
+#[test]
+fn a_busy_worker_keeps_the_lease_of_the_task_it_read_ahead() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    // One slot, two parallel steps that each outlast the lease: the second waits on the worker
+    // (read ahead) for longer than a lease, and must not be taken back as lost.
+    cluster.pipeline(
+        "busy",
+        &format!(
+            "name: busy\nsteps:\n  one:\n    run: {s}\n  two:\n    run: {s}\n",
+            s = serde_json::to_string(&marking_step("3")).unwrap()
+        ),
+    );
+    cluster.start_scheduler();
+    let _worker = cluster.start_worker("only", 1);
+    let run = cluster.trigger("busy");
+    let show = cluster.wait_run(&run, RUN_TIMEOUT);
+    assert_eq!(show["run"]["status"], "succeeded", "{show:#}");
+    for name in ["one", "two"] {
+        let attempts = step(&show, name)["attempts"].as_array().unwrap().clone();
+        assert_eq!(attempts.len(), 1, "{name} was taken back: {attempts:#?}");
+    }
+}

@@ -52,14 +52,13 @@ fn cron_fires_each_instant_once_across_a_restart() {
     instants.dedup();
     assert_eq!(instants.len(), count, "an instant fired twice: {runs:#?}");
     // catchup: all ran the seconds missed while it was down: no gap between instants.
-    let seconds: Vec<i64> = instants
-        .iter()
-        .map(|i| {
-            chrono_seconds(i)
-        })
-        .collect();
+    let seconds: Vec<i64> = instants.iter().map(|i| chrono_seconds(i)).collect();
     for pair in seconds.windows(2) {
-        assert_eq!(pair[1] - pair[0], 1, "a missed instant was not caught up: {instants:?}");
+        assert_eq!(
+            pair[1] - pair[0],
+            1,
+            "a missed instant was not caught up: {instants:?}"
+        );
     }
 }
 
@@ -96,7 +95,10 @@ fn webhooks_check_signatures_dedupe_deliveries_and_map_params() {
     let wrong = sign("guess", body);
     let (status, _) = post_with_headers(&url, &[("X-Sluice-Signature", wrong)], body);
     assert_eq!(status, 401, "wrong secret");
-    assert!(server.runs().is_empty(), "a refused delivery starts and stores nothing");
+    assert!(
+        server.runs().is_empty(),
+        "a refused delivery starts and stores nothing"
+    );
 
     let signed = sign("new-secret", body);
     let delivery = ("X-Sluice-Delivery", "delivery-1".to_string());
@@ -114,7 +116,10 @@ fn webhooks_check_signatures_dedupe_deliveries_and_map_params() {
     );
     assert_eq!(status, 202);
     let again: serde_json::Value = serde_json::from_str(&again).unwrap();
-    assert_eq!(again["run"], first["run"], "a redelivery returns the first run");
+    assert_eq!(
+        again["run"], first["run"],
+        "a redelivery returns the first run"
+    );
     assert_eq!(again["duplicate"], true);
     // GitHub's header, signed with the old secret (rotation).
     let (status, _) = post_with_headers(
@@ -132,19 +137,31 @@ fn webhooks_check_signatures_dedupe_deliveries_and_map_params() {
     assert_eq!(shown["run"]["trigger"], "webhook:s3");
 
     let missing = br#"{"Records":[{"s3":{"object":{"size":1}}}]}"#;
-    let (status, answer) =
-        post_with_headers(&url, &[("X-Sluice-Signature", sign("new-secret", missing))], missing);
+    let (status, answer) = post_with_headers(
+        &url,
+        &[("X-Sluice-Signature", sign("new-secret", missing))],
+        missing,
+    );
     assert_eq!(status, 422);
-    assert!(answer.contains("dataset") && answer.contains("Records.0.s3.object.key"), "{answer}");
+    assert!(
+        answer.contains("dataset") && answer.contains("Records.0.s3.object.key"),
+        "{answer}"
+    );
     let mistyped = br#"{"Records":[{"s3":{"object":{"key":"k","size":"big"}}}]}"#;
-    let (status, answer) =
-        post_with_headers(&url, &[("X-Sluice-Signature", sign("new-secret", mistyped))], mistyped);
+    let (status, answer) = post_with_headers(
+        &url,
+        &[("X-Sluice-Signature", sign("new-secret", mistyped))],
+        mistyped,
+    );
     assert_eq!(status, 422);
     assert!(answer.contains("size"), "{answer}");
 
     let huge = vec![b' '; 2 << 20];
-    let (status, _) =
-        post_with_headers(&url, &[("X-Sluice-Signature", sign("new-secret", &huge))], &huge);
+    let (status, _) = post_with_headers(
+        &url,
+        &[("X-Sluice-Signature", sign("new-secret", &huge))],
+        &huge,
+    );
     assert_eq!(status, 413);
     let (status, _) = post_with_headers(
         &format!("{}/hooks/ingest/nope", server.url()),
@@ -204,7 +221,12 @@ fn overlap_queue_runs_one_at_a_time_in_order() {
         assert_eq!(status, 201, "{body}");
     }
     wait_until("three runs to succeed", TIMEOUT, || {
-        server.runs().iter().filter(|r| r["status"] == "succeeded").count() == 3
+        server
+            .runs()
+            .iter()
+            .filter(|r| r["status"] == "succeeded")
+            .count()
+            == 3
     });
     let log = std::fs::read_to_string(scratch.path().join("order.log")).unwrap();
     let lines: Vec<&str> = log.lines().collect();
@@ -228,7 +250,13 @@ fn a_new_file_in_a_watched_folder_starts_one_run_also_across_restarts() {
     scratch.write("landing/a.csv", "x,y\n1,2\n");
     wait_until("a run for a.csv", TIMEOUT, || server.runs().len() == 1);
     let run = &server.runs()[0];
-    assert!(run["params"]["path"].as_str().unwrap().ends_with("landing/a.csv"), "{run}");
+    assert!(
+        run["params"]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("landing/a.csv"),
+        "{run}"
+    );
     server.kill9();
     server.restart(&scratch);
     scratch.write("landing/b.csv", "x,y\n3,4\n");
@@ -236,7 +264,10 @@ fn a_new_file_in_a_watched_folder_starts_one_run_also_across_restarts() {
     std::thread::sleep(Duration::from_secs(2));
     let runs = server.runs();
     assert_eq!(runs.len(), 2, "a.csv started again: {runs:#?}");
-    assert!(runs[0]["params"]["path"].as_str().unwrap().ends_with("b.csv"));
+    assert!(runs[0]["params"]["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("b.csv"));
 }
 
 #[test]
@@ -259,7 +290,11 @@ fn an_edited_pipeline_takes_effect_and_a_broken_one_keeps_its_last_good_version(
         created["run"].clone()
     };
     let first = trigger();
-    std::fs::write(&file, "name: edit\nsteps:\n  a:\n    run: echo two\n  b:\n    depends: a\n    run: echo three\n").unwrap();
+    std::fs::write(
+        &file,
+        "name: edit\nsteps:\n  a:\n    run: echo two\n  b:\n    depends: a\n    run: echo three\n",
+    )
+    .unwrap();
     wait_until("the edit to load", TIMEOUT, || {
         server.get("/api/v1/pipelines")["pipelines"][0]["steps"]
             .as_array()
@@ -280,5 +315,37 @@ fn an_edited_pipeline_takes_effect_and_a_broken_one_keeps_its_last_good_version(
     assert!(error["problems"].to_string().contains("rum"), "{error}");
     assert_eq!(error["serving_last_good"], second["definition_hash"]);
     let third = trigger();
-    assert_eq!(third["definition_hash"], second["definition_hash"], "the last good version runs");
+    assert_eq!(
+        third["definition_hash"], second["definition_hash"],
+        "the last good version runs"
+    );
+}
+
+#[test]
+fn a_server_killed_mid_step_finishes_the_run_after_a_restart() {
+    let scratch = Scratch::new();
+    scratch.write(
+        "pipelines/two.yaml",
+        "name: two\nsteps:\n  slow:\n    run: echo \"slow $SLUICE_ATTEMPT\" >> ../ran.log; sleep 2\n  after:\n    depends: slow\n    run: echo after >> ../ran.log\n",
+    );
+    let mut server = Server::start(&scratch, &[]);
+    let (status, body) = sluice_tests::cluster::http(
+        "POST",
+        &format!("{}/api/v1/pipelines/two/runs", server.url()),
+        None,
+        None,
+    );
+    assert_eq!(status, 201, "{body}");
+    let ran = scratch.path().join("ran.log");
+    wait_until("the slow step to start", TIMEOUT, || ran.exists());
+    server.kill9();
+    server.restart(&scratch);
+    wait_until("the run to succeed", TIMEOUT, || {
+        server
+            .runs()
+            .first()
+            .is_some_and(|r| r["status"] == "succeeded")
+    });
+    let log = std::fs::read_to_string(&ran).unwrap();
+    assert!(log.ends_with("after\n"), "{log}");
 }

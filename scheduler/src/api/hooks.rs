@@ -165,7 +165,7 @@ pub fn verify(
         let Some(t) = timestamp else {
             return Err("the signature header is not `sha256=<hex>` or `t=<unix>,v1=<hex>`");
         };
-        if (now_unix - t).abs() > TOLERANCE_SECS {
+        if now_unix.abs_diff(t) > TOLERANCE_SECS.unsigned_abs() {
             return Err(
                 "the signature's timestamp is too far from now (replayed or a wrong clock)",
             );

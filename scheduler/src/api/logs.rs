@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -34,8 +35,9 @@ pub(super) struct LogQuery {
 pub(super) async fn logs(
     State(state): State<ApiState>,
     Path((run_id, step)): Path<(String, String)>,
-    Query(query): Query<LogQuery>,
+    query: Result<Query<LogQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(super::bad_query)?;
     let store = state.daemon.engine().store.clone();
     let run = match store.lookup_run(&run_id).map_err(ApiError::internal)? {
         RunLookup::Found(run) => run,
@@ -79,6 +81,7 @@ pub(super) async fn logs(
             run.id.clone(),
             step.clone(),
             number,
+            state.daemon.shutdown_token().clone(),
         ))
     } else {
         match tokio::fs::read(&path).await {
@@ -99,6 +102,8 @@ struct Follow {
     attempt: u32,
     offset: u64,
     done: bool,
+    /// The daemon stopping ends the response (otherwise it would wait for it forever).
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Sends what the file has, then more as it grows, until the attempt is over and all of it
@@ -109,6 +114,7 @@ fn follow_file(
     run: String,
     step: String,
     attempt: u32,
+    shutdown: tokio_util::sync::CancellationToken,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     let state = Follow {
         path,
@@ -118,10 +124,11 @@ fn follow_file(
         attempt,
         offset: 0,
         done: false,
+        shutdown,
     };
     futures_util::stream::unfold(state, |mut state| async move {
         loop {
-            if state.done {
+            if state.done || state.shutdown.is_cancelled() {
                 return None;
             }
             // Whether the attempt was over before this read: then what is read is the last.
@@ -138,7 +145,10 @@ fn follow_file(
                     return Some((Err(err), state));
                 }
             }
-            tokio::time::sleep(FOLLOW_POLL).await;
+            tokio::select! {
+                _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                _ = state.shutdown.cancelled() => return None,
+            }
         }
     })
 }

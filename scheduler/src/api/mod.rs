@@ -93,6 +93,14 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// A query string that does not parse is the caller's mistake: 422 with why, as JSON.
+fn bad_query(rejection: axum::extract::rejection::QueryRejection) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!("bad query string: {}", rejection.body_text()),
+    )
+}
+
 async fn readyz(State(state): State<ApiState>) -> Response {
     match state.daemon.ready().await {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),

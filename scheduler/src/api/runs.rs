@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -124,8 +125,21 @@ pub(super) struct ListQuery {
 
 pub(super) async fn list(
     State(state): State<ApiState>,
-    Query(mut query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(mut query) = query.map_err(super::bad_query)?;
+    if let Some(status) = &query.status {
+        const STATUSES: &[&str] = &["queued", "running", "succeeded", "failed", "cancelled"];
+        if !STATUSES.contains(&status.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "status must be one of {}, not `{status}`",
+                    STATUSES.join(", ")
+                ),
+            ));
+        }
+    }
     let limit = query.limit.unwrap_or(50).clamp(1, MAX_PAGE);
     let mut before = query.before.take();
     let store = state.daemon.engine().store.clone();

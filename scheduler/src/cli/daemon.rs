@@ -207,18 +207,8 @@ pub fn server(args: ServerArgs) -> anyhow::Result<u8> {
             shutdown.clone(),
         )
         .await?;
-        // In-process workers serve every queue the loaded pipelines use.
-        let queues = daemon.with_catalog(|c| {
-            let mut queues: Vec<String> = c
-                .pipelines
-                .values()
-                .flat_map(|p| p.pipeline.steps.values().map(|s| s.queue.clone()))
-                .chain(["default".to_string(), "gpu".to_string()])
-                .collect();
-            queues.sort();
-            queues.dedup();
-            queues
-        });
+        // In-process workers serve every queue, also those a reloaded pipeline adds.
+        let queues = vec!["*".to_string()];
         let workers = tokio::spawn(run_worker(
             queue.clone(),
             Arc::new(executor),

@@ -60,13 +60,10 @@ async fn one_round(
         }
     }
     for queue in redis.task_queues().await? {
+        // Each task taken back becomes a `lost` result on the events stream, applied (and
+        // acknowledged after its commit) like any other result.
         for reclaimed in redis.reclaim_idle(&queue, daemon.config.lease).await? {
-            let key = reclaimed.task.key.clone();
-            if daemon.send_to_run(&key.run_id, RoutedEvent::Lost(Box::new(reclaimed.task))) {
-                tracing::warn!(task = %key, "A worker stopped heartbeating; took its task back.");
-            } else {
-                tracing::debug!(task = %key, "Took back a task of a run not in flight.");
-            }
+            tracing::warn!(task = %reclaimed.task.key, "A worker stopped heartbeating; took its task back.");
         }
     }
     Ok(())

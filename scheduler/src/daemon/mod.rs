@@ -140,7 +140,9 @@ impl Daemon {
         // Before picking runs up: what an empty Redis lost must be queued again.
         let redis_lost_data = match &daemon.workers {
             Workers::Redis(redis) => janitor::lost_data_at_start(redis, &daemon.shutdown).await,
-            Workers::InProcess(_) => false,
+            // In-process workers died with the last daemon and the memory queue is empty:
+            // everything that was in flight must be queued again.
+            Workers::InProcess(_) => true,
         };
         daemon.reattach_unfinished(redis_lost_data)?;
         tokio::spawn(router::route_events(daemon.clone(), committed_rx));
@@ -157,7 +159,9 @@ impl Daemon {
             match RunDriver::reattach(self.engine.clone(), &id, Box::new(Silent), redis_lost_data) {
                 Ok(driver) => {
                     tracing::info!(run = %id, pipeline = %driver.run().pipeline, "Picked up a run in flight.");
-                    self.spawn_driver(driver);
+                    let cancel_requested =
+                        matches!(self.engine.store.mark(&cancel_mark(&id)), Ok(Some(_)));
+                    self.spawn_driver(driver, cancel_requested);
                 }
                 Err(err) => {
                     tracing::error!(run = %id, error = %err, "Cannot pick up a run in flight; it stays as it is.")
@@ -232,9 +236,19 @@ impl Daemon {
         if run.status.is_terminal() {
             return Err(CancelError::Finished(run.id, run.status.as_str()));
         }
-        match self.lock_runs().get(&run.id) {
-            Some(handle) => handle.cancel.cancel(),
-            None => return Err(CancelError::NotDriven(run.id)),
+        if !self.lock_runs().contains_key(&run.id) {
+            return Err(CancelError::NotDriven(run.id));
+        }
+        // Recorded before it is acknowledged: a scheduler restarted before the run ended
+        // cancels it again.
+        let mut changes = crate::store::Changes::default();
+        changes.put_mark(
+            &cancel_mark(&run.id),
+            &serde_json::json!({ "at_ms": sluice_worker::task::now_ms() }),
+        );
+        self.engine.store.commit(changes)?;
+        if let Some(handle) = self.lock_runs().get(&run.id) {
+            handle.cancel.cancel();
         }
         tracing::info!(run = %run.id, "Run cancel requested.");
         Ok(run)
@@ -247,9 +261,12 @@ impl Daemon {
         let _ = tokio::time::timeout(limit, self.drivers.wait()).await;
     }
 
-    fn spawn_driver(self: &Arc<Self>, driver: RunDriver) {
+    fn spawn_driver(self: &Arc<Self>, driver: RunDriver, cancel_requested: bool) {
         let (events, events_rx) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
+        if cancel_requested {
+            cancel.cancel();
+        }
         let run_id = driver.run().id.clone();
         let pipeline = driver.run().pipeline.clone();
         self.lock_runs().insert(
@@ -298,6 +315,11 @@ impl Daemon {
     fn lock_runs(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunHandle>> {
         self.runs.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The mark that records a cancel request for a run.
+fn cancel_mark(run_id: &str) -> String {
+    format!("cancel/{run_id}")
 }
 
 /// Folder that relative workdirs of a pipeline resolve against: its file's folder.

@@ -25,8 +25,12 @@ pub(super) async fn route_events(daemon: Arc<Daemon>, mut committed: mpsc::Unbou
         tokio::select! {
             batch = queue.next_event_batch(EVENT_BATCH) => match batch {
                 Ok(batch) => {
-                    let handed = hand_out(&daemon, batch.id, batch.events);
-                    if handed == 0 {
+                    let (handed, hold) = hand_out(&daemon, batch.id, batch.events);
+                    if hold {
+                        // Never acknowledged by this process: delivered again after a restart,
+                        // when the run is picked up again.
+                        waiting.insert(batch.id, handed + 1);
+                    } else if handed == 0 {
                         acknowledge(queue.as_ref(), batch.id).await;
                     } else {
                         waiting.insert(batch.id, handed);
@@ -52,10 +56,11 @@ pub(super) async fn route_events(daemon: Arc<Daemon>, mut committed: mpsc::Unbou
     }
 }
 
-/// Sends each run its events of the batch, in order; returns how many runs got some. Events
-/// of runs not being driven (finished: a late or repeated report) are dropped: fencing would
-/// refuse them anyway.
-fn hand_out(daemon: &Daemon, batch: u64, events: Vec<WorkerEvent>) -> usize {
+/// Sends each run its events of the batch, in order; returns how many runs got some, and
+/// whether the batch must stay unacknowledged. Events of finished runs (a late or repeated
+/// report) are dropped: fencing would refuse them anyway. Events of an unfinished run that no
+/// driver drives (its driver failed) are kept in Redis for the next start.
+fn hand_out(daemon: &Daemon, batch: u64, events: Vec<WorkerEvent>) -> (usize, bool) {
     let mut by_run: IndexMap<String, Vec<WorkerEvent>> = IndexMap::new();
     for event in events {
         by_run
@@ -64,14 +69,25 @@ fn hand_out(daemon: &Daemon, batch: u64, events: Vec<WorkerEvent>) -> usize {
             .push(event);
     }
     let mut handed = 0;
+    let mut hold = false;
     for (run, events) in by_run {
         if daemon.send_to_run(&run, RoutedEvent::Worker { batch, events }) {
             handed += 1;
+            continue;
+        }
+        let unfinished = match daemon.engine.store.run(&run) {
+            Ok(Some(record)) => !record.status.is_terminal(),
+            Ok(None) => false,
+            Err(_) => true,
+        };
+        if unfinished {
+            tracing::warn!(run = %run, "Worker events for a run no driver drives; kept for the next start.");
+            hold = true;
         } else {
-            tracing::debug!(run = %run, "Dropped worker events of a run that is not in flight.");
+            tracing::debug!(run = %run, "Dropped worker events of a finished run.");
         }
     }
-    handed
+    (handed, hold)
 }
 
 fn run_of(event: &WorkerEvent) -> &str {

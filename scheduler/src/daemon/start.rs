@@ -132,7 +132,7 @@ impl Daemon {
             })?;
         let run = driver.run().clone();
         tracing::info!(run = %run.id, pipeline = %run.pipeline, trigger = %run.trigger, waiting, "Run started.");
-        self.spawn_driver(driver);
+        self.spawn_driver(driver, false);
         Ok(Started::New(run))
     }
 
@@ -198,6 +198,8 @@ impl Daemon {
         if let Some(handle) = self.lock_runs().get_mut(&run_id) {
             handle.waiting = false;
         }
+        // The next waiting run may have a slot too (a limit above one).
+        self.slot_freed.notify_waiters();
         // A run cancelled while it waited is started and cancelled at once by its driver.
         driver.begin()
     }

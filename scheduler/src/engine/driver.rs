@@ -5,6 +5,7 @@ use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use indexmap::IndexMap;
+use sluice_worker::queue::{QueueError, TaskQueue};
 use sluice_worker::task::{now_ms, Outcome, TaskResult, TaskSpec, WorkerEvent};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +50,8 @@ pub struct RunDriver {
     observer: Box<dyn RunObserver>,
     /// Steps whose next failure is final whatever their retry policy (lost too often).
     give_up: HashSet<String>,
+    /// Tasks given up on, to record in the dead-letter place once committed.
+    dead_letters: Vec<TaskSpec>,
     source: EventSource,
     /// Tasks to queue again on the first turn of the loop (a daemon resuming a run).
     redispatch: Vec<TaskSpec>,
@@ -78,8 +81,6 @@ pub enum RoutedEvent {
         /// In the order workers reported them.
         events: Vec<WorkerEvent>,
     },
-    /// The janitor took a task back from a worker that stopped heartbeating.
-    Lost(Box<TaskSpec>),
     /// Redis lost its data: every task in flight must be queued again.
     Requeue,
 }
@@ -313,6 +314,7 @@ impl RunDriver {
             cancel_deadline: None,
             observer,
             give_up: HashSet::new(),
+            dead_letters: Vec::new(),
             source: EventSource::Queue,
             redispatch: Vec::new(),
         }
@@ -367,6 +369,12 @@ impl RunDriver {
     /// Drives the run to a terminal state; `cancel` cancels it cleanly.
     pub async fn drive(mut self, cancel: CancellationToken) -> Result<RunRecord, EngineError> {
         let mut tasks = std::mem::take(&mut self.redispatch);
+        if cancel.is_cancelled() {
+            // Cancelled before it started (while waiting for a slot, or before a restart):
+            // nothing new is queued.
+            tasks.clear();
+            self.cancel().await;
+        }
         loop {
             self.release_due_retries(now_ms());
             tasks.extend(self.start_ready_steps());
@@ -377,13 +385,10 @@ impl RunDriver {
             if !self.dirty {
                 // Everything applied so far is committed: the queue may forget those events.
                 self.acknowledge_applied().await;
+                self.record_dead_letters().await;
             }
             for task in tasks.drain(..) {
-                self.engine
-                    .queue
-                    .dispatch(task)
-                    .await
-                    .map_err(|_| EngineError::QueueClosed)?;
+                dispatch(self.engine.queue.as_ref(), task).await?;
             }
             if self.in_flight == 0 && self.ready.is_empty() && self.retries.is_empty() {
                 break;
@@ -410,6 +415,15 @@ impl RunDriver {
         self.close_routed();
         self.acknowledge_applied().await;
         Ok(self.run)
+    }
+
+    async fn record_dead_letters(&mut self) {
+        for task in std::mem::take(&mut self.dead_letters) {
+            let reason = format!("lost by workers {MAX_LOST} times");
+            if let Err(err) = self.engine.queue.dead_letter(&task, &reason).await {
+                tracing::warn!(task = %task.key, error = %err, "Could not record a dead letter.");
+            }
+        }
     }
 
     /// Tells the queue (or the daemon's router) that the events applied so far are committed.
@@ -456,36 +470,28 @@ impl RunDriver {
                     applied.push(batch);
                 }
             }
-            RoutedEvent::Lost(task) => self.apply_lost(*task).await,
             RoutedEvent::Requeue => self.requeue_in_flight(),
         }
     }
 
-    /// A worker took the task and stopped heartbeating: the attempt counts as failed (outcome
-    /// `lost`) within the step's retry budget. A step lost [`MAX_LOST`] times is given up on
-    /// and its last task recorded in the queue's dead-letter place.
-    async fn apply_lost(&mut self, task: TaskSpec) {
-        let lost_before = self.steps.get(&task.key.step).map_or(0, |s| {
+    /// A worker took the step and stopped heartbeating (the janitor reported it `lost`): the
+    /// attempt counts within the retry budget, and a step lost [`MAX_LOST`] times is given up
+    /// on, its task recorded in the queue's dead-letter place.
+    fn count_lost(&mut self, name: &str) {
+        let lost_before = self.steps.get(name).map_or(0, |s| {
             s.attempts
                 .iter()
                 .filter(|a| a.outcome.as_deref() == Some(Outcome::Lost.as_str()))
                 .count()
         });
-        let mut result = TaskResult::error(
-            task.key.clone(),
-            "the worker running it stopped heartbeating; its lease expired",
-        );
-        result.outcome = Outcome::Lost;
-        if lost_before + 1 >= MAX_LOST {
-            let reason =
-                format!("lost by workers {MAX_LOST} times; moved to the dead-letter queue");
-            if let Err(err) = self.engine.queue.dead_letter(&task, &reason).await {
-                tracing::warn!(task = %task.key, error = %err, "Could not record a dead letter.");
-            }
-            result.message = Some(reason);
-            self.give_up.insert(task.key.step.clone());
+        if lost_before + 1 < MAX_LOST {
+            return;
         }
-        self.apply_result(result);
+        self.give_up.insert(name.to_string());
+        if let (Some(step), Some(record)) = (self.pipeline.steps.get(name), self.steps.get(name)) {
+            let task = build_task(&self.engine.data_dir, &self.run, step, record, &self.steps);
+            self.dead_letters.push(task);
+        }
     }
 
     /// Redis lost what it held: each queued or running attempt is ended as interrupted (not a
@@ -615,7 +621,7 @@ impl RunDriver {
 
     fn apply_result(&mut self, result: TaskResult) {
         let key = result.key.clone();
-        let Some(record) = self.steps.get_mut(&key.step) else {
+        let Some(record) = self.steps.get(&key.step) else {
             tracing::warn!(task = %key, "Result for an unknown step ignored.");
             return;
         };
@@ -628,6 +634,12 @@ impl RunDriver {
             return;
         }
         self.in_flight -= 1;
+        if result.outcome == Outcome::Lost {
+            self.count_lost(&key.step);
+        }
+        let Some(record) = self.steps.get_mut(&key.step) else {
+            return;
+        };
         let status = match result.outcome {
             Outcome::Succeeded => StepStatus::Succeeded,
             Outcome::Cancelled => StepStatus::Cancelled,
@@ -975,5 +987,22 @@ async fn next_routed(source: &mut EventSource) -> Option<RoutedEvent> {
     match source {
         EventSource::Routed { events, .. } => events.recv().await,
         EventSource::Queue => std::future::pending().await,
+    }
+}
+
+/// Queues a task whose attempt is committed, retrying while the queue fails (Redis away): the
+/// attempt is in the store, and workers claim each attempt once, so sending it again is safe.
+async fn dispatch(queue: &dyn TaskQueue, task: TaskSpec) -> Result<(), EngineError> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match queue.dispatch(task.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(QueueError::Closed) => return Err(EngineError::QueueClosed),
+            Err(err) => {
+                tracing::warn!(task = %task.key, error = %err, retry_in = ?delay, "Could not queue a step; retrying.");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }

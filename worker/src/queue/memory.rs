@@ -35,8 +35,13 @@ impl Default for MemoryQueue {
 }
 
 impl MemoryQueue {
+    /// The next task of the first of `queues` that has one; `*` stands for every queue (the
+    /// in-process workers of `sluice server`, which serve queues added by a reload too).
     fn pop(&self, queues: &[String]) -> Option<TaskSpec> {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        if queues.iter().any(|q| q == "*") {
+            return tasks.values_mut().find_map(VecDeque::pop_front);
+        }
         queues
             .iter()
             .find_map(|q| tasks.get_mut(q).and_then(VecDeque::pop_front))

@@ -26,7 +26,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{EventBatch, QueueError, TaskQueue};
-use crate::task::{now_ms, TaskKey, TaskSpec, WorkerEvent};
+use crate::task::{now_ms, Outcome, TaskKey, TaskResult, TaskSpec, WorkerEvent};
 
 /// Consumer group of workers on every task stream.
 const WORKERS_GROUP: &str = "workers";
@@ -214,6 +214,37 @@ impl RedisQueue {
             .hset(self.key("workers"), &info.name, json)
             .await
             .map_err(redis_error)?;
+        // Renew every entry this worker holds on its queues, including one read ahead and not
+        // yet running: a busy worker's next task must not look abandoned.
+        for queue in &self.config.queues {
+            let stream = self.task_stream(queue);
+            let pending: redis::RedisResult<StreamPendingCountReply> = redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg(WORKERS_GROUP)
+                .arg("-")
+                .arg("+")
+                .arg(1000)
+                .arg(&self.config.consumer)
+                .query_async(&mut con)
+                .await;
+            let ids: Vec<String> = match pending {
+                Ok(reply) => reply.ids.into_iter().map(|p| p.id).collect(),
+                Err(err) if err.code() == Some("NOGROUP") => Vec::new(),
+                Err(err) => return Err(redis_error(err)),
+            };
+            if !ids.is_empty() {
+                redis::cmd("XCLAIM")
+                    .arg(&stream)
+                    .arg(WORKERS_GROUP)
+                    .arg(&self.config.consumer)
+                    .arg(0)
+                    .arg(&ids)
+                    .arg("JUSTID")
+                    .query_async::<Vec<String>>(&mut con)
+                    .await
+                    .map_err(redis_error)?;
+            }
+        }
         let held: Vec<(TaskKey, (String, String))> = self
             .taken
             .lock()
@@ -282,10 +313,11 @@ impl RedisQueue {
     }
 
     /// Scheduler side: takes back tasks of `queue` that a worker took and has not renewed for
-    /// `min_idle` (it died or froze). The caller decides, with its own attempt counts, whether
-    /// each comes back as a new attempt (committed first, then dispatched) or goes to the
-    /// dead-letter stream ([`RedisQueue::dead_letter`]). A Redis failure midway returns what was
-    /// taken back so far: nothing already removed from the stream is lost.
+    /// `min_idle` (it died or froze). Each is replaced, in one transaction, by a `Finished`
+    /// event with outcome `lost` on the events stream: the scheduler applies it like any result
+    /// (fencing, retry budget, dead letter) and acknowledges it only once committed, so a
+    /// scheduler killed in between reads it again. A Redis failure midway returns what was
+    /// taken back so far.
     pub async fn reclaim_idle(
         &self,
         queue: &str,
@@ -327,7 +359,7 @@ impl RedisQueue {
             let Some(claimed) = claimed else { continue };
             match decode::<TaskSpec>(&stream, &claimed, "task") {
                 Ok(task) => {
-                    if let Err(err) = self.forget(&stream, &entry.id).await {
+                    if let Err(err) = self.report_lost(&stream, &entry.id, &task).await {
                         tracing::warn!(error = %err, "Reclaiming stopped midway; the rest waits for the next round.");
                         break;
                     }
@@ -343,6 +375,37 @@ impl RedisQueue {
             }
         }
         Ok(reclaimed)
+    }
+
+    /// Replaces a task entry by a `lost` result on the events stream, atomically.
+    async fn report_lost(&self, stream: &str, id: &str, task: &TaskSpec) -> Result<(), QueueError> {
+        let mut result = TaskResult::error(
+            task.key.clone(),
+            "the worker running it stopped heartbeating; its lease expired",
+        );
+        result.outcome = Outcome::Lost;
+        let event = serde_json::to_string(&WorkerEvent::Finished(result)).unwrap_or_default();
+        let mut con = self.commands.clone();
+        redis::pipe()
+            .atomic()
+            .cmd("XADD")
+            .arg(self.key("events"))
+            .arg("*")
+            .arg("event")
+            .arg(event)
+            .ignore()
+            .cmd("XACK")
+            .arg(stream)
+            .arg(WORKERS_GROUP)
+            .arg(id)
+            .ignore()
+            .cmd("XDEL")
+            .arg(stream)
+            .arg(id)
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(redis_error)
     }
 
     /// Waits `delay` after a Redis failure, unless the queue closes first.
@@ -386,34 +449,17 @@ impl TaskQueue for RedisQueue {
                 received = receiver.recv() => received.ok_or(QueueError::Closed)?,
                 _ = self.closed.cancelled() => return Err(QueueError::Closed),
             };
-            // While it waited here the janitor may have given it to another worker.
-            if !self.still_ours(&stream, &entry.id).await? {
-                continue;
-            }
-            let task: TaskSpec = match decode(&stream, &entry, "task") {
-                Ok(task) => task,
-                Err(err) => {
-                    tracing::error!(error = %err, "Moved an undecodable task to the dead-letter stream.");
-                    self.bury(&stream, &entry.id, "undecodable").await;
-                    continue;
+            // An entry received is this worker's to settle: a Redis error while accepting it
+            // is retried, so it is neither dropped nor left pending unseen.
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match self.accept(&stream, &entry).await {
+                    Ok(Some(task)) => return Ok(task),
+                    Ok(None) => break,
+                    Err(QueueError::Closed) => return Err(QueueError::Closed),
+                    Err(err) => self.back_off(&err, &mut delay).await?,
                 }
-            };
-            if self.is_cancelled(&task.key.run_id).await? {
-                // Its run was cancelled before any worker took it: it never starts.
-                self.forget(&stream, &entry.id).await?;
-                continue;
             }
-            if !self.claim(&task.key).await? {
-                // A restarted scheduler queued an attempt again that a worker already has.
-                tracing::info!(task = %task.key, "Skipped a task another worker already took.");
-                self.forget(&stream, &entry.id).await?;
-                continue;
-            }
-            self.taken
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(task.key.clone(), (stream, entry.id));
-            return Ok(task);
         }
     }
 
@@ -471,13 +517,16 @@ impl TaskQueue for RedisQueue {
                     }
                 }
             }
+            if events.is_empty() {
+                // Nothing the scheduler could apply: nothing to wait for before forgetting it.
+                self.ack_event_ids(id, ids).await?;
+                continue;
+            }
             self.unacked_events
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(id, ids);
-            if !events.is_empty() {
-                return Ok(EventBatch { id, events });
-            }
+            return Ok(EventBatch { id, events });
         }
     }
 
@@ -602,6 +651,46 @@ impl RedisQueue {
             return Err(redis_error(err));
         }
         Ok(())
+    }
+
+    /// Decides what to do with a task entry this worker read: `Some` to run it, `None` when it
+    /// is not to run here (taken back, undecodable, its run cancelled, claimed by another).
+    async fn accept(&self, stream: &str, entry: &StreamId) -> Result<Option<TaskSpec>, QueueError> {
+        // While it waited here the janitor may have given it to another worker.
+        if !self.still_ours(stream, &entry.id).await? {
+            return Ok(None);
+        }
+        let task: TaskSpec = match decode(stream, entry, "task") {
+            Ok(task) => task,
+            Err(err) => {
+                tracing::error!(error = %err, "Moved an undecodable task to the dead-letter stream.");
+                self.bury(stream, &entry.id, "undecodable").await;
+                return Ok(None);
+            }
+        };
+        if self.is_cancelled(&task.key.run_id).await? {
+            // Its run was cancelled before any worker took it: it never starts, and the
+            // scheduler hears so (an attempt it still thinks queued ends).
+            let mut result = TaskResult::error(
+                task.key.clone(),
+                "the run was cancelled before the step started",
+            );
+            result.outcome = Outcome::Cancelled;
+            self.report(WorkerEvent::Finished(result)).await?;
+            self.forget(stream, &entry.id).await?;
+            return Ok(None);
+        }
+        if !self.claim(&task.key).await? {
+            // A restarted scheduler queued an attempt again that a worker already has.
+            tracing::info!(task = %task.key, "Skipped a task another worker already took.");
+            self.forget(stream, &entry.id).await?;
+            return Ok(None);
+        }
+        self.taken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(task.key.clone(), (stream.to_string(), entry.id.clone()));
+        Ok(Some(task))
     }
 
     /// Claims an attempt for this worker: the first taker of a `(run, step, attempt)` wins, so

@@ -235,3 +235,29 @@ fn a_busy_worker_keeps_the_lease_of_the_task_it_read_ahead() {
         assert_eq!(attempts.len(), 1, "{name} was taken back: {attempts:#?}");
     }
 }
+
+#[test]
+fn step_logs_reach_the_scheduler_through_redis_when_the_worker_disk_is_elsewhere() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    cluster.pipeline(
+        "talk",
+        "name: talk\nsteps:\n  say:\n    run: |\n      for i in 1 2 3; do echo \"line $i\"; sleep 0.3; done\n      echo oops >&2\n",
+    );
+    cluster.start_scheduler();
+    let _worker = cluster.start_worker("remote", 1);
+    let run = cluster.trigger("talk");
+    let show = cluster.wait_run(&run, RUN_TIMEOUT);
+    assert_eq!(show["run"]["status"], "succeeded", "{show:#}");
+    // As if the worker had run on another machine: the scheduler cannot see its files.
+    let dir = step(&show, "say")["attempts"][0]["dir"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let out = cluster.client(&["logs", &run, "say"]);
+    assert!(out.status.success(), "{}", sluice_tests::text(&out.stderr));
+    assert_eq!(sluice_tests::text(&out.stdout), "line 1\nline 2\nline 3\n");
+    assert_eq!(sluice_tests::text(&out.stderr), "oops\n");
+}

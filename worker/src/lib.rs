@@ -3,6 +3,7 @@
 
 pub mod executor;
 pub mod gpu;
+pub mod log_stream;
 pub mod logs;
 pub mod pool;
 pub mod queue;

@@ -143,9 +143,21 @@ pub async fn run_worker_with(
                         // Run in a task of its own so a panicking executor still yields a result
                         // and the scheduler is not left waiting for a task it saw start.
                         let (executor, spec) = (executor.clone(), task.clone());
+                        let ended = CancellationToken::new();
+                        let logs = queue.streams_logs().then(|| {
+                            tokio::spawn(crate::log_stream::stream_logs(
+                                queue.clone(),
+                                task.clone(),
+                                ended.clone(),
+                            ))
+                        });
                         let outcome =
                             tokio::spawn(async move { executor.run(&spec, token).await }).await;
                         drop(lease);
+                        ended.cancel();
+                        if let Some(logs) = logs {
+                            let _ = logs.await;
+                        }
                         match outcome {
                             Ok(result) => result,
                             Err(err) => TaskResult::error(

@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{ApiError, ApiState};
 use crate::store::{RunLookup, Store};
+use sluice_worker::task::TaskKey;
 
 /// How often a followed log is checked for more.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -74,6 +75,23 @@ pub(super) async fn logs(
     };
     let path = attempt.dir.join(file);
     let follow = query.follow && !attempt.status.is_terminal();
+    // A worker on another machine, without the data dir shared: its output came through Redis.
+    if let (false, Some(redis)) = (attempt.dir.exists(), state.daemon.redis()) {
+        let key = TaskKey {
+            run_id: run.id.clone(),
+            step: step.clone(),
+            attempt: number,
+        };
+        let stream = file.trim_end_matches(".log").to_string();
+        let body = Body::from_stream(from_redis(
+            redis,
+            key,
+            stream,
+            follow,
+            state.daemon.shutdown_token().clone(),
+        ));
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response());
+    }
     let body = if follow {
         Body::from_stream(follow_file(
             path,
@@ -92,6 +110,45 @@ pub(super) async fn logs(
         }
     };
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}
+
+/// An attempt's output as the worker sent it through Redis; with `follow`, until its end.
+fn from_redis(
+    redis: std::sync::Arc<sluice_worker::queue::RedisQueue>,
+    key: TaskKey,
+    stream: String,
+    follow: bool,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    let state = (redis, key, stream, "0-0".to_string(), false);
+    futures_util::stream::unfold(state, move |(redis, key, stream, after, done)| {
+        let shutdown = shutdown.clone();
+        async move {
+            if done || shutdown.is_cancelled() {
+                return None;
+            }
+            loop {
+                let block = follow.then_some(Duration::from_secs(1));
+                let read = tokio::select! {
+                    read = redis.read_log(&key, &stream, &after, block) => read,
+                    _ = shutdown.cancelled() => return None,
+                };
+                let (chunks, next, complete) = match read {
+                    Ok(read) => read,
+                    Err(err) => {
+                        let err = std::io::Error::other(err.to_string());
+                        return Some((Err(err), (redis, key, stream, after, true)));
+                    }
+                };
+                let no_more = next == after;
+                let end = complete || (!follow && no_more);
+                if !chunks.is_empty() || end {
+                    let bytes = Bytes::from(chunks.concat());
+                    return Some((Ok(bytes), (redis, key, stream, next, end)));
+                }
+            }
+        }
+    })
 }
 
 struct Follow {

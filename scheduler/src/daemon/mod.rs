@@ -213,6 +213,15 @@ impl Daemon {
         }
     }
 
+    /// The Redis queue, when the daemon has one (step logs of workers on other machines are
+    /// read from it).
+    pub fn redis(&self) -> Option<Arc<RedisQueue>> {
+        match &self.workers {
+            Workers::Redis(redis) => Some(redis.clone()),
+            Workers::InProcess(_) => None,
+        }
+    }
+
     /// Whether the daemon can take work: its queue answers.
     pub async fn ready(&self) -> Result<(), String> {
         match &self.workers {

@@ -6,7 +6,7 @@ pub mod redis;
 
 use async_trait::async_trait;
 
-use crate::task::{TaskSpec, WorkerEvent};
+use crate::task::{TaskKey, TaskSpec, WorkerEvent};
 
 pub use self::redis::{Reclaimed, RedisQueue, RedisQueueConfig, WorkerInfo};
 pub use memory::MemoryQueue;
@@ -87,6 +87,23 @@ pub trait TaskQueue: Send + Sync {
 
     /// Worker side: the task's Finished event was reported; its delivery can be forgotten.
     async fn done(&self, _task: &TaskSpec) -> Result<(), QueueError> {
+        Ok(())
+    }
+
+    /// Worker side: whether step logs should be sent through the queue while steps run (for a
+    /// scheduler that cannot read the worker's disk). The in-process queue needs not.
+    fn streams_logs(&self) -> bool {
+        false
+    }
+
+    /// Worker side: a chunk of a running step's output (`stream` is `stdout` or `stderr`);
+    /// `None` says the attempt's output is complete.
+    async fn publish_log(
+        &self,
+        _key: &TaskKey,
+        _stream: &str,
+        _chunk: Option<&[u8]>,
+    ) -> Result<(), QueueError> {
         Ok(())
     }
 

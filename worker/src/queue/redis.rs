@@ -32,6 +32,11 @@ use crate::task::{now_ms, Outcome, TaskKey, TaskResult, TaskSpec, WorkerEvent};
 const WORKERS_GROUP: &str = "workers";
 /// Consumer group of the scheduler on the events stream.
 const SCHEDULER_GROUP: &str = "scheduler";
+/// Chunks kept per attempt's log stream (about; Redis trims whole nodes): with chunks of at
+/// most 64 KiB, a loud step's stream keeps its latest output, not all of it.
+const LOG_MAX_CHUNKS: usize = 2000;
+/// How long a log stream stays in Redis after its last chunk.
+const LOG_TTL_SECS: u64 = 24 * 3600;
 /// How long a claim on an attempt is remembered: longer than any step runs.
 const CLAIM_TTL_SECS: u64 = 7 * 24 * 3600;
 /// How long one blocking read waits before it checks for shutdown.
@@ -611,6 +616,43 @@ impl TaskQueue for RedisQueue {
         Ok(())
     }
 
+    fn streams_logs(&self) -> bool {
+        true
+    }
+
+    async fn publish_log(
+        &self,
+        key: &TaskKey,
+        stream: &str,
+        chunk: Option<&[u8]>,
+    ) -> Result<(), QueueError> {
+        let log = self.log_stream(key);
+        let mut con = self.commands.clone();
+        let mut command = redis::cmd("XADD");
+        command
+            .arg(&log)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(LOG_MAX_CHUNKS)
+            .arg("*")
+            .arg("stream")
+            .arg(stream);
+        match chunk {
+            Some(bytes) => command.arg("data").arg(bytes),
+            None => command.arg("eof").arg(1),
+        };
+        redis::pipe()
+            .add_command(command)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&log)
+            .arg(LOG_TTL_SECS)
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(redis_error)
+    }
+
     fn cancellations(&self) -> broadcast::Receiver<String> {
         self.cancels.subscribe()
     }
@@ -729,6 +771,57 @@ impl RedisQueue {
             .await
             .map_err(redis_error)?;
         Ok(set.is_some())
+    }
+
+    /// `{prefix}logs:{run}:{step}:{attempt}`: a running step's output, in chunks.
+    pub fn log_stream(&self, key: &TaskKey) -> String {
+        format!(
+            "{}logs:{}:{}:{}",
+            self.config.prefix, key.run_id, key.step, key.attempt
+        )
+    }
+
+    /// Scheduler side: chunks of one output stream (`stdout`/`stderr`) of an attempt after
+    /// entry `after` (`0-0` for the start), waiting up to `block` for more when there are none.
+    /// Returns the chunks, the id to read on from, and whether the output is complete.
+    pub async fn read_log(
+        &self,
+        key: &TaskKey,
+        stream: &str,
+        after: &str,
+        block: Option<Duration>,
+    ) -> Result<(Vec<Vec<u8>>, String, bool), QueueError> {
+        let log = self.log_stream(key);
+        let mut command = redis::cmd("XREAD");
+        command.arg("COUNT").arg(256);
+        if let Some(block) = block {
+            command.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        command.arg("STREAMS").arg(&log).arg(after);
+        // Its own connection: a blocking read must not hold up the shared one.
+        let mut con = self
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(redis_error)?;
+        let reply: Option<StreamReadReply> =
+            command.query_async(&mut con).await.map_err(redis_error)?;
+        let mut chunks = Vec::new();
+        let mut last = after.to_string();
+        let mut complete = false;
+        for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+            last = entry.id.clone();
+            let which: Option<String> = entry.get("stream");
+            if which.as_deref() != Some(stream) {
+                continue;
+            }
+            if entry.map.contains_key("eof") {
+                complete = true;
+            } else if let Some(data) = entry.get::<Vec<u8>>("data") {
+                chunks.push(data);
+            }
+        }
+        Ok((chunks, last, complete))
     }
 
     /// Whether Redis answers.

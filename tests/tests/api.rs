@@ -3,7 +3,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use sluice_tests::cluster::{http, lines, run_id_of, Cluster, Proc};
+use sluice_tests::cluster::{http, lines, run_id_of, Cluster, Server};
 use sluice_tests::{process_alive, sluice_bin, step, text, wait_until, Scratch};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -240,30 +240,9 @@ fn sluice_server_runs_pipelines_with_in_process_workers_and_no_redis() {
         "pipelines/local.yaml",
         "name: local\nparams:\n  who: world\nsteps:\n  hello:\n    run: echo \"hello $PARAM_WHO\"\n    outputs: [greeting]\n  save:\n    depends: hello\n    run: echo greeting=done >> \"$SLUICE_OUTPUTS\"\n    outputs: [greeting]\n",
     );
-    let port = sluice_tests::cluster::free_port();
-    let log = scratch.path().join("server.log");
-    let mut child = scratch
-        .sluice()
-        .args([
-            "server",
-            "--pipelines",
-            "pipelines",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert!(line.contains("listening"), "{line}");
-    let _server = Proc { child, log };
-    let server = format!("http://127.0.0.1:{port}");
+    // Kept alive to the end of the test (dropping it kills the server).
+    let running = Server::start(&scratch, &[]);
+    let server = running.url();
 
     let run = |args: &[&str]| {
         let child = std::process::Command::new(sluice_bin())

@@ -189,18 +189,10 @@ fn segment(text: &str) -> String {
 
 /// `sluice trigger`.
 pub fn trigger(args: TriggerArgs) -> anyhow::Result<u8> {
-    let mut params = BTreeMap::new();
-    for pair in &args.params {
-        match pair.split_once('=') {
-            Some((key, value)) if !key.is_empty() => {
-                params.insert(key.to_string(), value.to_string());
-            }
-            _ => {
-                eprintln!("error: `-p {pair}` must be KEY=VALUE");
-                return Ok(EXIT_INVALID);
-            }
-        }
-    }
+    let params = match super::param_pairs(&args.params) {
+        Ok(params) => params,
+        Err(code) => return Ok(code),
+    };
     let api = Api::new(&args.remote.server, args.remote.token.as_deref());
     block_on(async move {
         let path = format!("/api/v1/pipelines/{}/runs", segment(&args.pipeline));

@@ -148,11 +148,14 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<u8> {
             queue: queue.clone(),
             data_dir,
         };
-        let config = DaemonConfig {
-            pipelines_dir: args.serve.pipelines.clone(),
-            lease: args.lease,
-        };
-        let daemon = Daemon::start(engine, config, Workers::Redis(redis), shutdown.clone()).await?;
+        let daemon = start_daemon(
+            engine,
+            &args.serve,
+            args.lease,
+            Workers::Redis(redis),
+            &shutdown,
+        )
+        .await?;
         serve(listener, daemon, args.serve.api_token).await?;
         queue.close();
         Ok(0)
@@ -195,16 +198,15 @@ pub fn server(args: ServerArgs) -> anyhow::Result<u8> {
             queue: queue.clone(),
             data_dir,
         };
-        let config = DaemonConfig {
-            pipelines_dir: args.serve.pipelines.clone(),
-            lease: Duration::from_secs(30),
-        };
         let workers_stop = CancellationToken::new();
-        let daemon = Daemon::start(
+        // The lease only matters with Redis (there is no janitor in-process).
+        let lease = Duration::from_secs(30);
+        let daemon = start_daemon(
             engine,
-            config,
+            &args.serve,
+            lease,
             Workers::InProcess(vec![info]),
-            shutdown.clone(),
+            &shutdown,
         )
         .await?;
         // In-process workers serve every queue, also those a reloaded pipeline adds.
@@ -228,6 +230,20 @@ pub fn server(args: ServerArgs) -> anyhow::Result<u8> {
         sluice_worker::executor::local::kill_running_groups();
         Ok(0)
     })
+}
+
+async fn start_daemon(
+    engine: Engine,
+    serve: &ServeArgs,
+    lease: Duration,
+    workers: Workers,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<Daemon>> {
+    let config = DaemonConfig {
+        pipelines_dir: serve.pipelines.clone(),
+        lease,
+    };
+    Daemon::start(engine, config, workers, shutdown.clone()).await
 }
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {

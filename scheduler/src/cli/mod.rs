@@ -124,6 +124,23 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
+/// `-p KEY=VALUE` flags as a map; `Err` is the exit code, after the bad flag was printed.
+pub fn param_pairs(pairs: &[String]) -> Result<std::collections::BTreeMap<String, String>, u8> {
+    let mut params = std::collections::BTreeMap::new();
+    for pair in pairs {
+        match pair.split_once('=') {
+            Some((key, value)) if !key.is_empty() => {
+                params.insert(key.to_string(), value.to_string());
+            }
+            _ => {
+                eprintln!("error: `-p {pair}` must be KEY=VALUE");
+                return Err(EXIT_INVALID);
+            }
+        }
+    }
+    Ok(params)
+}
+
 /// Formats milliseconds the way people read durations: `850ms`, `3.2s`, `4m05s`.
 pub fn human_ms(ms: u64) -> String {
     if ms < 1000 {

@@ -1,7 +1,6 @@
 //! `sluice run`: the embedded mode. The same engine, store and worker loop as the daemons, with
 //! the in-memory queue and local processes, so one machine needs nothing but this binary.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,18 +98,7 @@ fn prepare_request(file: &Path, args: &RunArgs) -> Result<RunRequest, u8> {
             return Err(EXIT_INVALID);
         }
     };
-    let mut overrides = BTreeMap::new();
-    for pair in &args.params {
-        match pair.split_once('=') {
-            Some((key, value)) if !key.is_empty() => {
-                overrides.insert(key.to_string(), value.to_string());
-            }
-            _ => {
-                eprintln!("error: `-p {pair}` must be KEY=VALUE");
-                return Err(EXIT_INVALID);
-            }
-        }
-    }
+    let overrides = super::param_pairs(&args.params)?;
     if let Err(err) = crate::engine::resolve_params(&loaded.pipeline, &overrides) {
         eprintln!("error: {err}");
         return Err(EXIT_INVALID);

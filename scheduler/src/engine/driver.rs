@@ -387,8 +387,8 @@ impl RunDriver {
                 self.acknowledge_applied().await;
                 self.record_dead_letters().await;
             }
-            for task in tasks.drain(..) {
-                dispatch(self.engine.queue.as_ref(), task).await?;
+            if !tasks.is_empty() {
+                dispatch(self.engine.queue.as_ref(), std::mem::take(&mut tasks)).await?;
             }
             if self.in_flight == 0 && self.ready.is_empty() && self.retries.is_empty() {
                 break;
@@ -992,14 +992,14 @@ async fn next_routed(source: &mut EventSource) -> Option<RoutedEvent> {
 
 /// Queues a task whose attempt is committed, retrying while the queue fails (Redis away): the
 /// attempt is in the store, and workers claim each attempt once, so sending it again is safe.
-async fn dispatch(queue: &dyn TaskQueue, task: TaskSpec) -> Result<(), EngineError> {
+async fn dispatch(queue: &dyn TaskQueue, tasks: Vec<TaskSpec>) -> Result<(), EngineError> {
     let mut delay = Duration::from_millis(100);
     loop {
-        match queue.dispatch(task.clone()).await {
+        match queue.dispatch_batch(tasks.clone()).await {
             Ok(()) => return Ok(()),
             Err(QueueError::Closed) => return Err(EngineError::QueueClosed),
             Err(err) => {
-                tracing::warn!(task = %task.key, error = %err, retry_in = ?delay, "Could not queue a step; retrying.");
+                tracing::warn!(tasks = tasks.len(), error = %err, retry_in = ?delay, "Could not queue steps; retrying.");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }

@@ -47,6 +47,14 @@ pub trait TaskQueue: Send + Sync {
     /// Scheduler side: hands a task to the workers of its queue.
     async fn dispatch(&self, task: TaskSpec) -> Result<(), QueueError>;
 
+    /// Scheduler side: hands several tasks over at once (a transport may send them together).
+    async fn dispatch_batch(&self, tasks: Vec<TaskSpec>) -> Result<(), QueueError> {
+        for task in tasks {
+            self.dispatch(task).await?;
+        }
+        Ok(())
+    }
+
     /// Worker side: waits for the next task from any of `queues`.
     async fn take(&self, queues: &[String]) -> Result<TaskSpec, QueueError>;
 

@@ -92,6 +92,9 @@ pub struct RedisQueue {
     client: redis::Client,
     /// Stream entry of each task this worker took, for its acknowledgement.
     taken: Mutex<HashMap<TaskKey, (String, String)>>,
+    /// Task streams whose workers' group this process made sure of (forgotten when Redis lost
+    /// its data).
+    known_groups: Mutex<std::collections::HashSet<String>>,
     /// Event entries handed to the scheduler and not yet acknowledged, by batch.
     unacked_events: Mutex<BTreeMap<u64, Vec<String>>>,
     next_batch: AtomicU64,
@@ -133,6 +136,7 @@ impl RedisQueue {
             commands,
             client: client.clone(),
             taken: Mutex::new(HashMap::new()),
+            known_groups: Mutex::new(std::collections::HashSet::new()),
             unacked_events: Mutex::new(BTreeMap::new()),
             next_batch: AtomicU64::new(1),
             task_entries: tokio::sync::Mutex::new(None),
@@ -279,12 +283,16 @@ impl RedisQueue {
                     false
                 }
             };
-            if gone {
-                tracing::warn!(task = %key, "Lost the lease of a running task; its result will be refused.");
-                self.taken
+            // Gone because it finished meanwhile (`done` took it out of `taken`) is not lost.
+            let still_held = gone
+                && self
+                    .taken
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .remove(&key);
+                    .remove(&key)
+                    .is_some();
+            if still_held {
+                tracing::warn!(task = %key, "Lost the lease of a running task; its result will be refused.");
                 lost.push(key);
             }
         }
@@ -428,14 +436,44 @@ impl RedisQueue {
 #[async_trait]
 impl TaskQueue for RedisQueue {
     async fn dispatch(&self, task: TaskSpec) -> Result<(), QueueError> {
-        let stream = self.task_stream(&task.queue);
-        self.ensure_group(&stream, WORKERS_GROUP).await?;
-        let json = serde_json::to_string(&task).unwrap_or_default();
+        self.dispatch_batch(vec![task]).await
+    }
+
+    async fn dispatch_batch(&self, tasks: Vec<TaskSpec>) -> Result<(), QueueError> {
+        // The workers' group is created with a stream's first task, so the group sees every
+        // task (a group created later would start after the entries already there).
+        for queue in tasks.iter().map(|t| t.queue.as_str()) {
+            let stream = self.task_stream(queue);
+            let known = self
+                .known_groups
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&stream);
+            if !known {
+                self.ensure_group(&stream, WORKERS_GROUP).await?;
+                self.known_groups
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(stream);
+            }
+        }
         let mut con = self.commands.clone();
-        let _: String = con
-            .xadd(&stream, "*", &[("task", json)])
-            .await
-            .map_err(redis_error)?;
+        // One round trip for many tasks: a wide fan-out queues thousands at once.
+        for chunk in tasks.chunks(512) {
+            let mut pipe = redis::pipe();
+            for task in chunk {
+                let json = serde_json::to_string(task).unwrap_or_default();
+                pipe.cmd("XADD")
+                    .arg(self.task_stream(&task.queue))
+                    .arg("*")
+                    .arg("task")
+                    .arg(json)
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut con)
+                .await
+                .map_err(redis_error)?;
+        }
         Ok(())
     }
 
@@ -570,19 +608,23 @@ impl TaskQueue for RedisQueue {
         let Some((stream, id)) = entry else {
             return Ok(());
         };
+        // Out of `taken` first: a heartbeat that finds the entry gone meanwhile must not take
+        // a finished task for a lost one.
+        self.taken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&task.key);
         let mut delay = Duration::from_millis(100);
         for _ in 0..5 {
             match self.forget(&stream, &id).await {
-                Ok(()) => {
-                    self.taken
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&task.key);
-                    return Ok(());
-                }
+                Ok(()) => return Ok(()),
                 Err(err) => self.back_off(&err, &mut delay).await?,
             }
         }
+        self.taken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(task.key.clone(), (stream, id));
         // Still held in `taken`: heartbeats keep its lease until a later call succeeds.
         Err(QueueError::Redis("could not acknowledge the task".into()))
     }
@@ -671,20 +713,18 @@ impl RedisQueue {
         }
         let stream = self.key("events");
         let mut con = self.commands.clone();
-        let acked: redis::RedisResult<()> = async {
-            redis::cmd("XACK")
-                .arg(&stream)
-                .arg(SCHEDULER_GROUP)
-                .arg(&ids)
-                .query_async::<()>(&mut con)
-                .await?;
-            redis::cmd("XDEL")
-                .arg(&stream)
-                .arg(&ids)
-                .query_async::<()>(&mut con)
-                .await
-        }
-        .await;
+        let acked: redis::RedisResult<()> = redis::pipe()
+            .cmd("XACK")
+            .arg(&stream)
+            .arg(SCHEDULER_GROUP)
+            .arg(&ids)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&stream)
+            .arg(&ids)
+            .ignore()
+            .query_async(&mut con)
+            .await;
         if let Err(err) = acked {
             self.unacked_events
                 .lock()
@@ -698,10 +738,6 @@ impl RedisQueue {
     /// Decides what to do with a task entry this worker read: `Some` to run it, `None` when it
     /// is not to run here (taken back, undecodable, its run cancelled, claimed by another).
     async fn accept(&self, stream: &str, entry: &StreamId) -> Result<Option<TaskSpec>, QueueError> {
-        // While it waited here the janitor may have given it to another worker.
-        if !self.still_ours(stream, &entry.id).await? {
-            return Ok(None);
-        }
         let task: TaskSpec = match decode(stream, entry, "task") {
             Ok(task) => task,
             Err(err) => {
@@ -710,7 +746,30 @@ impl RedisQueue {
                 return Ok(None);
             }
         };
-        if self.is_cancelled(&task.key.run_id).await? {
+        // One round trip: is the entry still this worker's (the janitor may have given it to
+        // another while it waited here), and was its run cancelled before it started?
+        let mut con = self.commands.clone();
+        let (pending, cancelled): (StreamPendingCountReply, bool) = redis::pipe()
+            .cmd("XPENDING")
+            .arg(stream)
+            .arg(WORKERS_GROUP)
+            .arg(&entry.id)
+            .arg(&entry.id)
+            .arg(1)
+            .cmd("SISMEMBER")
+            .arg(self.key("cancelled"))
+            .arg(&task.key.run_id)
+            .query_async(&mut con)
+            .await
+            .map_err(redis_error)?;
+        if !pending
+            .ids
+            .iter()
+            .any(|p| p.consumer == self.config.consumer)
+        {
+            return Ok(None);
+        }
+        if cancelled {
             // Its run was cancelled before any worker took it: it never starts, and the
             // scheduler hears so (an attempt it still thinks queued ends).
             let mut result = TaskResult::error(
@@ -770,6 +829,12 @@ impl RedisQueue {
             .query_async(&mut con)
             .await
             .map_err(redis_error)?;
+        if set.is_some() {
+            self.known_groups
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
         Ok(set.is_some())
     }
 
@@ -968,37 +1033,19 @@ impl RedisQueue {
         receiver
     }
 
-    /// Whether this consumer still holds a task entry (the janitor may have reclaimed it).
-    async fn still_ours(&self, stream: &str, id: &str) -> Result<bool, QueueError> {
-        let mut con = self.commands.clone();
-        let pending: StreamPendingCountReply = redis::cmd("XPENDING")
-            .arg(stream)
-            .arg(WORKERS_GROUP)
-            .arg(id)
-            .arg(id)
-            .arg(1)
-            .query_async(&mut con)
-            .await
-            .map_err(redis_error)?;
-        Ok(pending
-            .ids
-            .iter()
-            .any(|p| p.consumer == self.config.consumer))
-    }
-
     /// Acknowledges and deletes a task entry.
     async fn forget(&self, stream: &str, id: &str) -> Result<(), QueueError> {
         let mut con = self.commands.clone();
-        redis::cmd("XACK")
+        redis::pipe()
+            .cmd("XACK")
             .arg(stream)
             .arg(WORKERS_GROUP)
             .arg(id)
-            .query_async::<()>(&mut con)
-            .await
-            .map_err(redis_error)?;
-        redis::cmd("XDEL")
+            .ignore()
+            .cmd("XDEL")
             .arg(stream)
             .arg(id)
+            .ignore()
             .query_async::<()>(&mut con)
             .await
             .map_err(redis_error)
@@ -1077,9 +1124,30 @@ async fn read_once(
     pending_from: &[Option<String>],
     count: usize,
 ) -> Result<Option<StreamReadReply>, QueueError> {
-    for stream in streams {
-        create_group(commands, stream, group).await?;
+    match read_group(con, streams, group, consumer, pending_from, count).await {
+        // The stream or its group does not exist yet (nothing queued so far, or Redis lost its
+        // data): create them and read again. Checking first on every read would cost a round
+        // trip per read.
+        Err(err) if err.code() == Some("NOGROUP") => {
+            for stream in streams {
+                create_group(commands, stream, group).await?;
+            }
+            read_group(con, streams, group, consumer, pending_from, count)
+                .await
+                .map_err(redis_error)
+        }
+        other => other.map_err(redis_error),
     }
+}
+
+async fn read_group(
+    con: &mut ConnectionManager,
+    streams: &[String],
+    group: &str,
+    consumer: &str,
+    pending_from: &[Option<String>],
+    count: usize,
+) -> redis::RedisResult<Option<StreamReadReply>> {
     let catching_up = pending_from.iter().any(Option::is_some);
     let mut command = redis::cmd("XREADGROUP");
     command
@@ -1099,5 +1167,5 @@ async fn read_once(
         // Catching up re-reads this consumer's own pending entries after the last one seen.
         command.arg(from.as_deref().unwrap_or(">"));
     }
-    command.query_async(con).await.map_err(redis_error)
+    command.query_async(con).await
 }

@@ -995,7 +995,7 @@ async fn next_routed(source: &mut EventSource) -> Option<RoutedEvent> {
 async fn dispatch(queue: &dyn TaskQueue, tasks: Vec<TaskSpec>) -> Result<(), EngineError> {
     let mut delay = Duration::from_millis(100);
     loop {
-        match queue.dispatch_batch(tasks.clone()).await {
+        match queue.dispatch_batch(&tasks).await {
             Ok(()) => return Ok(()),
             Err(QueueError::Closed) => return Err(EngineError::QueueClosed),
             Err(err) => {

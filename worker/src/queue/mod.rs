@@ -48,9 +48,9 @@ pub trait TaskQueue: Send + Sync {
     async fn dispatch(&self, task: TaskSpec) -> Result<(), QueueError>;
 
     /// Scheduler side: hands several tasks over at once (a transport may send them together).
-    async fn dispatch_batch(&self, tasks: Vec<TaskSpec>) -> Result<(), QueueError> {
+    async fn dispatch_batch(&self, tasks: &[TaskSpec]) -> Result<(), QueueError> {
         for task in tasks {
-            self.dispatch(task).await?;
+            self.dispatch(task.clone()).await?;
         }
         Ok(())
     }

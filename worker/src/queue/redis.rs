@@ -436,10 +436,10 @@ impl RedisQueue {
 #[async_trait]
 impl TaskQueue for RedisQueue {
     async fn dispatch(&self, task: TaskSpec) -> Result<(), QueueError> {
-        self.dispatch_batch(vec![task]).await
+        self.dispatch_batch(std::slice::from_ref(&task)).await
     }
 
-    async fn dispatch_batch(&self, tasks: Vec<TaskSpec>) -> Result<(), QueueError> {
+    async fn dispatch_batch(&self, tasks: &[TaskSpec]) -> Result<(), QueueError> {
         // The workers' group is created with a stream's first task, so the group sees every
         // task (a group created later would start after the entries already there).
         for queue in tasks.iter().map(|t| t.queue.as_str()) {

@@ -13,6 +13,7 @@
 # CHAIN_N FANOUT_N` (Celery 5, Redis broker and backend, one worker with 2 prefork processes, no-op
 # Python tasks), so Sluice and Celery see the same noise. One redis-server, one scheduler and two
 # workers (SLOTS slots each; the worker's default is the CPU count) serve all of Sluice's runs.
+# SLUICE=path uses that binary (no build); QUIET, QUIET_WAIT, KEEP and CELERY: see below.
 #
 # Per run (bench/sluice_api.py measure): the wall time the scheduler records (finished_ms -
 # created_ms), steps/s, the dependent-step latency of a chain (started_ms of step i - finished_ms
@@ -25,15 +26,23 @@ CHAIN_N=${1:-1000}
 FANOUT_N=${2:-5000}
 REPEAT=${3:-3}
 SLOTS=${4:-2}
+# Before each measured run, wait (at most QUIET_WAIT s) until the machine's CPUs were at most
+# QUIET busy over 2 s, so another job's burst does not land in one run only.
+QUIET=${QUIET:-0.25}
+QUIET_WAIT=${QUIET_WAIT:-300}
 
-cargo build --release -q -p sluice
-SLUICE=$PWD/target/release/sluice
+# SLUICE=/path/to/sluice uses that binary instead of building target/release/sluice.
+if [ -z "${SLUICE:-}" ]; then cargo build --release -q -p sluice; SLUICE=$PWD/target/release/sluice; fi
 API="python3 $PWD/bench/sluice_api.py"
 WORK=$(mktemp -d)
 PIDS=()
+# KEEP=DIR keeps the raw results and the daemons' logs there.
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ -n "${KEEP:-}" ]; then
+        mkdir -p "$KEEP" && cp "$WORK"/*.jsonl "$WORK"/*.json "$WORK"/*.log "$WORK"/*.err "$WORK"/*.txt "$KEEP"/ 2>/dev/null || true
+    fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -80,19 +89,21 @@ ALL_PIDS="$SCHED_PID,${WORKER_PIDS[0]},${WORKER_PIDS[1]},$REDIS_PID"
 $API measure "$URL" warm --pids "$ALL_PIDS" --chain > /dev/null
 $API measure "$URL" warm --pids "$ALL_PIDS" --chain > /dev/null
 
-CELERY=../shared/peers/celery/run.sh
+# CELERY=none skips Celery (e.g. to try other --slots quickly).
+CELERY=${CELERY:-../shared/peers/celery/run.sh}
 : > "$WORK/results.jsonl"
 for rep in $(seq "$REPEAT"); do
     for wl in chain-noop chain-true fanout-noop fanout-true; do
         flag=; [[ $wl == chain-* ]] && flag=--chain
-        line=$($API measure "$URL" "$wl" --pids "$ALL_PIDS" $flag)
+        line=$($API measure "$URL" "$wl" --pids "$ALL_PIDS" $flag --quiet "$QUIET" --quiet-wait "$QUIET_WAIT")
         echo "$line" >> "$WORK/results.jsonl"
         echo "rep $rep $wl: $line" >&2
     done
     if [ -f "$CELERY" ]; then
+        busy=$($API quiet "$QUIET" "$QUIET_WAIT")
         if bash "$CELERY" "$CHAIN_N" "$FANOUT_N" > "$WORK/celery.txt" 2>&1; then
             echo "rep $rep: $(tr '\n' ' ' < "$WORK/celery.txt")" >&2
-            awk -v rep="$rep" '/^celery (chain|fanout)/ {printf "{\"celery\": \"%s\", \"wall_s\": %s}\n", $2, $4}' \
+            awk -v busy="$busy" '/^celery (chain|fanout)/ {printf "{\"celery\": \"%s\", \"wall_s\": %s, \"busy_before\": %s}\n", $2, $4, busy}' \
                 "$WORK/celery.txt" >> "$WORK/results.jsonl"
         else
             echo "rep $rep: celery failed:" >&2; cat "$WORK/celery.txt" >&2
@@ -129,8 +140,11 @@ med = lambda xs: statistics.median(xs) if xs and None not in xs else None
 def m(wl, key, f=lambda x: x):
     return med([f(r[key]) for r in sl[wl]])
 fmt = lambda x, d=3: "-" if x is None else f"{x:.{d}f}"
+def kids(wl):
+    k = med([r["children_cpu_s"][1] + r["children_cpu_s"][2] for r in sl[wl]])
+    return f" (+ {k:.2f} s)" if k else ""
 print(f"| workload | wall (scheduler) | wall (client) | steps/s | dependent latency p50 / p99 | "
-      f"scheduler CPU | workers CPU | redis CPU | per worker |")
+      f"scheduler CPU | workers CPU (+ step processes) | redis CPU | per worker |")
 print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for wl in ["chain-noop", "chain-true", "fanout-noop", "fanout-true"]:
     n = chain_n if wl.startswith("chain") else fanout_n
@@ -141,7 +155,7 @@ for wl in ["chain-noop", "chain-true", "fanout-noop", "fanout-true"]:
     pw = sl[wl][len(sl[wl]) // 2]["per_worker"]
     print(f"| {n}-step {kind} of {step} | {fmt(m(wl, 'wall_s'))} s | {fmt(m(wl, 'client_s'))} s | "
           f"{fmt(m(wl, 'steps_per_s'), 0)} | {dep} | {fmt(m(wl, 'cpu_s', lambda c: c[0]), 2)} s | "
-          f"{fmt(m(wl, 'cpu_s', lambda c: c[1] + c[2]), 2)} s | {fmt(m(wl, 'cpu_s', lambda c: c[3]), 2)} s | "
+          f"{fmt(m(wl, 'cpu_s', lambda c: c[1] + c[2]), 2)} s{kids(wl)} | {fmt(m(wl, 'cpu_s', lambda c: c[3]), 2)} s | "
           f"{' / '.join(str(v) for _, v in sorted(pw.items()))} |")
 print()
 print("Chain dependent latency, split (median of runs; ms, p50 / p99): worker finished -> next step "
@@ -167,6 +181,13 @@ if cel:
               f"{fmt(c)} s (runs: {', '.join(f'{x:.3f}' for x in cel.get(kind, []))}) | {r(a)} | {r(b)} |")
 print()
 print(f"Repetitions: {repeat}; slots per worker: {slots}.")
+busy = [r["busy_before"] for rs in sl.values() for r in rs if r.get("busy_before") is not None]
+busy += [r["busy_before"] for r in rows if "celery" in r and r.get("busy_before") is not None]
+other = {wl: [r["other_cpu_s"] for r in rs] for wl, rs in sl.items()}
+if busy:
+    print(f"Machine busy before each measured run (share of all CPUs over 2 s): max {max(busy):.2f}.")
+print("CPU seconds of other processes during each Sluice run (noise; includes the polling client): "
+      + "; ".join(f"{wl} {', '.join(f'{x:.2f}' for x in xs)}" for wl, xs in other.items()))
 EOF
 echo
 echo "Worker RSS idle after start (w1 / w2): $WORKER_IDLE_RSS MiB; after the runs, idle: $WORKER_END_RSS MiB"

@@ -23,14 +23,18 @@ CONC=${3:-8}
 FIRST=5000
 (( N < FIRST )) && FIRST=$N
 
-cargo build --release -q -p sluice
-SLUICE=$PWD/target/release/sluice
+# SLUICE=/path/to/sluice uses that binary instead of building target/release/sluice.
+if [ -z "${SLUICE:-}" ]; then cargo build --release -q -p sluice; SLUICE=$PWD/target/release/sluice; fi
 API="python3 $PWD/bench/sluice_api.py"
 WORK=$(mktemp -d)
 PIDS=()
+# KEEP=DIR keeps the raw results and the daemons' logs there.
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ -n "${KEEP:-}" ]; then
+        mkdir -p "$KEEP" && cp "$WORK"/*.jsonl "$WORK"/*.json "$WORK"/*.log "$WORK"/*.err "$WORK"/*.txt "$KEEP"/ 2>/dev/null || true
+    fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -39,6 +43,9 @@ free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0)
 rss() { awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 hwm() { awk '/^VmHWM:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+# CPU seconds of a process (utime + stime), and of the whole machine (not idle, all CPUs).
+cpu_of() { awk -v t="$(getconf CLK_TCK)" '{sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / t}' "/proc/$1/stat"; }
+machine_cpu() { awk -v t="$(getconf CLK_TCK)" 'NR == 1 {printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / t}' /proc/stat; }
 median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR + 1) / 2)]}'; }
 
 mkdir -p "$WORK/pipelines"
@@ -46,7 +53,7 @@ printf 'name: one\nsteps:\n  a: {uses: noop}\n' > "$WORK/pipelines/one.yaml"
 
 REDIS_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no > "$WORK/redis.log" 2>&1 &
-PIDS+=($!)
+REDIS_PID=$!; PIDS+=("$REDIS_PID")
 for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping > /dev/null 2>&1 && break; sleep 0.05; done
 REDIS_URL=redis://127.0.0.1:$REDIS_PORT/
 
@@ -80,6 +87,7 @@ WORKER_IDLE_RSS="$(rss "${WORKER_PIDS[0]}") / $(rss "${WORKER_PIDS[1]}")"
 SCHED_EMPTY_RSS=$(rss "$SCHED_PID")
 
 # Fill the store: FIRST runs, then as many more as the budget allows, up to N.
+CPU0="$(cpu_of "$SCHED_PID") $(cpu_of "${WORKER_PIDS[0]}") $(cpu_of "${WORKER_PIDS[1]}") $(cpu_of "$REDIS_PID") $(machine_cpu)"
 t0=$(now_ms)
 $API flood "$URL" one "$FIRST" --concurrency "$CONC" > "$WORK/flood1.json" 2> "$WORK/flood1.log"
 first_s=$(python3 -c "print(($(now_ms) - $t0) / 1000)")
@@ -93,6 +101,11 @@ if (( rest > 0 )); then
     FLOOD2=$(cat "$WORK/flood2.json")
 fi
 fill_s=$(python3 -c "print(($(now_ms) - $t0) / 1000)")
+CPU1="$(cpu_of "$SCHED_PID") $(cpu_of "${WORKER_PIDS[0]}") $(cpu_of "${WORKER_PIDS[1]}") $(cpu_of "$REDIS_PID") $(machine_cpu)"
+FILL_CPU=$(python3 -c "
+a, b = [float(x) for x in '$CPU0'.split()], [float(x) for x in '$CPU1'.split()]
+d = [y - x for x, y in zip(a, b)]
+print(f'scheduler {d[0]:.1f} s, workers {d[1] + d[2]:.1f} s, redis {d[3]:.1f} s, whole machine {d[4]:.1f} s (the rest: this script\'s client and anything else)')")
 TOTAL=$(( FIRST + rest ))
 SCHED_LOAD_HWM=$(hwm "$SCHED_PID")
 SCHED_LOAD_RSS=$(rss "$SCHED_PID")
@@ -138,7 +151,8 @@ echo "Runs in the store: $TOTAL of $N asked (1-step \`uses: noop\` runs, trigger
 echo "Filling took $fill_s s; the first $FIRST: $first_s s ($(printf %.0f "$rate") runs/s, so $N would take about $est_total s)."
 echo "First batch: $(cat "$WORK/flood1.json")"
 echo "Second batch: $FLOOD2"
-echo "Store on disk: $STORE_SIZE. Newest run id: $STORED."
+echo "CPU while filling: $FILL_CPU."
+echo "Data dir on disk (store and attempt folders): $STORE_SIZE. Newest run id: $STORED."
 echo
 echo "| figure | value |"
 echo "| --- | --- |"

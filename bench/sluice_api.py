@@ -6,14 +6,19 @@ bench/many_runs.sh (standard library only).
         Triggers one run, waits for it (polling the run list every 20 ms, which costs the
         scheduler little), then prints one JSON line: the run's wall time as the scheduler recorded
         it (finished_ms - created_ms), the time the client saw, steps per second, the CPU seconds
-        each process in --pids used meanwhile (/proc/PID/stat utime+stime), and, from the steps'
-        attempts: the dependent-step latency of a chain (started_ms of step i - finished_ms of step
+        each process in --pids used meanwhile (/proc/PID/stat utime+stime; and cutime+cstime,
+        its reaped children: a worker's step processes), the CPU seconds the rest of the machine
+        used meanwhile (noise), and, from the steps' attempts: the dependent-step latency of a chain (started_ms of step i - finished_ms of step
         i-1) split into scheduler (worker finished -> next step queued) and queue (queued -> a
         worker started it) parts, queue waits (started - queued), and steps per worker.
 
     bench/sluice_api.py flood URL PIPELINE N [--concurrency C]
         Triggers N runs with C concurrent keep-alive connections, then waits until all N have
         finished. Prints progress lines and a final JSON line with the trigger and finish rates.
+
+    bench/sluice_api.py quiet MAX_BUSY MAX_WAIT
+        Waits until the machine's CPUs were at most MAX_BUSY (0..1) busy over 2 s, at most
+        MAX_WAIT seconds; prints the busy share last seen. (`measure --quiet` does the same first.)
 
     bench/sluice_api.py rss PID
         Prints VmRSS of PID in KiB.
@@ -30,11 +35,33 @@ import urllib.parse
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid):
-    """utime + stime of a process (fields 14 and 15 of /proc/PID/stat), in seconds."""
+def cpu_seconds(pid, children=False):
+    """utime + stime of a process (fields 14 and 15 of /proc/PID/stat), in seconds; or, with
+    `children`, cutime + cstime (16 and 17: its child processes that it waited for)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    first = 13 if children else 11
+    return (int(fields[first]) + int(fields[first + 1])) / TICK
+
+
+def machine_busy_seconds():
+    """CPU seconds all CPUs spent not idle (first line of /proc/stat; idle + iowait excluded)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / TICK
+
+
+def wait_quiet(max_busy, max_wait):
+    """Waits until the machine's CPUs were at most max_busy busy over 2 s (or max_wait s went
+    by); returns the busy share last seen, 0..1 of all CPUs."""
+    ncpu = os.cpu_count()
+    deadline = time.time() + max_wait
+    while True:
+        b0, t0 = machine_busy_seconds(), time.time()
+        time.sleep(2)
+        busy = (machine_busy_seconds() - b0) / (time.time() - t0) / ncpu
+        if busy <= max_busy or time.time() > deadline:
+            return busy
 
 
 def rss_kib(pid):
@@ -91,7 +118,10 @@ def pct(values, p):
 def measure(args):
     api = Api(args.url)
     pids = [int(p) for p in args.pids.split(",")] if args.pids else []
+    busy_before = wait_quiet(args.quiet, args.quiet_wait) if args.quiet < 1 else None
     cpu0 = [cpu_seconds(p) for p in pids]
+    kids0 = [cpu_seconds(p, children=True) for p in pids]
+    machine0 = machine_busy_seconds()
     t0 = time.perf_counter()
     run = api.trigger(args.pipeline)
     t_posted = time.perf_counter()
@@ -104,6 +134,8 @@ def measure(args):
         time.sleep(0.02)
     t1 = time.perf_counter()
     cpu1 = [cpu_seconds(p) for p in pids]
+    kids1 = [cpu_seconds(p, children=True) for p in pids]
+    machine = machine_busy_seconds() - machine0
     detail = api.call("GET", f"/api/v1/runs/{run_id}")
     r = detail["run"]
     steps = sorted(detail["steps"], key=lambda s: s["index"])
@@ -121,6 +153,12 @@ def measure(args):
         "post_s": t_posted - t0,
         "steps_per_s": len(steps) / wall if wall else None,
         "cpu_s": [round(b - a, 3) for a, b in zip(cpu0, cpu1)],
+        # CPU time of the processes they started and reaped (a worker's step processes).
+        "children_cpu_s": [round(b - a, 3) for a, b in zip(kids0, kids1)],
+        # CPU time of everything else on the machine meanwhile (this client included): noise.
+        "other_cpu_s": round(machine - sum(b - a for a, b in zip(cpu0, cpu1))
+                             - sum(b - a for a, b in zip(kids0, kids1)), 2),
+        "busy_before": None if busy_before is None else round(busy_before, 2),
         "per_worker": {},
     }
     for a in last:
@@ -223,6 +261,12 @@ def main():
     m.add_argument("pipeline")
     m.add_argument("--pids", default="")
     m.add_argument("--chain", action="store_true", help="report dependent-step latency")
+    m.add_argument("--quiet", type=float, default=1.0,
+                   help="first wait until the CPUs are at most this busy (0..1) over 2 s")
+    m.add_argument("--quiet-wait", type=float, default=300, help="wait at most this long")
+    q = sub.add_parser("quiet", help="wait until the machine is quiet; print its busy share")
+    q.add_argument("max_busy", type=float)
+    q.add_argument("max_wait", type=float)
     f = sub.add_parser("flood")
     f.add_argument("url")
     f.add_argument("pipeline")
@@ -235,6 +279,8 @@ def main():
     args = cli.parse_args()
     if args.cmd == "measure":
         measure(args)
+    elif args.cmd == "quiet":
+        print(round(wait_quiet(args.max_busy, args.max_wait), 2))
     elif args.cmd == "flood":
         flood(args)
     else:

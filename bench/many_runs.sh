@@ -15,6 +15,7 @@
 # 3. Stops the scheduler and times `sluice runs --data-dir DATA` (the store read directly, median
 #    of 10, with its peak RSS from /usr/bin/time).
 # Also: an idle worker's VmRSS, and the store's size on disk. Prints Markdown.
+# SLUICE=path uses that binary instead of building; KEEP=DIR keeps the raw outputs and logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-100000}

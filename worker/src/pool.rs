@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::executor::Executor;
 use crate::gpu::{GpuInventory, GpuLease};
 use crate::queue::{QueueError, TaskQueue};
-use crate::task::{now_ms, TaskKey, TaskResult, WorkerEvent};
+use crate::task::{now_ms, StepCommand, TaskKey, TaskResult, WorkerEvent};
 
 /// How a worker loop is set up.
 #[derive(Debug, Clone)]
@@ -144,7 +144,9 @@ pub async fn run_worker_with(
                         // and the scheduler is not left waiting for a task it saw start.
                         let (executor, spec) = (executor.clone(), task.clone());
                         let ended = CancellationToken::new();
-                        let logs = queue.streams_logs().then(|| {
+                        // A built-in step writes no log: nothing to stream.
+                        let writes_logs = !matches!(task.command, StepCommand::Builtin(_));
+                        let logs = (queue.streams_logs() && writes_logs).then(|| {
                             tokio::spawn(crate::log_stream::stream_logs(
                                 queue.clone(),
                                 task.clone(),

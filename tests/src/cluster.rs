@@ -534,3 +534,15 @@ impl Server {
         self.proc.as_ref().map(Proc::log_text).unwrap_or_default()
     }
 }
+
+/// The worker names in the registry of the Redis on `port` (`HKEYS sluice:workers`), through
+/// `redis-cli`; `(false, _)` when it could not be asked.
+pub fn registered_workers(port: u16) -> (bool, String) {
+    match Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "HKEYS", "sluice:workers"])
+        .output()
+    {
+        Ok(out) if out.status.success() => (true, text(&out.stdout)),
+        _ => (false, String::new()),
+    }
+}

@@ -261,3 +261,26 @@ fn step_logs_reach_the_scheduler_through_redis_when_the_worker_disk_is_elsewhere
     assert_eq!(sluice_tests::text(&out.stdout), "line 1\nline 2\nline 3\n");
     assert_eq!(sluice_tests::text(&out.stderr), "oops\n");
 }
+
+#[test]
+fn a_worker_stops_on_sigterm_even_when_redis_is_gone() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    let mut worker = cluster.start_worker("leaving", 1);
+    let port = cluster.redis_port;
+    let registered = || {
+        let (status, body) = sluice_tests::cluster::registered_workers(port);
+        status && body.contains("leaving")
+    };
+    wait_until("the worker to register", RUN_TIMEOUT, registered);
+    cluster.kill_redis();
+    std::thread::sleep(Duration::from_millis(500));
+    worker.signal(Signal::SIGTERM);
+    let mut status = None;
+    wait_until("the worker to exit", RUN_TIMEOUT, || {
+        status = worker.child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(status.unwrap().success(), "{}", worker.log_text());
+}

@@ -390,6 +390,13 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
             tokio::time::sleep(grace).await;
             abandon_after_grace.cancel();
         });
+        // Once steps are handed back, nothing more is reported: close the queue so that a
+        // report still retrying an unreachable Redis gives up instead of holding the exit.
+        let closing = (abandon.clone(), redis.clone());
+        tokio::spawn(async move {
+            closing.0.cancelled().await;
+            closing.1.close();
+        });
         let queue: Arc<dyn TaskQueue> = redis.clone();
         let outcome = run_worker_with(
             queue,
@@ -410,8 +417,13 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
         .await;
         beating.cancel();
         let _ = heartbeats.await;
-        if let Err(err) = redis.unregister(&name).await {
-            tracing::warn!(error = %err, "Could not remove this worker from the registry.");
+        // Best effort: a Redis that is away must not keep a stopping worker alive.
+        match tokio::time::timeout(Duration::from_secs(3), redis.unregister(&name)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "Could not remove this worker from the registry.")
+            }
+            Err(_) => tracing::warn!("Redis did not answer; left this worker in the registry."),
         }
         redis.close();
         outcome?;
@@ -432,7 +444,11 @@ async fn heartbeat(
     loop {
         info.running = busy.load(Ordering::Relaxed);
         info.heartbeat_ms = now_ms();
-        match redis.heartbeat(&info).await {
+        let beat = tokio::select! {
+            beat = redis.heartbeat(&info) => beat,
+            _ = stop.cancelled() => return,
+        };
+        match beat {
             Ok(keys) => {
                 for key in keys {
                     let _ = lost.send(key);

@@ -399,23 +399,15 @@ impl RedisQueue {
         result.outcome = Outcome::Lost;
         let event = serde_json::to_string(&WorkerEvent::Finished(result)).unwrap_or_default();
         let mut con = self.commands.clone();
-        redis::pipe()
-            .atomic()
+        let mut pipe = redis::pipe();
+        pipe.atomic()
             .cmd("XADD")
             .arg(self.key("events"))
             .arg("*")
             .arg("event")
             .arg(event)
-            .ignore()
-            .cmd("XACK")
-            .arg(stream)
-            .arg(WORKERS_GROUP)
-            .arg(id)
-            .ignore()
-            .cmd("XDEL")
-            .arg(stream)
-            .arg(id)
-            .ignore()
+            .ignore();
+        ack_and_delete(&mut pipe, stream, WORKERS_GROUP, id)
             .query_async::<()>(&mut con)
             .await
             .map_err(redis_error)
@@ -713,18 +705,10 @@ impl RedisQueue {
         }
         let stream = self.key("events");
         let mut con = self.commands.clone();
-        let acked: redis::RedisResult<()> = redis::pipe()
-            .cmd("XACK")
-            .arg(&stream)
-            .arg(SCHEDULER_GROUP)
-            .arg(&ids)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&stream)
-            .arg(&ids)
-            .ignore()
-            .query_async(&mut con)
-            .await;
+        let acked: redis::RedisResult<()> =
+            ack_and_delete(&mut redis::pipe(), &stream, SCHEDULER_GROUP, &ids)
+                .query_async(&mut con)
+                .await;
         if let Err(err) = acked {
             self.unacked_events
                 .lock()
@@ -1036,16 +1020,7 @@ impl RedisQueue {
     /// Acknowledges and deletes a task entry.
     async fn forget(&self, stream: &str, id: &str) -> Result<(), QueueError> {
         let mut con = self.commands.clone();
-        redis::pipe()
-            .cmd("XACK")
-            .arg(stream)
-            .arg(WORKERS_GROUP)
-            .arg(id)
-            .ignore()
-            .cmd("XDEL")
-            .arg(stream)
-            .arg(id)
-            .ignore()
+        ack_and_delete(&mut redis::pipe(), stream, WORKERS_GROUP, id)
             .query_async::<()>(&mut con)
             .await
             .map_err(redis_error)
@@ -1087,6 +1062,25 @@ fn decode<T: serde::de::DeserializeOwned>(
     let text: String =
         redis::from_redis_value(value.clone()).map_err(|e| undecodable(e.to_string()))?;
     serde_json::from_str(&text).map_err(|e| undecodable(e.to_string()))
+}
+
+/// Adds to `pipe` what settles stream entries for good: acknowledged in `group` (no longer
+/// pending) and deleted from `stream` (which does not grow with every task ever run).
+fn ack_and_delete<'p>(
+    pipe: &'p mut redis::Pipeline,
+    stream: &str,
+    group: &str,
+    ids: impl redis::ToRedisArgs + Copy,
+) -> &'p mut redis::Pipeline {
+    pipe.cmd("XACK")
+        .arg(stream)
+        .arg(group)
+        .arg(ids)
+        .ignore()
+        .cmd("XDEL")
+        .arg(stream)
+        .arg(ids)
+        .ignore()
 }
 
 fn redis_error(err: redis::RedisError) -> QueueError {

@@ -230,11 +230,6 @@ impl Daemon {
         }
     }
 
-    /// How many runs are being driven now.
-    pub fn runs_in_flight(&self) -> usize {
-        self.lock_runs().len()
-    }
-
     /// Asks a run to stop: queued steps are withdrawn, running ones killed on their workers.
     pub fn cancel(&self, id_or_prefix: &str) -> Result<RunRecord, CancelError> {
         let run = match self.engine.store.lookup_run(id_or_prefix)? {

@@ -902,14 +902,6 @@ impl RedisQueue {
         Ok(queues)
     }
 
-    /// Whether a run was cancelled (for a worker that takes one of its tasks afterwards).
-    pub async fn is_cancelled(&self, run_id: &str) -> Result<bool, QueueError> {
-        let mut con = self.commands.clone();
-        con.sismember(self.key("cancelled"), run_id)
-            .await
-            .map_err(redis_error)
-    }
-
     /// Reads a consumer group in a task of its own and hands entries over a channel of
     /// `capacity`, so callers can stop waiting at any moment without losing an entry to a
     /// blocking read they dropped. With `catch_up`, first re-reads this consumer's own pending

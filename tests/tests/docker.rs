@@ -193,9 +193,36 @@ fn a_container_can_run_as_another_user_and_still_write_its_outputs() {
         .unwrap()
         .to_string();
     assert_eq!(
-        std::fs::read_to_string(format!("{dir}/out/uid")).unwrap(),
+        std::fs::read_to_string(format!("{dir}/step/out/uid")).unwrap(),
         "65534\n"
     );
+    // Its folder is its own, and nobody else's to write.
+    use std::os::unix::fs::MetadataExt;
+    for folder in ["step", "step/out"] {
+        let meta = std::fs::metadata(format!("{dir}/{folder}")).unwrap();
+        assert_eq!(meta.uid(), 65534, "{folder}");
+        assert_eq!(
+            meta.mode() & 0o022,
+            0,
+            "{folder} is writable only by its owner"
+        );
+    }
+}
+
+#[test]
+fn a_container_cannot_reach_its_logs_or_replace_them() {
+    if !docker_ready() {
+        return;
+    }
+    let s = Scratch::new();
+    let file = pipeline(
+        &s,
+        "name: swap\nsteps:\n  sneaky: {image: IMAGE, pull: never, run: 'echo before; ln -sf /etc/shadow $SLUICE_OUT/../../stdout.log 2>/dev/null || echo refused; echo after'}\n",
+    );
+    let out = s.run(&["run", &file]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let logs = s.run(&["logs", &s.latest_run_id(), "sneaky"]);
+    assert_eq!(text(&logs.stdout), "before\nrefused\nafter\n");
 }
 
 #[test]
@@ -379,7 +406,7 @@ fn local_gpu_steps_get_devices_of_their_own() {
             .as_str()
             .unwrap()
             .to_string();
-        std::fs::read_to_string(format!("{dir}/out/devices"))
+        std::fs::read_to_string(format!("{dir}/step/out/devices"))
             .unwrap()
             .trim()
             .to_string()

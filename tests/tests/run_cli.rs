@@ -44,7 +44,7 @@ steps:
         .as_str()
         .unwrap()
         .to_string();
-    let said = std::fs::read_to_string(format!("{dir}/out/said")).unwrap();
+    let said = std::fs::read_to_string(format!("{dir}/step/out/said")).unwrap();
     assert_eq!(said, format!("{hostile}|3"));
     assert!(!s.path().join("pwned").exists() && !s.path().join("pwned2").exists());
 }
@@ -224,7 +224,7 @@ steps:
         .unwrap()
         .to_string();
     assert_eq!(
-        std::fs::read_to_string(format!("{dir}/out/copy")).unwrap(),
+        std::fs::read_to_string(format!("{dir}/step/out/copy")).unwrap(),
         "model\n"
     );
     assert_eq!(step(&show, "low")["status"], "skipped");
@@ -305,7 +305,7 @@ fn parallelism_caps_how_many_steps_run_at_once() {
             .as_str()
             .unwrap()
             .to_string();
-        let seen: usize = std::fs::read_to_string(format!("{dir}/out/seen"))
+        let seen: usize = std::fs::read_to_string(format!("{dir}/step/out/seen"))
             .unwrap()
             .trim()
             .parse()

@@ -245,7 +245,9 @@ fn a_new_file_in_a_watched_folder_starts_one_run_also_across_restarts() {
         "name: landing\nparams:\n  path: {type: string}\ntriggers:\n  - watch: {path: ../landing, pattern: \"*.csv\"}\nsteps:\n  a:\n    run: cat \"$PARAM_PATH\"\n",
     );
     std::fs::create_dir_all(scratch.path().join("landing")).unwrap();
-    let mut server = Server::start(&scratch, &[]);
+    // Outside the pipelines folder: the daemon reads it only when told it may.
+    let landing = scratch.path().join("landing").display().to_string();
+    let mut server = Server::start(&scratch, &[("SLUICE_ALLOW_WATCH", &landing)]);
     scratch.write("landing/ignored.txt", "not a csv");
     scratch.write("landing/a.csv", "x,y\n1,2\n");
     wait_until("a run for a.csv", TIMEOUT, || server.runs().len() == 1);

@@ -7,4 +7,5 @@ pub mod log_stream;
 pub mod logs;
 pub mod pool;
 pub mod queue;
+pub mod safe_fs;
 pub mod task;

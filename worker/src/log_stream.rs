@@ -20,17 +20,36 @@ use crate::task::TaskSpec;
 const POLL: Duration = Duration::from_millis(250);
 /// Largest chunk published at once.
 const CHUNK: usize = 64 * 1024;
+/// Most bytes of one stream sent through the queue; Redis keeps about this much of a log
+/// anyway, and a step that prints more keeps the rest in the worker's file.
+const STREAM_CAP: u64 = 128 * 1024 * 1024;
+
+/// One of the attempt's two log files, as far as it was sent.
+struct Tail {
+    name: &'static str,
+    path: PathBuf,
+    /// Held once opened, so the bytes sent are those the executor writes even if the step
+    /// replaces the file's name with something else.
+    file: Option<tokio::fs::File>,
+    offset: u64,
+}
 
 /// Publishes `task`'s output until `ended` fires, then the rest and the end markers.
 pub async fn stream_logs(queue: Arc<dyn TaskQueue>, task: TaskSpec, ended: CancellationToken) {
+    let tail = |name, path| Tail {
+        name,
+        path,
+        file: None,
+        offset: 0,
+    };
     let mut files = [
-        ("stdout", task.stdout_log(), 0u64),
-        ("stderr", task.stderr_log(), 0u64),
+        tail("stdout", task.stdout_log()),
+        tail("stderr", task.stderr_log()),
     ];
     loop {
         let last = ended.is_cancelled();
-        for (name, path, offset) in &mut files {
-            publish_new(queue.as_ref(), &task, name, path, offset).await;
+        for file in &mut files {
+            publish_new(queue.as_ref(), &task, file).await;
         }
         if last {
             break;
@@ -40,36 +59,67 @@ pub async fn stream_logs(queue: Arc<dyn TaskQueue>, task: TaskSpec, ended: Cance
             _ = ended.cancelled() => {}
         }
     }
-    for (name, _, _) in &files {
-        if let Err(err) = queue.publish_log(&task.key, name, None).await {
+    for file in &files {
+        if let Err(err) = queue.publish_log(&task.key, file.name, None).await {
             tracing::warn!(task = %task.key, error = %err, "Could not send the end of a step's log.");
         }
     }
 }
 
-async fn publish_new(
-    queue: &dyn TaskQueue,
-    task: &TaskSpec,
-    name: &str,
-    path: &PathBuf,
-    offset: &mut u64,
-) {
-    let Ok(mut file) = tokio::fs::File::open(path).await else {
-        return; // Not created yet.
+async fn publish_new(queue: &dyn TaskQueue, task: &TaskSpec, tail: &mut Tail) {
+    if tail.offset >= STREAM_CAP {
+        return;
+    }
+    // A handle whose file lost its name belongs to an earlier delivery of this attempt, which
+    // the executor replaced: open the new one.
+    let replaced = match &tail.file {
+        Some(file) => file
+            .metadata()
+            .await
+            .is_ok_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) == 0),
+        None => true,
     };
-    if file.seek(SeekFrom::Start(*offset)).await.is_err() {
+    if replaced {
+        match crate::safe_fs::open_regular(&tail.path) {
+            Ok(Some(file)) => {
+                tail.file = Some(tokio::fs::File::from_std(file));
+                tail.offset = 0;
+            }
+            Ok(None) => return, // Not created yet.
+            Err(err) => {
+                if tail.file.is_none() {
+                    tracing::warn!(task = %task.key, log = tail.name, error = %err, "Not streaming a step's log.");
+                }
+                return;
+            }
+        }
+    }
+    let Some(file) = tail.file.as_mut() else {
+        return;
+    };
+    if file.seek(SeekFrom::Start(tail.offset)).await.is_err() {
         return;
     }
     let mut buf = vec![0u8; CHUNK];
-    loop {
+    while tail.offset < STREAM_CAP {
         let n = match file.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if let Err(err) = queue.publish_log(&task.key, name, Some(&buf[..n])).await {
+        if let Err(err) = queue
+            .publish_log(&task.key, tail.name, Some(&buf[..n]))
+            .await
+        {
             // The file keeps it all; the live view misses this chunk.
             tracing::debug!(task = %task.key, error = %err, "Could not send a log chunk.");
         }
-        *offset += n as u64;
+        tail.offset += n as u64;
     }
+    let note = format!(
+        "\n[sluice: this log passed {} MiB; the rest stays in the worker's file]\n",
+        STREAM_CAP >> 20
+    );
+    let _ = queue
+        .publish_log(&task.key, tail.name, Some(note.as_bytes()))
+        .await;
 }

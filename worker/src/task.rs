@@ -107,7 +107,7 @@ pub struct TaskSpec {
     /// Working directory of the process. For an image step: a path inside the container, or
     /// empty for the image's own.
     pub workdir: PathBuf,
-    /// Folder of this attempt: `out/`, `in/`, logs, outputs and metrics files live here.
+    /// Folder of this attempt: the logs, and `step/` with `out/`, `in/`, outputs and metrics.
     pub attempt_dir: PathBuf,
     /// Upstream step name to the folder holding its outputs, linked as `in/<step>`.
     pub inputs: Vec<(String, PathBuf)>,
@@ -117,33 +117,55 @@ pub struct TaskSpec {
     pub timeout: Option<Duration>,
 }
 
+/// The folder inside an attempt's folder that the step may write: `out/`, `in/`, the outputs
+/// and metrics files. Logs and the process record sit beside it, out of a container's reach.
+pub const STEP_DIR: &str = "step";
+
+/// Where the outputs of the attempt whose folder is `attempt_dir` are: its `$SLUICE_OUT`.
+pub fn out_dir_of(attempt_dir: &std::path::Path) -> PathBuf {
+    attempt_dir.join(STEP_DIR).join("out")
+}
+
 /// Paths inside an attempt's folder, named once.
 impl TaskSpec {
+    /// The part of the attempt's folder the step may write (mounted into its container).
+    pub fn step_dir(&self) -> PathBuf {
+        self.attempt_dir.join(STEP_DIR)
+    }
     /// `$SLUICE_OUT`.
     pub fn out_dir(&self) -> PathBuf {
-        self.attempt_dir.join("out")
+        out_dir_of(&self.attempt_dir)
     }
     /// `$SLUICE_IN`.
     pub fn in_dir(&self) -> PathBuf {
-        self.attempt_dir.join("in")
+        self.step_dir().join("in")
     }
     /// `$SLUICE_OUTPUTS`.
     pub fn outputs_file(&self) -> PathBuf {
-        self.attempt_dir.join("outputs.env")
+        self.step_dir().join(OUTPUTS_FILE)
     }
     /// `$SLUICE_METRICS`.
     pub fn metrics_file(&self) -> PathBuf {
-        self.attempt_dir.join("metrics.json")
+        self.step_dir().join(METRICS_FILE)
     }
-    /// Captured standard output.
+    /// Captured standard output: written by Sluice, outside the step's folder.
     pub fn stdout_log(&self) -> PathBuf {
-        self.attempt_dir.join("stdout.log")
+        self.attempt_dir.join(STDOUT_LOG)
     }
     /// Captured standard error.
     pub fn stderr_log(&self) -> PathBuf {
-        self.attempt_dir.join("stderr.log")
+        self.attempt_dir.join(STDERR_LOG)
     }
 }
+
+/// Name of `$SLUICE_OUTPUTS` in the step's folder.
+pub const OUTPUTS_FILE: &str = "outputs.env";
+/// Name of `$SLUICE_METRICS` in the step's folder.
+pub const METRICS_FILE: &str = "metrics.json";
+/// Name of the captured standard output in the attempt's folder.
+pub const STDOUT_LOG: &str = "stdout.log";
+/// Name of the captured standard error in the attempt's folder.
+pub const STDERR_LOG: &str = "stderr.log";
 
 /// How an attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

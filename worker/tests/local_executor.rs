@@ -7,65 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sluice_worker::executor::{Executor, LocalExecutor};
-use sluice_worker::task::{Outcome, StepCommand, TaskKey, TaskResult, TaskSpec};
+use sluice_worker::task::{Outcome, StepCommand, TaskSpec};
 use tokio_util::sync::CancellationToken;
 
-/// The longest any single executor run may take in these tests before we call it a hang.
-const RUN_LIMIT: Duration = Duration::from_secs(60);
-
-/// A task whose workdir is `dir` and whose attempt folder is `dir/attempt`.
-fn task(dir: &Path, command: StepCommand) -> TaskSpec {
-    TaskSpec {
-        key: TaskKey {
-            run_id: "run-1".to_string(),
-            step: "step".to_string(),
-            attempt: 1,
-        },
-        pipeline: "tests".to_string(),
-        queue: "default".to_string(),
-        command,
-        image: None,
-        pull: Default::default(),
-        user: None,
-        resources: Default::default(),
-        gpus: Vec::new(),
-        env: Vec::new(),
-        secrets: Vec::new(),
-        workdir: dir.to_path_buf(),
-        attempt_dir: dir.join("attempt"),
-        inputs: Vec::new(),
-        outputs: Vec::new(),
-        timeout: None,
-    }
-}
-
-fn sh(text: &str) -> StepCommand {
-    StepCommand::Shell(text.to_string())
-}
-
-/// Puts the `SLUICE_*` paths into the task's env, as the scheduler would.
-fn with_sluice_env(mut t: TaskSpec) -> TaskSpec {
-    let vars = [
-        ("SLUICE_OUT", t.out_dir()),
-        ("SLUICE_IN", t.in_dir()),
-        ("SLUICE_OUTPUTS", t.outputs_file()),
-        ("SLUICE_METRICS", t.metrics_file()),
-    ];
-    for (name, path) in vars {
-        t.env.push((name.to_string(), path.display().to_string()));
-    }
-    t
-}
-
-async fn run_with(executor: &LocalExecutor, t: &TaskSpec, cancel: CancellationToken) -> TaskResult {
-    tokio::time::timeout(RUN_LIMIT, executor.run(t, cancel))
-        .await
-        .expect("the executor did not return within the test's limit")
-}
-
-async fn run(t: &TaskSpec) -> TaskResult {
-    run_with(&LocalExecutor::default(), t, CancellationToken::new()).await
-}
+mod common;
+use common::*;
 
 fn read(path: impl AsRef<Path>) -> String {
     let path = path.as_ref();
@@ -223,8 +169,9 @@ async fn a_log_that_cannot_be_written_is_an_error_not_a_hang() {
         dir.path(),
         sh("head -c 20000000 /dev/zero; echo finished >&2"),
     );
-    std::fs::create_dir_all(&t.attempt_dir).unwrap();
-    std::os::unix::fs::symlink("/dev/full", t.stdout_log()).unwrap();
+    let Some(_disk) = SmallDisk::at(&t.attempt_dir, false) else {
+        return;
+    };
     let result = run(&t).await;
     assert_eq!(result.outcome, Outcome::Error, "{result:?}");
     let message = result.message.unwrap_or_default();
@@ -236,12 +183,49 @@ async fn a_small_output_to_a_full_disk_is_an_error_too() {
     // Less than one buffer: the failure only shows when the log is flushed at the end.
     let dir = tempfile::tempdir().unwrap();
     let t = task(dir.path(), sh("echo hello"));
-    std::fs::create_dir_all(&t.attempt_dir).unwrap();
-    std::os::unix::fs::symlink("/dev/full", t.stdout_log()).unwrap();
+    let Some(_disk) = SmallDisk::at(&t.attempt_dir, true) else {
+        return;
+    };
     let result = run(&t).await;
     assert_eq!(result.outcome, Outcome::Error, "{result:?}");
     let message = result.message.unwrap_or_default();
     assert!(message.contains("log"), "message: {message}");
+}
+
+/// A 256 KiB tmpfs mounted for the length of a test: a disk that really fills up. Mounting
+/// needs root (CI runs as root); elsewhere the test says why it did nothing.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// Mounts it at `path`; with `full`, fills it before the step runs.
+    fn at(path: &Path, full: bool) -> Option<SmallDisk> {
+        std::fs::create_dir_all(path).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: mounting a small tmpfs needs root");
+            return None;
+        }
+        let disk = SmallDisk(path.to_path_buf());
+        if full {
+            // The executor empties the attempt's folder, not its parent: fill from beside it.
+            let filler = std::fs::File::create(path.join("filler")).unwrap();
+            let _ = std::io::Write::write_all(&mut &filler, &vec![0u8; 1 << 20]);
+        }
+        Some(disk)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,5 @@
 //! A step attempt's log, whole or followed while the step runs.
 
-use std::io::SeekFrom;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncReadExt;
 
 use super::{ApiError, ApiState};
 use crate::store::{RunLookup, Store};
@@ -75,8 +74,16 @@ pub(super) async fn logs(
     };
     let path = attempt.dir.join(file);
     let follow = query.follow && !attempt.status.is_terminal();
-    // A worker on another machine, without the data dir shared: its output came through Redis.
-    if let (false, Some(redis)) = (attempt.dir.exists(), state.daemon.redis()) {
+    // Never through a link, never a FIFO or device: a step may have replaced its log's name.
+    let opened = match sluice_worker::safe_fs::open_regular(&path) {
+        Ok(file) => Ok(file),
+        Err(sluice_worker::safe_fs::UnsafeFile::Io(err)) => return Err(ApiError::internal(err)),
+        Err(unsafe_file) => Err(unsafe_file),
+    };
+    // A worker on another machine, without the data dir shared, sent its output through Redis;
+    // so did the worker of a step that tampered with the file (from the file it held open).
+    let local = attempt.dir.exists() && opened.is_ok();
+    if let (false, Some(redis)) = (local, state.daemon.redis()) {
         let key = TaskKey {
             run_id: run.id.clone(),
             step: step.clone(),
@@ -92,23 +99,24 @@ pub(super) async fn logs(
         ));
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response());
     }
-    let body = if follow {
-        Body::from_stream(follow_file(
-            path,
-            store,
-            run.id.clone(),
-            step.clone(),
-            number,
-            state.daemon.shutdown_token().clone(),
-        ))
-    } else {
-        match tokio::fs::read(&path).await {
-            Ok(bytes) => Body::from(bytes),
-            // Not written yet (queued) or never (the attempt did not start).
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Body::empty(),
-            Err(err) => return Err(ApiError::internal(err)),
-        }
-    };
+    let opened = opened.map_err(|why| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            format!("the {file} of `{step}` attempt {number} {why}; it is not served"),
+        )
+    })?;
+    // Sent in chunks as it is read: a large log costs the server a chunk, not its size.
+    let body = Body::from_stream(stream_file(Follow {
+        path,
+        file: opened.map(tokio::fs::File::from_std),
+        store,
+        run: run.id.clone(),
+        step: step.clone(),
+        attempt: number,
+        follow,
+        done: false,
+        shutdown: state.daemon.shutdown_token().clone(),
+    }));
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
@@ -153,48 +161,31 @@ fn from_redis(
 
 struct Follow {
     path: PathBuf,
+    /// The log, once it exists; held, so a name the step swaps later changes nothing.
+    file: Option<tokio::fs::File>,
     store: Store,
     run: String,
     step: String,
     attempt: u32,
-    offset: u64,
+    /// Wait for more until the attempt ends, instead of stopping at the end of the file.
+    follow: bool,
     done: bool,
     /// The daemon stopping ends the response (otherwise it would wait for it forever).
     shutdown: tokio_util::sync::CancellationToken,
 }
 
-/// Sends what the file has, then more as it grows, until the attempt is over and all of it
-/// was sent.
-fn follow_file(
-    path: PathBuf,
-    store: Store,
-    run: String,
-    step: String,
-    attempt: u32,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
-    let state = Follow {
-        path,
-        store,
-        run,
-        step,
-        attempt,
-        offset: 0,
-        done: false,
-        shutdown,
-    };
+/// Sends what the file has, then (when following) more as it grows, until the attempt is over
+/// and all of it was sent.
+fn stream_file(state: Follow) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     futures_util::stream::unfold(state, |mut state| async move {
         loop {
             if state.done || state.shutdown.is_cancelled() {
                 return None;
             }
             // Whether the attempt was over before this read: then what is read is the last.
-            let over = attempt_over(&state);
-            match read_from(&state.path, state.offset).await {
-                Ok(bytes) if !bytes.is_empty() => {
-                    state.offset += bytes.len() as u64;
-                    return Some((Ok(Bytes::from(bytes)), state));
-                }
+            let over = !state.follow || attempt_over(&state);
+            match read_more(&mut state).await {
+                Ok(bytes) if !bytes.is_empty() => return Some((Ok(Bytes::from(bytes)), state)),
                 Ok(_) if over => return None,
                 Ok(_) => {}
                 Err(err) => {
@@ -221,13 +212,17 @@ fn attempt_over(state: &Follow) -> bool {
     }
 }
 
-async fn read_from(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
-    let mut file = match tokio::fs::File::open(path).await {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(err) => return Err(err),
+async fn read_more(state: &mut Follow) -> std::io::Result<Vec<u8>> {
+    if state.file.is_none() {
+        state.file = match sluice_worker::safe_fs::open_regular(&state.path) {
+            Ok(file) => file.map(tokio::fs::File::from_std),
+            Err(sluice_worker::safe_fs::UnsafeFile::Io(err)) => return Err(err),
+            Err(why) => return Err(std::io::Error::other(format!("the log {why}"))),
+        };
+    }
+    let Some(file) = state.file.as_mut() else {
+        return Ok(Vec::new()); // Not written yet.
     };
-    file.seek(SeekFrom::Start(offset)).await?;
     let mut buf = vec![0; CHUNK];
     let n = file.read(&mut buf).await?;
     buf.truncate(n);

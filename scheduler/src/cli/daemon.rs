@@ -38,6 +38,14 @@ pub struct ServeArgs {
     /// Token that writes to the API (trigger, cancel, reload) must bring as `Bearer`.
     #[arg(long, env = "SLUICE_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// A folder outside `--pipelines` that `watch:` triggers may read (repeat, or separate with
+    /// commas); a pipeline watching any other folder is refused.
+    #[arg(
+        long = "allow-watch",
+        env = "SLUICE_ALLOW_WATCH",
+        value_delimiter = ','
+    )]
+    pub allow_watch: Vec<PathBuf>,
     #[command(flatten)]
     pub data: DataDirArg,
 }
@@ -241,6 +249,7 @@ async fn start_daemon(
 ) -> anyhow::Result<Arc<Daemon>> {
     let config = DaemonConfig {
         pipelines_dir: serve.pipelines.clone(),
+        watch_allowed: serve.allow_watch.clone(),
         lease,
     };
     Daemon::start(engine, config, workers, shutdown.clone()).await

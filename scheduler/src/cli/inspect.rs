@@ -1,7 +1,7 @@
 //! `sluice runs`, `sluice show` and `sluice logs`: reading what the store recorded.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
 use clap::Args;
@@ -306,14 +306,16 @@ pub fn logs(args: LogsArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn copy_file(path: &PathBuf, out: &mut impl Write) -> anyhow::Result<()> {
-    match std::fs::File::open(path) {
-        Ok(mut file) => {
+/// Copies a log to `out`, never through a link or from a FIFO or device: the step may have
+/// replaced the file's name.
+fn copy_file(path: &Path, out: &mut impl Write) -> anyhow::Result<()> {
+    match sluice_worker::safe_fs::open_regular(path) {
+        Ok(Some(mut file)) => {
             std::io::copy(&mut file, out)?;
             Ok(())
         }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(anyhow::anyhow!("cannot read {}: {err}", path.display())),
+        Ok(None) => Ok(()),
+        Err(err) => Err(anyhow::anyhow!("cannot read {}: it {err}", path.display())),
     }
 }
 

@@ -33,11 +33,31 @@ pub struct LoadError {
 
 impl Catalog {
     /// Loads every `*.yaml`/`*.yml` under `dir`. A folder that cannot be read is an error; a file
-    /// that does not validate is recorded in `errors` and logged.
-    pub fn load(dir: &Path) -> std::io::Result<Catalog> {
+    /// that does not validate is recorded in `errors` and logged. A `watch:` folder must lie
+    /// inside `dir` or inside one of `watch_allowed` (a pipeline file must not make the daemon
+    /// read any folder of the host).
+    pub fn load(dir: &Path, watch_allowed: &[PathBuf]) -> std::io::Result<Catalog> {
         let mut catalog = Catalog::default();
+        let mut roots = vec![dir.canonicalize()?];
+        roots.extend(watch_allowed.iter().map(|p| resolved(p)));
         for file in spec::find_pipeline_files(&[dir.to_path_buf()])? {
             match spec::load_file(&file, spec::DEFAULT_MAX_FILE_BYTES) {
+                Ok(loaded) if !watches_outside(&loaded, &roots).is_empty() => {
+                    let problems = watches_outside(&loaded, &roots)
+                        .into_iter()
+                        .map(|folder| format!(
+                            "{}: `watch` folder {} is outside the pipelines folder; let the daemon read it with `--allow-watch {}`",
+                            file.display(),
+                            folder.display(),
+                            folder.display()
+                        ))
+                        .collect();
+                    catalog.errors.push(LoadError {
+                        file: file.clone(),
+                        problems,
+                        serving_last_good: None,
+                    });
+                }
                 Ok(loaded) => {
                     let name = loaded.pipeline.name.clone();
                     if let Some(first) = catalog.pipelines.get(&name) {
@@ -76,8 +96,12 @@ impl Catalog {
 
     /// Loads `dir` again; a file that no longer validates keeps the version `previous` had of
     /// it, so a bad commit does not stop the schedule of a pipeline that worked.
-    pub fn reload(dir: &Path, previous: &Catalog) -> std::io::Result<Catalog> {
-        let mut catalog = Catalog::load(dir)?;
+    pub fn reload(
+        dir: &Path,
+        watch_allowed: &[PathBuf],
+        previous: &Catalog,
+    ) -> std::io::Result<Catalog> {
+        let mut catalog = Catalog::load(dir, watch_allowed)?;
         for error in &mut catalog.errors {
             let last_good = previous
                 .pipelines
@@ -108,5 +132,130 @@ impl Catalog {
             }
         }
         hasher.finish()
+    }
+}
+
+/// The `watch:` folders of `loaded` that lie inside none of `roots`.
+fn watches_outside(loaded: &LoadedPipeline, roots: &[PathBuf]) -> Vec<PathBuf> {
+    let base = loaded
+        .path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    loaded
+        .pipeline
+        .triggers
+        .iter()
+        .filter_map(|trigger| match trigger {
+            spec::Trigger::Watch { path, .. } => Some(resolved(&base.join(path))),
+            _ => None,
+        })
+        .filter(|folder| !roots.iter().any(|root| folder.starts_with(root)))
+        .collect()
+}
+
+/// `path` with links resolved where it exists, and `..` taken away by hand where it does not
+/// (a watched folder may be made after the pipeline is loaded).
+fn resolved(path: &Path) -> PathBuf {
+    if let Ok(real) = path.canonicalize() {
+        return real;
+    }
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    // The part that exists may itself be a link: resolve the longest existing prefix.
+    let mut existing = out.clone();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (
+            existing.file_name().map(|n| n.to_os_string()),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => return out,
+        }
+    }
+    let mut real = existing.canonicalize().unwrap_or(existing);
+    real.extend(rest.iter().rev());
+    real
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    #[test]
+    fn links_out_of_the_folder_and_loops_are_not_followed_and_fifos_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let pipelines = dir.path().join("pipelines");
+        std::fs::create_dir(&pipelines).unwrap();
+        write(
+            &pipelines,
+            "good.yaml",
+            "name: good\nsteps:\n  a: {run: 'true'}\n",
+        );
+        let outside = dir.path().join("secret.yaml");
+        write(dir.path(), "secret.yaml", "hunter2: the host's secret\n");
+        std::os::unix::fs::symlink(&outside, pipelines.join("shadow.yaml")).unwrap();
+        std::os::unix::fs::symlink("/", pipelines.join("root")).unwrap();
+        std::os::unix::fs::symlink(".", pipelines.join("loop")).unwrap();
+        std::os::unix::fs::symlink("good.yaml", pipelines.join("alias.yaml")).unwrap();
+        nix::unistd::mkfifo(&pipelines.join("fifo.yaml"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let catalog = Catalog::load(&pipelines, &[]).unwrap();
+        assert_eq!(catalog.pipelines.keys().collect::<Vec<_>>(), ["good"]);
+        let problems = format!("{:?}", catalog.errors);
+        assert!(!problems.contains("hunter2"), "{problems}");
+        // The link inside the folder is read (once) and is a second file naming `good`.
+        assert_eq!(catalog.errors.len(), 1, "{problems}");
+        assert!(problems.contains("alias.yaml"), "{problems}");
+    }
+
+    #[test]
+    fn a_watch_folder_outside_the_pipelines_folder_needs_to_be_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pipelines = dir.path().join("pipelines");
+        std::fs::create_dir_all(pipelines.join("inbox")).unwrap();
+        let watch = |path: &str| {
+            format!("name: w\nparams:\n  path: {{type: string}}\ntriggers:\n  - watch: {{path: {path}, pattern: '*'}}\nsteps:\n  a: {{run: 'true'}}\n")
+        };
+        for (path, allowed) in [
+            ("inbox", true),
+            ("../landing", false),
+            ("/etc", false),
+            ("inbox/../../x", false),
+        ] {
+            write(&pipelines, "w.yaml", &watch(path));
+            let catalog = Catalog::load(&pipelines, &[]).unwrap();
+            assert_eq!(
+                catalog.pipelines.contains_key("w"),
+                allowed,
+                "{path}: {:?}",
+                catalog.errors
+            );
+            if !allowed {
+                assert!(
+                    catalog.errors[0].problems[0].contains("--allow-watch"),
+                    "{path}"
+                );
+            }
+        }
+        write(&pipelines, "w.yaml", &watch("../landing"));
+        let catalog = Catalog::load(&pipelines, &[dir.path().join("landing")]).unwrap();
+        assert!(catalog.pipelines.contains_key("w"), "{:?}", catalog.errors);
     }
 }

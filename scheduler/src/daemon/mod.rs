@@ -33,6 +33,8 @@ pub use start::{Origin, Started};
 pub struct DaemonConfig {
     /// Folder of pipeline files.
     pub pipelines_dir: PathBuf,
+    /// Folders outside `pipelines_dir` that `watch:` triggers may read.
+    pub watch_allowed: Vec<PathBuf>,
     /// How long a worker may go without renewing a task's lease before the janitor takes the
     /// task back (Redis only).
     pub lease: Duration,
@@ -118,7 +120,7 @@ impl Daemon {
         workers: Workers,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Daemon>> {
-        let catalog = Catalog::load(&config.pipelines_dir).map_err(|e| {
+        let catalog = Catalog::load(&config.pipelines_dir, &config.watch_allowed).map_err(|e| {
             anyhow::anyhow!(
                 "cannot read the pipelines folder {}: {e}",
                 config.pipelines_dir.display()
@@ -192,7 +194,11 @@ impl Daemon {
     pub fn reload(&self) -> std::io::Result<(usize, usize)> {
         let catalog = {
             let previous = self.catalog.read().unwrap_or_else(|e| e.into_inner());
-            Catalog::reload(&self.config.pipelines_dir, &previous)?
+            Catalog::reload(
+                &self.config.pipelines_dir,
+                &self.config.watch_allowed,
+                &previous,
+            )?
         };
         let counts = (catalog.pipelines.len(), catalog.errors.len());
         *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = catalog;

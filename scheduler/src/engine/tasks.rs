@@ -48,7 +48,7 @@ pub fn build_task(
         .iter()
         .filter_map(|dep| {
             let upstream = steps.get(dep)?.last_attempt()?;
-            Some((dep.clone(), upstream.dir.join("out")))
+            Some((dep.clone(), sluice_worker::task::out_dir_of(&upstream.dir)))
         })
         .collect();
     let mut task = TaskSpec {

@@ -57,16 +57,7 @@ pub fn load_file(path: &Path, max_bytes: u64) -> Result<LoadedPipeline, Vec<Diag
             help: None,
         }]
     };
-    let size = std::fs::metadata(path)
-        .map_err(|e| whole_file(format!("cannot read the file: {e}")))?
-        .len();
-    if size > max_bytes {
-        return Err(whole_file(format!(
-            "the file is {size} bytes, over the limit of {max_bytes} bytes for a pipeline file"
-        )));
-    }
-    let bytes =
-        std::fs::read(path).map_err(|e| whole_file(format!("cannot read the file: {e}")))?;
+    let bytes = read_pipeline_text(path, max_bytes).map_err(whole_file)?;
     let text = match String::from_utf8(bytes) {
         Ok(text) => text,
         Err(err) => {
@@ -127,6 +118,39 @@ pub fn parse_str(file: &str, text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
     }
 }
 
+/// The bytes of a pipeline file, at most `max_bytes`; never blocks on a FIFO or device.
+fn read_pipeline_text(path: &Path, max_bytes: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file (a FIFO, socket, device or folder)".to_string());
+    }
+    let size = meta.len();
+    if size > max_bytes {
+        return Err(format!(
+            "the file is {size} bytes, over the limit of {max_bytes} bytes for a pipeline file"
+        ));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(format!(
+            "the file grew past the limit of {max_bytes} bytes for a pipeline file"
+        ));
+    }
+    Ok(bytes)
+}
+
 /// The SHA-256 of a pipeline's text, hex: the identity of a definition in the store.
 pub fn content_hash(text: &str) -> String {
     let digest = Sha256::digest(text.as_bytes());
@@ -146,11 +170,18 @@ pub fn git_commit(dir: &Path) -> Option<String> {
 }
 
 /// Every `*.yml`/`*.yaml` file under `paths` (files are taken as given), sorted for stable output.
+///
+/// A folder is walked without leaving it: a link is followed only when what it points at lies
+/// inside the folder (a link to `/etc/shadow` or `/` is skipped and logged), each folder is read
+/// once however many links lead to it (a loop loads nothing twice), and only regular files are
+/// taken (a FIFO named `x.yaml` would block the reader forever).
 pub fn find_pipeline_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for path in paths {
         if path.is_dir() {
-            walk(path, &mut out)?;
+            let root = path.canonicalize()?;
+            let mut visited = std::collections::HashSet::from([root.clone()]);
+            walk(path, &root, &mut visited, &mut out)?;
         } else {
             out.push(path.clone());
         }
@@ -158,21 +189,41 @@ pub fn find_pipeline_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
-    entries.sort();
-    for path in entries {
-        let hidden = path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+fn walk(
+    dir: &Path,
+    root: &Path,
+    visited: &mut std::collections::HashSet<PathBuf>,
+    out: &mut Vec<PathBuf>,
+) -> std::io::Result<()> {
+    let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.path());
+    for entry in entries {
+        let path = entry.path();
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
         if hidden {
             continue;
         }
-        if path.is_dir() {
-            walk(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
+        let mut kind = entry.file_type()?;
+        if kind.is_symlink() {
+            // Only where the link points, and only inside the folder.
+            let inside = path
+                .canonicalize()
+                .ok()
+                .filter(|target| target.starts_with(root));
+            let Some(target) = inside else {
+                tracing::warn!(file = %path.display(), "Skipped a link that leads out of the pipelines folder.");
+                continue;
+            };
+            kind = std::fs::metadata(&target)?.file_type();
+            if kind.is_dir() && !visited.insert(target) {
+                continue;
+            }
+        } else if kind.is_dir() && !visited.insert(path.canonicalize()?) {
+            continue;
+        }
+        if kind.is_dir() {
+            walk(&path, root, visited, out)?;
+        } else if kind.is_file() && path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
             out.push(path);
         }
     }

@@ -42,7 +42,7 @@ pub fn container_name(task: &TaskSpec) -> String {
 }
 
 /// The folder of the whole run: mounted read-only so `$SLUICE_IN` links to upstream outputs
-/// resolve inside the container; the attempt's own folder is mounted writable over it.
+/// resolve inside the container; the attempt's `step/` folder is mounted writable over it.
 fn run_dir(task: &TaskSpec) -> Option<&Path> {
     task.attempt_dir.parent()?.parent()
 }
@@ -110,7 +110,9 @@ pub fn host_config(task: &TaskSpec, limits: &ContainerLimits) -> HostConfig {
     if let Some(run) = run_dir(task) {
         mounts.push(bind(run, true));
     }
-    mounts.push(bind(&task.attempt_dir, false));
+    // Only the step's part of the attempt's folder is writable: the logs beside it stay out of
+    // the container's reach.
+    mounts.push(bind(&task.step_dir(), false));
     let memory = task.resources.memory.map(|m| m.min(i64::MAX as u64) as i64);
     HostConfig {
         mounts: Some(mounts),
@@ -257,7 +259,7 @@ mod tests {
             mounts,
             vec![
                 ("/data/runs/R1".to_string(), true),
-                ("/data/runs/R1/train/2".to_string(), false)
+                ("/data/runs/R1/train/2/step".to_string(), false)
             ]
         );
         assert_eq!(host.device_requests, None);

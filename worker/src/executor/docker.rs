@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::container_spec::{container_body, container_name, ContainerLimits, LABEL_WORKER};
 use super::registry_auth::RegistryAuth;
-use super::{mask_outputs, prepare_attempt_dir, read_step_reports, resolve_secrets, Executor};
+use super::{mask_result, prepare_attempt_dir, read_step_reports, resolve_secrets, Executor};
 use crate::logs::Masker;
 use crate::task::{now_ms, Outcome, PullPolicy, TaskResult, TaskSpec};
 
@@ -218,8 +218,6 @@ impl Executor for DockerExecutor {
                 )
             }
         };
-        // The image (or the step) may run as another user, who must be able to write outputs.
-        open_for_others(task);
         let pulled = tokio::select! {
             pulled = self.ensure_image(&image, task.pull) => pulled,
             _ = cancel.cancelled() => {
@@ -229,6 +227,10 @@ impl Executor for DockerExecutor {
             }
         };
         if let Err(message) = pulled {
+            return TaskResult::error(task.key.clone(), message);
+        }
+        // The image (or the step) may run as another user, who must be able to write outputs.
+        if let Err(message) = self.hand_step_dir_to_user(task, &image).await {
             return TaskResult::error(task.key.clone(), message);
         }
         let name = container_name(task);
@@ -367,9 +369,9 @@ impl Executor for DockerExecutor {
             }
         }
         if matches!(result.outcome, Outcome::Succeeded | Outcome::Failed) {
-            result = read_step_reports(task, result).await;
-            mask_outputs(&mut result, &secrets);
+            result = read_step_reports(task, result, &secrets).await;
         }
+        mask_result(&mut result, &secrets);
         if let Err(err) = self.remove(&name).await {
             tracing::warn!(container = %name, error = %err, "Could not remove a finished container.");
         }
@@ -498,11 +500,77 @@ async fn copy_logs(
     written.await
 }
 
-fn open_for_others(task: &TaskSpec) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(task.out_dir(), std::fs::Permissions::from_mode(0o777));
-    let _ = std::fs::set_permissions(task.outputs_file(), std::fs::Permissions::from_mode(0o666));
-    let _ = std::fs::set_permissions(&task.attempt_dir, std::fs::Permissions::from_mode(0o777));
+/// The user a container runs as, as far as its folder's ownership is concerned.
+#[derive(Debug, PartialEq, Eq)]
+enum ContainerUser {
+    /// uid 0: may write any folder of the worker's already.
+    Root,
+    /// A numeric uid, with a gid when one was given.
+    Id(u32, Option<u32>),
+    /// A name only the image's `/etc/passwd` knows.
+    Name(String),
+}
+
+fn container_user(user: &str) -> ContainerUser {
+    let (name, group) = user.split_once(':').unwrap_or((user, ""));
+    match name {
+        "" | "root" | "0" => ContainerUser::Root,
+        _ => match name.parse::<u32>() {
+            Ok(uid) => ContainerUser::Id(uid, group.parse().ok()),
+            Err(_) => ContainerUser::Name(user.to_string()),
+        },
+    }
+}
+
+impl DockerExecutor {
+    /// Gives the step's folder to the user its container runs as (the step's `user:`, else the
+    /// image's `USER`), and to nobody else: never world-writable.
+    async fn hand_step_dir_to_user(&self, task: &TaskSpec, image: &str) -> Result<(), String> {
+        let user = match &task.user {
+            Some(user) => user.clone(),
+            None => self
+                .docker
+                .inspect_image(image)
+                .await
+                .ok()
+                .and_then(|i| i.config)
+                .and_then(|c| c.user)
+                .unwrap_or_default(),
+        };
+        let (uid, gid) = match container_user(&user) {
+            ContainerUser::Root => return Ok(()),
+            ContainerUser::Id(uid, gid) => (uid, gid),
+            ContainerUser::Name(name) => {
+                return Err(format!(
+                    "the container would run as user `{name}`, a name the worker cannot turn into a uid to give it the step's folder: set `user: UID[:GID]` on the step"
+                ))
+            }
+        };
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if uid == me {
+            return Ok(());
+        }
+        if me != 0 {
+            return Err(format!(
+                "the container runs as uid {uid}, and a worker that is not root can give the step's folder only to its own uid ({me}): run the worker as root or set `user: \"{me}\"` on the step"
+            ));
+        }
+        for path in [
+            task.step_dir(),
+            task.out_dir(),
+            task.in_dir(),
+            task.outputs_file(),
+        ] {
+            std::os::unix::fs::lchown(&path, Some(uid), gid).map_err(|err| {
+                format!(
+                    "cannot give {} to the container's uid {uid}: {err}",
+                    path.display()
+                )
+            })?;
+        }
+        Ok(())
+    }
 }
 
 fn human_bytes(bytes: u64) -> String {
@@ -518,7 +586,23 @@ fn human_bytes(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::image_tag;
+    use super::{container_user, image_tag, ContainerUser};
+
+    #[test]
+    fn container_users_are_root_ids_or_names() {
+        assert_eq!(container_user(""), ContainerUser::Root);
+        assert_eq!(container_user("0:0"), ContainerUser::Root);
+        assert_eq!(container_user("root"), ContainerUser::Root);
+        assert_eq!(container_user("1000"), ContainerUser::Id(1000, None));
+        assert_eq!(
+            container_user("65534:65534"),
+            ContainerUser::Id(65534, Some(65534))
+        );
+        assert_eq!(
+            container_user("jovyan"),
+            ContainerUser::Name("jovyan".into())
+        );
+    }
 
     #[test]
     fn tags_are_found_after_the_registry_port() {

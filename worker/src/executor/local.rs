@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
-use super::{mask_outputs, prepare_attempt_dir, read_step_reports, resolve_secrets, Executor};
+use super::{mask_result, prepare_attempt_dir, read_step_reports, resolve_secrets, Executor};
 use crate::logs::{capture, Masker};
 use crate::task::{now_ms, Outcome, StepCommand, TaskResult, TaskSpec};
 
@@ -144,7 +144,12 @@ impl Executor for LocalExecutor {
             // Written before anything else can go wrong, so a runner killed with `kill -9` leaves
             // behind where its step runs, for `--resume` to stop it (no fsync: kill -9 of the
             // runner does not lose what the kernel already has).
-            let _ = std::fs::write(task.attempt_dir.join(PROCESS_FILE), process_record(pgid));
+            let record = process_record(pgid);
+            let _ = crate::safe_fs::write_new(
+                &task.attempt_dir.join(PROCESS_FILE),
+                record.as_bytes(),
+                0o600,
+            );
             RunningGroup::register(pgid)
         });
         let masks = || Masker::new(secret_values.iter().map(|(_, v)| v.clone()));
@@ -248,9 +253,9 @@ impl Executor for LocalExecutor {
             }
         }
         if matches!(result.outcome, Outcome::Succeeded | Outcome::Failed) {
-            result = read_step_reports(task, result).await;
-            mask_outputs(&mut result, &secret_values);
+            result = read_step_reports(task, result, &secret_values).await;
         }
+        mask_result(&mut result, &secret_values);
         result
     }
 }
@@ -298,9 +303,11 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
 /// Kills the process group an attempt's folder says runs it, if that same group still lives:
 /// what a runner that died left behind. Returns whether it killed one.
 pub fn kill_recorded_group(attempt_dir: &std::path::Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(attempt_dir.join(PROCESS_FILE)) else {
+    // Never through a link, never more than a line: the step could have written this file.
+    let Ok(Some(bytes)) = crate::safe_fs::read_regular(&attempt_dir.join(PROCESS_FILE), 128) else {
         return false;
     };
+    let text = String::from_utf8_lossy(&bytes);
     let mut parts = text.split_whitespace();
     let (Some(Ok(pgid)), Some(Ok(started))) = (
         parts.next().map(str::parse::<i32>),

@@ -10,12 +10,13 @@ pub mod routing;
 
 use std::collections::BTreeMap;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::task::{Outcome, TaskResult, TaskSpec};
+use crate::safe_fs::{self, EntryKind};
+use crate::task::{self, Outcome, TaskResult, TaskSpec};
 
 pub use docker::DockerExecutor;
 pub use local::LocalExecutor;
@@ -41,8 +42,10 @@ pub struct AttemptLogs {
     pub stderr: std::fs::File,
 }
 
-/// Creates the attempt's folder: an empty `out/`, `in/` with a link per upstream step, an empty
-/// outputs file and fresh log files. The file system work runs as one blocking job: a step is
+/// Creates the attempt's folder: `step/` with an empty `out/`, `in/` with a link per upstream
+/// step and an empty outputs file, and fresh log files beside `step/`. Whatever an earlier
+/// delivery (or its step) left there goes first and is never followed: a link where a log goes
+/// must not decide where Sluice writes. The file system work runs as one blocking job: a step is
 /// short, and a dozen separate hops to the blocking pool cost more than the work itself.
 pub async fn prepare_attempt_dir(task: &TaskSpec) -> io::Result<AttemptLogs> {
     let task = task.clone();
@@ -52,36 +55,65 @@ pub async fn prepare_attempt_dir(task: &TaskSpec) -> io::Result<AttemptLogs> {
 }
 
 fn prepare_blocking(task: &TaskSpec) -> io::Result<AttemptLogs> {
-    let ignore_missing = |result: io::Result<()>| match result {
-        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
-        _ => Ok(()),
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::create_dir_all(&task.attempt_dir)?;
+    for stale in [
+        task.step_dir(),
+        task.stdout_log(),
+        task.stderr_log(),
+        task.attempt_dir.join(local::PROCESS_FILE),
+    ] {
+        safe_fs::remove_entry(&stale)?;
+    }
+    // Writable by this worker's user alone (the Docker executor hands the folder to the
+    // container's user); `out/` readable, so a later step running as another user can read it.
+    let dir = |path: &Path, mode: u32| {
+        std::fs::DirBuilder::new().mode(mode).create(path)?;
+        // The mode given to mkdir passes through the umask; this one is exact.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
     };
-    // A redelivered attempt must not see what an earlier delivery of it left behind.
-    ignore_missing(std::fs::remove_dir_all(task.out_dir()))?;
-    ignore_missing(std::fs::remove_dir_all(task.in_dir()))?;
-    ignore_missing(std::fs::remove_file(task.metrics_file()))?;
-    std::fs::create_dir_all(task.out_dir())?;
+    dir(&task.step_dir(), 0o711)?;
+    dir(&task.out_dir(), 0o755)?;
     let inputs = task.in_dir();
-    std::fs::create_dir_all(&inputs)?;
+    dir(&inputs, 0o700)?;
     for (step, path) in &task.inputs {
         std::os::unix::fs::symlink(path, inputs.join(step))?;
     }
-    std::fs::write(task.outputs_file(), b"")?;
+    let fresh = |path: PathBuf, mode: u32| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+    };
+    safe_fs::write_new(&task.outputs_file(), b"", 0o600)?;
     Ok(AttemptLogs {
-        stdout: std::fs::File::create(task.stdout_log())?,
-        stderr: std::fs::File::create(task.stderr_log())?,
+        stdout: fresh(task.stdout_log(), 0o644)?,
+        stderr: fresh(task.stderr_log(), 0o644)?,
     })
 }
 
 /// After the process exited: reads the outputs and metrics files (a failed quality gate's metrics
 /// matter as much as a passing one's) and, after a successful exit, checks declared outputs.
 /// On success, a broken promise turns the result into a failure with a message that says which.
-pub async fn read_step_reports(task: &TaskSpec, result: TaskResult) -> TaskResult {
+/// Secret values are masked in what is read, and the files are rewritten masked, so neither the
+/// result nor the folder keeps a secret in clear.
+pub async fn read_step_reports(
+    task: &TaskSpec,
+    result: TaskResult,
+    secrets: &[(String, String)],
+) -> TaskResult {
     let task = task.clone();
+    let secrets = secrets.to_vec();
     let fallback = result.clone();
     tokio::task::spawn_blocking(move || {
         let mut result = result;
         read_reports_blocking(&task, &mut result);
+        mask_result(&mut result, &secrets);
+        if secrets.iter().any(|(_, value)| !value.is_empty()) {
+            scrub_reports(&task, &result);
+        }
         result
     })
     .await
@@ -96,52 +128,80 @@ fn read_reports_blocking(task: &TaskSpec, result: &mut TaskResult) {
             result.message = Some(message);
         }
     };
+    let step_dir = Path::new(task::STEP_DIR);
     for output in task.outputs.iter().filter(|_| succeeded) {
-        let path = task.out_dir().join(output.trim_end_matches('/'));
-        let ok = match std::fs::metadata(&path) {
-            Ok(meta) if output.ends_with('/') => meta.is_dir(),
-            Ok(_) => true,
-            Err(_) => false,
+        let relative = step_dir.join("out").join(output.trim_end_matches('/'));
+        let problem = match safe_fs::entry_kind(&task.attempt_dir, &relative) {
+            Ok(Some(EntryKind::Dir)) => None,
+            Ok(Some(EntryKind::File)) if !output.ends_with('/') => None,
+            Ok(Some(EntryKind::File)) => Some("is a file, not a folder".to_string()),
+            Ok(Some(EntryKind::Link)) => {
+                Some("is a symbolic link; an output must be a file or folder".to_string())
+            }
+            Ok(Some(EntryKind::Special)) => {
+                Some("is a FIFO, socket or device; an output must be a file or folder".to_string())
+            }
+            Ok(None) => Some("was not written to $SLUICE_OUT".to_string()),
+            Err(err) => Some(format!("cannot be read: its path {err}")),
         };
-        if !ok {
-            fail(format!(
-                "declared output `{output}` was not written to $SLUICE_OUT"
-            ));
+        if let Some(problem) = problem {
+            fail(format!("declared output `{output}` {problem}"));
             return;
         }
     }
-    match read_capped(&task.outputs_file(), MAX_OUTPUTS_BYTES) {
+    let outputs = step_dir.join(task::OUTPUTS_FILE);
+    match read_text(&task.attempt_dir, &outputs, MAX_OUTPUTS_BYTES) {
         Ok(Some(text)) => match parse_outputs(&text) {
             Ok(outputs) => result.outputs = outputs,
             Err(message) => return fail(message),
         },
         Ok(None) => {}
-        Err(message) => return fail(format!("$SLUICE_OUTPUTS: {message}")),
+        Err(message) => return fail(format!("$SLUICE_OUTPUTS {message}")),
     }
-    match read_capped(&task.metrics_file(), MAX_METRICS_BYTES) {
+    let metrics = step_dir.join(task::METRICS_FILE);
+    match read_text(&task.attempt_dir, &metrics, MAX_METRICS_BYTES) {
         Ok(Some(text)) if !text.trim().is_empty() => match serde_json::from_str(&text) {
             Ok(serde_json::Value::Object(map)) => result.metrics = map,
             Ok(_) => fail("$SLUICE_METRICS must hold a JSON object".to_string()),
             Err(err) => fail(format!("$SLUICE_METRICS is not valid JSON: {err}")),
         },
         Ok(_) => {}
-        Err(message) => fail(format!("$SLUICE_METRICS: {message}")),
+        Err(message) => fail(format!("$SLUICE_METRICS {message}")),
     }
 }
 
-fn read_capped(path: &Path, cap: u64) -> Result<Option<String>, String> {
-    let meta = match std::fs::metadata(path) {
-        Ok(meta) => meta,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(err.to_string()),
-    };
-    if meta.len() > cap {
-        return Err(format!("{} bytes, over the limit of {cap}", meta.len()));
+fn read_text(root: &Path, relative: &Path, cap: u64) -> Result<Option<String>, String> {
+    match safe_fs::read_beneath(root, relative, cap) {
+        Ok(Some(bytes)) => String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| "is not valid UTF-8".to_string()),
+        Ok(None) => Ok(None),
+        Err(err) => Err(err.to_string()),
     }
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    String::from_utf8(bytes)
-        .map(Some)
-        .map_err(|_| "not valid UTF-8".to_string())
+}
+
+/// Rewrites the outputs and metrics files from the masked result (or removes them), so the
+/// attempt's folder keeps no secret the step wrote there.
+fn scrub_reports(task: &TaskSpec, result: &TaskResult) {
+    let outputs: String = result
+        .outputs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}\n"))
+        .collect();
+    let metrics = if result.metrics.is_empty() {
+        String::new()
+    } else {
+        serde_json::Value::Object(result.metrics.clone()).to_string()
+    };
+    for (path, text) in [
+        (task.outputs_file(), outputs),
+        (task.metrics_file(), metrics),
+    ] {
+        let _ = safe_fs::remove_entry(&path);
+        if !text.is_empty() {
+            let _ = safe_fs::write_new(&path, text.as_bytes(), 0o600);
+        }
+    }
 }
 
 /// The values of the step's secrets from this worker's environment; a missing one is an error
@@ -158,24 +218,58 @@ pub fn resolve_secrets(task: &TaskSpec) -> Result<Vec<(String, String)>, String>
         .collect()
 }
 
-/// Replaces secret values in a step's recorded outputs and metrics, as in its logs.
-pub fn mask_outputs(result: &mut TaskResult, secrets: &[(String, String)]) {
+/// Replaces secret values everywhere a result can carry text a step chose: output names and
+/// values, metric names and values, and the message (which may quote a bad output line).
+pub fn mask_result(result: &mut TaskResult, secrets: &[(String, String)]) {
+    let secrets: Vec<&str> = secrets
+        .iter()
+        .map(|(_, s)| s.as_str())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if secrets.is_empty() {
+        return;
+    }
     let mask = |value: &mut String| {
-        for (_, secret) in secrets.iter().filter(|(_, s)| !s.is_empty()) {
-            if value.contains(secret.as_str()) {
-                *value = value.replace(secret.as_str(), "***");
+        for secret in &secrets {
+            if value.contains(secret) {
+                *value = value.replace(secret, "***");
             }
         }
     };
-    result.outputs.values_mut().for_each(mask);
-    let mut stack: Vec<&mut serde_json::Value> = result.metrics.values_mut().collect();
-    while let Some(value) = stack.pop() {
-        match value {
-            serde_json::Value::String(text) => mask(text),
-            serde_json::Value::Array(items) => stack.extend(items.iter_mut()),
-            serde_json::Value::Object(map) => stack.extend(map.values_mut()),
-            _ => {}
-        }
+    if let Some(message) = result.message.as_mut() {
+        mask(message);
+    }
+    result.outputs = std::mem::take(&mut result.outputs)
+        .into_iter()
+        .map(|(mut key, mut value)| {
+            mask(&mut key);
+            mask(&mut value);
+            (key, value)
+        })
+        .collect();
+    mask_json_object(&mut result.metrics, &mask);
+}
+
+fn mask_json_object(
+    map: &mut serde_json::Map<String, serde_json::Value>,
+    mask: &impl Fn(&mut String),
+) {
+    *map = std::mem::take(map)
+        .into_iter()
+        .map(|(mut key, mut value)| {
+            mask(&mut key);
+            mask_json(&mut value, mask);
+            (key, value)
+        })
+        .collect();
+}
+
+fn mask_json(value: &mut serde_json::Value, mask: &impl Fn(&mut String)) {
+    match value {
+        serde_json::Value::String(text) => mask(text),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| mask_json(v, mask)),
+        serde_json::Value::Object(map) => mask_json_object(map, mask),
+        _ => {}
     }
 }
 

@@ -20,10 +20,11 @@ fn a_worker_killed_mid_step_is_replaced_and_the_run_succeeds() {
     let Some(mut cluster) = Cluster::new() else {
         return;
     };
+    // No retry policy: a lost worker is not the step's failure, so it runs again all the same.
     cluster.pipeline(
         "slow",
         &format!(
-            "name: slow\nsteps:\n  work:\n    retry: 1\n    run: {}\n",
+            "name: slow\nsteps:\n  work:\n    run: {}\n",
             serde_json::to_string(&marking_step("3")).unwrap()
         ),
     );
@@ -45,6 +46,53 @@ fn a_worker_killed_mid_step_is_replaced_and_the_run_succeeds() {
     assert_eq!(attempts[1]["outcome"], "succeeded");
     assert_eq!(attempts[1]["worker"], "second");
     assert_eq!(lines(&ran), vec!["work 1", "work 2"]);
+    assert_one_result_per_step(&show);
+}
+
+#[test]
+fn a_step_lost_more_often_than_its_lost_budget_fails_and_is_dead_lettered() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    // A generous failure budget that must not be used: losses are counted apart.
+    cluster.pipeline(
+        "fragile",
+        &format!(
+            "name: fragile\nsteps:\n  work:\n    retry: {{limit: 5, lost: 1}}\n    run: {}\n",
+            serde_json::to_string(&marking_step("30")).unwrap()
+        ),
+    );
+    cluster.start_scheduler();
+    let run = cluster.trigger("fragile");
+    let ran = cluster.scratch.path().join("ran.log");
+    for (n, name) in ["first", "second"].iter().enumerate() {
+        let mut worker = cluster.start_worker(name, 1);
+        wait_until("the step to start", RUN_TIMEOUT, || lines(&ran).len() > n);
+        worker.kill9();
+    }
+    let show = cluster.wait_run(&run, RUN_TIMEOUT);
+    assert_eq!(show["run"]["status"], "failed", "{show:#}");
+    let work = step(&show, "work");
+    let outcomes: Vec<&str> = work["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(outcomes, ["lost", "lost"], "{work:#}");
+    let dead = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &cluster.redis_port.to_string(),
+            "XRANGE",
+            "sluice:dead",
+            "-",
+            "+",
+        ])
+        .output()
+        .unwrap();
+    let dead = String::from_utf8_lossy(&dead.stdout);
+    assert!(dead.contains("its worker was lost 2 times"), "{dead}");
     assert_one_result_per_step(&show);
 }
 

@@ -20,8 +20,6 @@ use crate::store::*;
 const EVENT_BATCH: usize = 4096;
 /// Longest a change that nothing waits on (a step started) stays uncommitted.
 const LAZY_COMMIT: Duration = Duration::from_millis(100);
-/// How many times workers may lose a step (die or freeze holding it) before it is given up on.
-pub const MAX_LOST: usize = 3;
 /// How long a cancelled run waits for its running steps to confirm they stopped.
 const CANCEL_WAIT: Duration = Duration::from_secs(15);
 
@@ -419,7 +417,8 @@ impl RunDriver {
 
     async fn record_dead_letters(&mut self) {
         for task in std::mem::take(&mut self.dead_letters) {
-            let reason = format!("lost by workers {MAX_LOST} times");
+            let lost = lost_attempts(self.steps.get(&task.key.step));
+            let reason = format!("its worker was lost {lost} times");
             if let Err(err) = self.engine.queue.dead_letter(&task, &reason).await {
                 tracing::warn!(task = %task.key, error = %err, "Could not record a dead letter.");
             }
@@ -474,17 +473,18 @@ impl RunDriver {
         }
     }
 
-    /// A worker took the step and stopped heartbeating (the janitor reported it `lost`): the
-    /// attempt counts within the retry budget, and a step lost [`MAX_LOST`] times is given up
-    /// on, its task recorded in the queue's dead-letter place.
+    /// A worker took the step and stopped heartbeating (the janitor reported it `lost`): an
+    /// infrastructure failure, not the step's. It runs again, outside its own retry budget, up
+    /// to its `retry.lost` times; lost once more, it is given up on and its task recorded in the
+    /// queue's dead-letter place.
     fn count_lost(&mut self, name: &str) {
-        let lost_before = self.steps.get(name).map_or(0, |s| {
-            s.attempts
-                .iter()
-                .filter(|a| a.outcome.as_deref() == Some(Outcome::Lost.as_str()))
-                .count()
-        });
-        if lost_before + 1 < MAX_LOST {
+        let allowed = self
+            .pipeline
+            .steps
+            .get(name)
+            .map_or(0, |s| s.retry.lost as usize);
+        // The attempt being applied is not marked yet: it is the one more.
+        if lost_attempts(self.steps.get(name)) < allowed {
             return;
         }
         self.give_up.insert(name.to_string());
@@ -729,20 +729,24 @@ impl RunDriver {
             return None;
         }
         let policy = &self.pipeline.steps.get(name)?.retry;
-        // Attempts a dead runner interrupted are not the step's failures: they do not count.
-        let attempts = self
+        // The worker died, not the step: run it again at once, on any worker (`count_lost`
+        // gave up on it when its `retry.lost` ran out).
+        if result.outcome == Outcome::Lost {
+            return Some(Duration::ZERO);
+        }
+        // Attempts a dead runner interrupted and attempts whose worker was lost are not the
+        // step's failures: they do not count against its `limit`.
+        let failures = self
             .steps
             .get(name)?
             .attempts
             .iter()
-            .filter(|a| a.outcome.is_some())
+            .filter(|a| a.outcome.is_some() && a.outcome.as_deref() != Some(Outcome::Lost.as_str()))
             .count() as u32;
         // A process killed by signal N counts as exit code 128 + N, as shells and Docker say.
         let code = result.exit_code.or(result.signal.map(|s| 128 + s));
-        // A lost attempt has no exit code to filter on: the worker died, not the step.
-        let allowed = attempts <= policy.limit
-            && (result.outcome == Outcome::Lost || policy.retries_exit_code(code));
-        allowed.then(|| policy.delay_before(attempts + 1))
+        let allowed = failures <= policy.limit && policy.retries_exit_code(code);
+        allowed.then(|| policy.delay_before(failures + 1))
     }
 
     fn release_due_retries(&mut self, now: u64) {
@@ -1005,4 +1009,14 @@ async fn dispatch(queue: &dyn TaskQueue, tasks: Vec<TaskSpec>) -> Result<(), Eng
             }
         }
     }
+}
+
+/// How many of a step's attempts ended because their worker was lost.
+fn lost_attempts(record: Option<&StepRecord>) -> usize {
+    record.map_or(0, |s| {
+        s.attempts
+            .iter()
+            .filter(|a| a.outcome.as_deref() == Some(Outcome::Lost.as_str()))
+            .count()
+    })
 }

@@ -18,7 +18,7 @@ use sluice_worker::queue::TaskQueue;
 use crate::spec::{LoadedPipeline, Pipeline};
 use crate::store::{RunRecord, StepRecord, Store, StoreError};
 
-pub use driver::{RoutedEvent, RunDriver, MAX_LOST};
+pub use driver::{RoutedEvent, RunDriver};
 
 /// What every run needs from its surroundings: the store, the queue to workers, and the data
 /// dir where attempts keep their files.

@@ -101,11 +101,17 @@ pub enum Backoff {
     Exponential,
 }
 
+/// How many times a step whose worker was lost is run again by default.
+pub const DEFAULT_LOST_RETRIES: u32 = 3;
+
 /// When and how a failed step is tried again.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
     /// Retries after the first attempt; 0 means the step runs once.
     pub limit: u32,
+    /// Runs again after attempts whose worker was lost (killed, cut off): an infrastructure
+    /// failure, counted apart from `limit`, retried at once whatever `on_exit_codes` says.
+    pub lost: u32,
     /// How the delay grows.
     pub backoff: Backoff,
     /// Wait before the first retry.
@@ -114,6 +120,19 @@ pub struct RetryPolicy {
     pub max_delay: Option<Duration>,
     /// Retry only on these exit codes; empty means any failure.
     pub on_exit_codes: Vec<i32>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            limit: 0,
+            lost: DEFAULT_LOST_RETRIES,
+            backoff: Backoff::default(),
+            delay: Duration::ZERO,
+            max_delay: None,
+            on_exit_codes: Vec::new(),
+        }
+    }
 }
 
 impl RetryPolicy {

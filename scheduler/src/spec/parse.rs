@@ -56,7 +56,14 @@ pub const DEFAULTS_KEYS: &[&str] = &[
     "user",
 ];
 /// Keys of `retry`.
-pub const RETRY_KEYS: &[&str] = &["limit", "backoff", "delay", "max_delay", "on_exit_codes"];
+pub const RETRY_KEYS: &[&str] = &[
+    "limit",
+    "lost",
+    "backoff",
+    "delay",
+    "max_delay",
+    "on_exit_codes",
+];
 /// Keys of `resources`.
 pub const RESOURCE_KEYS: &[&str] = &["cpu", "memory", "gpu"];
 /// Keys of a parameter written in its long form.
@@ -370,6 +377,9 @@ fn retry(r: &mut Reader, node: &Node, path: &str) -> Option<RetryPolicy> {
             "limit" => r
                 .integer(value, &field, 0, MAX_RETRIES)
                 .map(|l| policy.limit = l as u32),
+            "lost" => r
+                .integer(value, &field, 0, MAX_RETRIES)
+                .map(|l| policy.lost = l as u32),
             "backoff" => r
                 .choice(
                     value,

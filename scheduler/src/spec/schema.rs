@@ -34,6 +34,7 @@ pub fn pipeline_schema() -> Value {
             {"type": "integer", "minimum": 0, "maximum": 100},
             object(RETRY_KEYS, json!({
                 "limit": {"type": "integer", "minimum": 0, "maximum": 100},
+                "lost": {"type": "integer", "minimum": 0, "maximum": 100},
                 "backoff": {"enum": ["fixed", "exponential"]},
                 "delay": duration,
                 "max_delay": duration,

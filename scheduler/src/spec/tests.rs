@@ -314,6 +314,7 @@ fn a_step_without_settings_of_its_own_gets_the_pipeline_defaults() {
             workdir: Some("../work".into()),
             retry: RetryPolicy {
                 limit: 2,
+                lost: DEFAULT_LOST_RETRIES,
                 backoff: Backoff::Exponential,
                 delay: Duration::from_secs(5),
                 max_delay: Some(Duration::from_secs(60)),

@@ -672,6 +672,8 @@ fn retry(g: &mut Gen) -> String {
     g.map(RETRY_KEYS, |g, key| match key {
         "limit" if g.wrong() => g.pick(&["-1", "101", "x"]).to_string(),
         "limit" => g.pick(&["2", "0"]).to_string(),
+        "lost" if g.wrong() => g.pick(&["-1", "101", "x"]).to_string(),
+        "lost" => g.pick(&["3", "0"]).to_string(),
         "backoff" if g.wrong() => g.pick(&["exponentail", "1"]).to_string(),
         "backoff" => g.pick(&["fixed", "exponential"]).to_string(),
         "on_exit_codes" if g.wrong() => g.pick(&["[0]", "[256]", "[x]", "1"]).to_string(),

@@ -193,9 +193,14 @@ impl Cluster {
                 &format!("127.0.0.1:{}", self.api_port),
                 "--redis",
                 &self.redis_url(),
-                "--lease",
-                TEST_LEASE,
             ])
+            // The test lease, unless the test gives its own.
+            .args(
+                (!extra.contains(&"--lease"))
+                    .then_some(["--lease", TEST_LEASE])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(extra)
             .env("SLUICE_DATA_DIR", self.scratch.data_dir())
             .env("RUST_LOG", "info")

@@ -97,6 +97,90 @@ fn a_step_lost_more_often_than_its_lost_budget_fails_and_is_dead_lettered() {
 }
 
 #[test]
+fn a_worker_restarted_under_the_same_name_does_not_keep_the_dead_ones_task() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    // A container restarted in place keeps its name: the new process is not the old one, and
+    // must not keep the old one's task alive by renewing it.
+    cluster.pipeline(
+        "restart",
+        &format!(
+            "name: restart\nsteps:\n  work:\n    run: {}\n",
+            serde_json::to_string(&marking_step("1")).unwrap()
+        ),
+    );
+    cluster.start_scheduler();
+    let mut old = cluster.start_worker("same", 1);
+    let run = cluster.trigger("restart");
+    let ran = cluster.scratch.path().join("ran.log");
+    wait_until("the step to start", RUN_TIMEOUT, || !lines(&ran).is_empty());
+    old.kill9();
+    let _new = cluster.start_worker("same", 1);
+    let show = cluster.wait_run(&run, RUN_TIMEOUT);
+    assert_eq!(show["run"]["status"], "succeeded", "{show:#}");
+    let work = step(&show, "work");
+    let attempts = work["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["outcome"], "lost", "{work:#}");
+    assert_eq!(attempts.last().unwrap()["outcome"], "succeeded", "{work:#}");
+    assert_one_result_per_step(&show);
+}
+
+#[test]
+fn a_task_delivered_to_a_frozen_worker_is_picked_up_when_it_wakes() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    cluster.pipeline(
+        "wake",
+        "name: wake\nsteps:\n  work: {run: 'echo \"work $SLUICE_ATTEMPT\" >> ../ran.log'}\n",
+    );
+    // A lease far longer than the freeze: the janitor must not be what saves the run.
+    cluster.start_scheduler_with(&["--lease", "60s"]);
+    let worker = cluster.start_worker("sleepy", 1);
+    wait_until("the worker to register", RUN_TIMEOUT, || {
+        cluster.client(&["workers", "--json"]).stdout.len() > 2
+    });
+    worker.signal(Signal::SIGSTOP);
+    let run = cluster.trigger("wake");
+    // Longer than the worker's read timeout: its blocked read was answered while it slept.
+    std::thread::sleep(Duration::from_secs(8));
+    worker.signal(Signal::SIGCONT);
+    let show = cluster.wait_run(&run, RUN_TIMEOUT);
+    assert_eq!(show["run"]["status"], "succeeded", "{show:#}");
+    let work = step(&show, "work");
+    assert_eq!(work["attempts"].as_array().unwrap().len(), 1, "{work:#}");
+    assert_eq!(lines(&cluster.scratch.path().join("ran.log")), ["work 1"]);
+    assert_one_result_per_step(&show);
+}
+
+#[test]
+fn a_result_delivered_to_a_frozen_scheduler_is_applied_when_it_wakes() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    cluster.pipeline(
+        "late",
+        "name: late\nsteps:\n  work: {run: 'sleep 1; echo \"work $SLUICE_ATTEMPT\" >> ../ran.log'}\n  after: {depends: [work], run: 'true'}\n",
+    );
+    cluster.start_scheduler_with(&["--lease", "60s"]);
+    let _worker = cluster.start_worker("busy", 1);
+    let run = cluster.trigger("late");
+    wait_until("the step to start", RUN_TIMEOUT, || {
+        cluster.step_status(&run, "work") == "running"
+    });
+    let scheduler = cluster.scheduler.as_ref().expect("running");
+    scheduler.signal(Signal::SIGSTOP);
+    // The result arrives while the scheduler sleeps, longer than its read's timeout.
+    std::thread::sleep(Duration::from_secs(10));
+    scheduler.signal(Signal::SIGCONT);
+    let show = cluster.wait_run(&run, RUN_TIMEOUT);
+    assert_eq!(show["run"]["status"], "succeeded", "{show:#}");
+    assert_eq!(lines(&cluster.scratch.path().join("ran.log")), ["work 1"]);
+    assert_one_result_per_step(&show);
+}
+
+#[test]
 fn a_frozen_worker_past_its_lease_has_its_late_result_refused() {
     let Some(mut cluster) = Cluster::new() else {
         return;

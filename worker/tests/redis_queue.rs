@@ -462,3 +462,49 @@ async fn a_redis_that_is_down_at_start_is_waited_for() {
         .unwrap();
     assert!(queue.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consumers_of_stopped_workers_are_forgotten_unless_they_hold_a_task() {
+    let Some(redis) = start_redis() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = queue(&redis, "scheduler", "t9:").await;
+    let queues = vec!["default".to_string()];
+    let (idle, holding) = (
+        queue(&redis, "w@1", "t9:").await,
+        queue(&redis, "w@2", "t9:").await,
+    );
+    // `w@1` runs a task to its end (it exists in the group now, holding nothing) and stops.
+    scheduler
+        .dispatch(task(dir.path(), "r", "a", 1, "true"))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), idle.take(&queues))
+        .await
+        .unwrap()
+        .unwrap();
+    idle.done(&first).await.unwrap();
+    idle.close();
+    // Its reader's last blocking read (one second) must end before anything is queued.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    scheduler
+        .dispatch(task(dir.path(), "r", "b", 1, "true"))
+        .await
+        .unwrap();
+    let _held = tokio::time::timeout(Duration::from_secs(5), holding.take(&queues))
+        .await
+        .unwrap()
+        .unwrap();
+    holding.close();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let forgotten = scheduler
+        .forget_idle_consumers("default", Duration::from_secs(1))
+        .await
+        .unwrap();
+    // `w@1` holds nothing and goes; `w@2` still holds task `b`, whose lease the janitor decides.
+    assert_eq!(forgotten, 1);
+    let again = scheduler
+        .forget_idle_consumers("default", Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(again, 0);
+}

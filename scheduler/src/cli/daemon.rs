@@ -357,7 +357,9 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
             RedisQueueConfig {
                 url: args.redis.redis.clone(),
                 prefix: args.redis.redis_prefix.clone(),
-                consumer: name.clone(),
+                // Each start is its own consumer: a worker restarted under the same name (a
+                // container restarted in place) must not renew what the dead one held.
+                consumer: format!("{name}@{}", ulid::Ulid::new()),
                 queues: args.queues.clone(),
             },
             shutdown.clone(),

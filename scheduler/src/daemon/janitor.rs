@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 use super::Daemon;
 use crate::engine::RoutedEvent;
 
+/// How many leases a consumer that holds nothing stays in a task stream's group.
+const CONSUMER_IDLE_LEASES: u32 = 10;
 /// Shortest pause between two rounds.
 const MIN_ROUND: Duration = Duration::from_millis(250);
 
@@ -64,6 +66,11 @@ async fn one_round(
         // acknowledged after its commit) like any other result.
         for reclaimed in redis.reclaim_idle(&queue, daemon.config.lease).await? {
             tracing::warn!(task = %reclaimed.task.key, "A worker stopped heartbeating; took its task back.");
+        }
+        let idle = daemon.config.lease * CONSUMER_IDLE_LEASES;
+        let forgotten = redis.forget_idle_consumers(&queue, idle).await?;
+        if forgotten > 0 {
+            tracing::debug!(queue, forgotten, "Forgot consumers of stopped workers.");
         }
     }
     Ok(())

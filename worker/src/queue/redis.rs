@@ -13,13 +13,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::streams::{StreamId, StreamPendingCountReply, StreamReadReply};
+use redis::streams::{
+    StreamId, StreamInfoConsumersReply, StreamPendingCountReply, StreamReadReply,
+};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
@@ -49,7 +51,8 @@ pub struct RedisQueueConfig {
     pub url: String,
     /// Prefix of every key.
     pub prefix: String,
-    /// This process's consumer name: the worker's name, or the scheduler's.
+    /// This process's consumer name: the worker's name with a per-start instance id (so only
+    /// the process that took a task renews it), or the scheduler's.
     pub consumer: String,
     /// Queues a worker takes tasks from.
     pub queues: Vec<String>,
@@ -83,6 +86,9 @@ pub struct Reclaimed {
     pub deliveries: usize,
 }
 
+/// Task entries, as (stream, id), that this process received and has not settled.
+type HeldEntries = Arc<Mutex<std::collections::HashSet<(String, String)>>>;
+
 /// The Redis Streams queue.
 pub struct RedisQueue {
     config: RedisQueueConfig,
@@ -92,6 +98,11 @@ pub struct RedisQueue {
     client: redis::Client,
     /// Stream entry of each task this worker took, for its acknowledgement.
     taken: Mutex<HashMap<TaskKey, (String, String)>>,
+    /// Task entries (stream, id) this process received and has not settled: read ahead, being
+    /// accepted, or running. Only these are renewed by heartbeats: an entry Redis delivered to
+    /// this consumer that never arrived (the reply was lost) is picked up by a catch-up read,
+    /// never kept alive unseen.
+    held: HeldEntries,
     /// Task streams whose workers' group this process made sure of (forgotten when Redis lost
     /// its data).
     known_groups: Mutex<std::collections::HashSet<String>>,
@@ -136,6 +147,7 @@ impl RedisQueue {
             commands,
             client: client.clone(),
             taken: Mutex::new(HashMap::new()),
+            held: Arc::new(Mutex::new(std::collections::HashSet::new())),
             known_groups: Mutex::new(std::collections::HashSet::new()),
             unacked_events: Mutex::new(BTreeMap::new()),
             next_batch: AtomicU64::new(1),
@@ -224,7 +236,9 @@ impl RedisQueue {
             .await
             .map_err(redis_error)?;
         // Renew every entry this worker holds on its queues, including one read ahead and not
-        // yet running: a busy worker's next task must not look abandoned.
+        // yet running (a busy worker's next task must not look abandoned), and nothing else:
+        // not what an earlier process of the same name left (it is another consumer), not an
+        // entry delivered to this one whose reply never arrived.
         for queue in &self.config.queues {
             let stream = self.task_stream(queue);
             let pending: redis::RedisResult<StreamPendingCountReply> = redis::cmd("XPENDING")
@@ -237,7 +251,15 @@ impl RedisQueue {
                 .query_async(&mut con)
                 .await;
             let ids: Vec<String> = match pending {
-                Ok(reply) => reply.ids.into_iter().map(|p| p.id).collect(),
+                Ok(reply) => {
+                    let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+                    reply
+                        .ids
+                        .into_iter()
+                        .map(|p| p.id)
+                        .filter(|id| held.contains(&(stream.clone(), id.clone())))
+                        .collect()
+                }
                 Err(err) if err.code() == Some("NOGROUP") => Vec::new(),
                 Err(err) => return Err(redis_error(err)),
             };
@@ -300,6 +322,41 @@ impl RedisQueue {
             Some(err) => Err(err),
             None => Ok(lost),
         }
+    }
+
+    /// Scheduler side: removes from `queue`'s group the consumers that hold nothing and were
+    /// idle for `idle`: every start of a worker is a consumer of its own, so those of stopped
+    /// processes would pile up. Safe for a consumer that is only frozen: its next read makes it
+    /// again. Returns how many went.
+    pub async fn forget_idle_consumers(
+        &self,
+        queue: &str,
+        idle: Duration,
+    ) -> Result<usize, QueueError> {
+        let stream = self.task_stream(queue);
+        let mut con = self.commands.clone();
+        let reply: redis::RedisResult<StreamInfoConsumersReply> =
+            con.xinfo_consumers(&stream, WORKERS_GROUP).await;
+        let consumers = match reply {
+            Ok(reply) => reply.consumers,
+            Err(err) if err.code() == Some("NOGROUP") => return Ok(0),
+            Err(err) => return Err(redis_error(err)),
+        };
+        let mut forgotten = 0;
+        for consumer in consumers {
+            if consumer.pending == 0 && consumer.idle as u128 > idle.as_millis() {
+                let _: i64 = redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(&stream)
+                    .arg(WORKERS_GROUP)
+                    .arg(&consumer.name)
+                    .query_async(&mut con)
+                    .await
+                    .map_err(redis_error)?;
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
     }
 
     /// Removes a worker that stops cleanly from the registry.
@@ -474,7 +531,8 @@ impl TaskQueue for RedisQueue {
         if entries.is_none() {
             let streams: Vec<String> = queues.iter().map(|q| self.task_stream(q)).collect();
             // One task read ahead at most: the rest stay in Redis for workers with free slots.
-            *entries = Some(self.spawn_reader(streams, WORKERS_GROUP, false, 1));
+            *entries =
+                Some(self.spawn_reader(streams, WORKERS_GROUP, false, 1, Some(self.held.clone())));
         }
         let Some(receiver) = entries.as_mut() else {
             return Err(QueueError::Closed);
@@ -490,7 +548,10 @@ impl TaskQueue for RedisQueue {
             loop {
                 match self.accept(&stream, &entry).await {
                     Ok(Some(task)) => return Ok(task),
-                    Ok(None) => break,
+                    Ok(None) => {
+                        self.release(&stream, &entry.id);
+                        break;
+                    }
                     Err(QueueError::Closed) => return Err(QueueError::Closed),
                     Err(err) => self.back_off(&err, &mut delay).await?,
                 }
@@ -521,8 +582,13 @@ impl TaskQueue for RedisQueue {
         let mut entries = self.event_entries.lock().await;
         if entries.is_none() {
             // First the events this scheduler took before a restart and never acknowledged.
-            *entries =
-                Some(self.spawn_reader(vec![self.key("events")], SCHEDULER_GROUP, true, 4096));
+            *entries = Some(self.spawn_reader(
+                vec![self.key("events")],
+                SCHEDULER_GROUP,
+                true,
+                4096,
+                None,
+            ));
         }
         let Some(receiver) = entries.as_mut() else {
             return Err(QueueError::Closed);
@@ -609,7 +675,10 @@ impl TaskQueue for RedisQueue {
         let mut delay = Duration::from_millis(100);
         for _ in 0..5 {
             match self.forget(&stream, &id).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.release(&stream, &id);
+                    return Ok(());
+                }
                 Err(err) => self.back_off(&err, &mut delay).await?,
             }
         }
@@ -906,12 +975,18 @@ impl RedisQueue {
     /// `capacity`, so callers can stop waiting at any moment without losing an entry to a
     /// blocking read they dropped. With `catch_up`, first re-reads this consumer's own pending
     /// entries (taken before a restart, never acknowledged), from where it left off each time.
+    ///
+    /// After a failed read it always catches up: Redis may have delivered entries to this
+    /// consumer whose reply was lost (a timeout, a frozen process), and nobody else will ever be
+    /// given them. With `held`, entries already handed over are not handed over again, and each
+    /// one handed over is recorded there first.
     fn spawn_reader(
         &self,
         streams: Vec<String>,
         group: &'static str,
         catch_up: bool,
         capacity: usize,
+        held: Option<HeldEntries>,
     ) -> mpsc::Receiver<(String, StreamId)> {
         let (sender, receiver) = mpsc::channel(capacity);
         let client = self.client.clone();
@@ -973,6 +1048,7 @@ impl RedisQueue {
                 let reply = match read {
                     Ok(reply) => reply,
                     Err(err) => {
+                        pending_from = streams.iter().map(|_| Some("0".to_string())).collect();
                         tracing::warn!(error = %err, retry_in = ?delay, "Reading from Redis failed; retrying.");
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {}
@@ -994,6 +1070,13 @@ impl RedisQueue {
                         pending_from[i] = entries.last().map(|e| e.id.clone());
                     }
                     for entry in entries {
+                        if let Some(held) = &held {
+                            let key = (stream.clone(), entry.id.clone());
+                            let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+                            if !held.insert(key) {
+                                continue; // Already handed over (seen again by a catch-up).
+                            }
+                        }
                         match permit.take() {
                             Some(permit) => permit.send((stream.clone(), entry)),
                             None => {
@@ -1007,6 +1090,14 @@ impl RedisQueue {
             }
         });
         receiver
+    }
+
+    /// Stops holding a task entry: it is settled, or it was never this worker's to run.
+    fn release(&self, stream: &str, id: &str) {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(stream.to_string(), id.to_string()));
     }
 
     /// Acknowledges and deletes a task entry.

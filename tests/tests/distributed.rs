@@ -47,6 +47,23 @@ fn a_worker_killed_mid_step_is_replaced_and_the_run_succeeds() {
     assert_eq!(attempts[1]["worker"], "second");
     assert_eq!(lines(&ran), vec!["work 1", "work 2"]);
     assert_one_result_per_step(&show);
+    // The killed worker never unregistered: it is listed as gone, the live one as alive.
+    let state_of = |name: &str| {
+        let out = cluster.client(&["workers", "--json"]);
+        let workers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        workers
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|w| w["name"] == name)
+            .map(|w| w["state"].as_str().unwrap_or_default().to_string())
+    };
+    wait_until(
+        "the killed worker to be listed as gone",
+        RUN_TIMEOUT,
+        || state_of("first").as_deref() == Some("gone"),
+    );
+    assert_eq!(state_of("second").as_deref(), Some("alive"));
 }
 
 #[test]

@@ -508,3 +508,37 @@ async fn consumers_of_stopped_workers_are_forgotten_unless_they_hold_a_task() {
         .unwrap();
     assert_eq!(again, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_silent_for_long_are_dropped_from_the_registry() {
+    use sluice_worker::queue::redis::WorkerInfo;
+    let Some(redis) = start_redis() else { return };
+    let scheduler = queue(&redis, "scheduler", "t10:").await;
+    let info = |name: &str, heartbeat_ms| WorkerInfo {
+        name: name.into(),
+        queues: vec!["default".into()],
+        slots: 1,
+        gpus: vec![],
+        running: 0,
+        docker: false,
+        heartbeat_ms,
+    };
+    let now = RedisQueue::now_ms();
+    let live = queue(&redis, "live@1", "t10:").await;
+    live.heartbeat(&info("live", now)).await.unwrap();
+    let dead = queue(&redis, "dead@1", "t10:").await;
+    dead.heartbeat(&info("dead", now - 600_000)).await.unwrap();
+    let dropped = scheduler
+        .forget_silent_workers(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(dropped, ["dead"]);
+    let names: Vec<String> = scheduler
+        .workers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.name)
+        .collect();
+    assert_eq!(names, ["live"]);
+}

@@ -290,8 +290,8 @@ pub fn workers(args: WorkersArgs) -> anyhow::Result<u8> {
         let mut out = std::io::stdout().lock();
         writeln!(
             out,
-            "{:<32}  {:<16}  {:>5}  {:>7}  {:<6}  {:<8}  LAST SEEN",
-            "WORKER", "QUEUES", "SLOTS", "RUNNING", "DOCKER", "GPUS"
+            "{:<32}  {:<5}  {:<16}  {:>5}  {:>7}  {:<6}  {:<8}  LAST SEEN",
+            "WORKER", "STATE", "QUEUES", "SLOTS", "RUNNING", "DOCKER", "GPUS"
         )?;
         for w in answer["workers"].as_array().into_iter().flatten() {
             let list = |v: &Value| {
@@ -307,8 +307,9 @@ pub fn workers(args: WorkersArgs) -> anyhow::Result<u8> {
             let gpus = list(&w["gpus"]);
             writeln!(
                 out,
-                "{:<32}  {:<16}  {:>5}  {:>7}  {:<6}  {:<8}  {}s ago ({})",
+                "{:<32}  {:<5}  {:<16}  {:>5}  {:>7}  {:<6}  {:<8}  {}s ago ({})",
                 w["name"].as_str().unwrap_or(""),
+                w["state"].as_str().unwrap_or(""),
                 list(&w["queues"]),
                 w["slots"].as_u64().unwrap_or(0),
                 w["running"].as_u64().unwrap_or(0),

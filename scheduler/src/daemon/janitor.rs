@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 use super::Daemon;
 use crate::engine::RoutedEvent;
 
+/// How many leases a silent worker stays listed (as gone) before it is dropped.
+const WORKER_GONE_LEASES: u32 = 20;
 /// How many leases a consumer that holds nothing stays in a task stream's group.
 const CONSUMER_IDLE_LEASES: u32 = 10;
 /// Shortest pause between two rounds.
@@ -60,6 +62,16 @@ async fn one_round(
         for run in runs {
             daemon.send_to_run(&run, RoutedEvent::Requeue);
         }
+    }
+    // A worker killed without unregistering is listed as gone for a while, then dropped.
+    for name in redis
+        .forget_silent_workers(daemon.config.lease * WORKER_GONE_LEASES)
+        .await?
+    {
+        tracing::info!(
+            worker = name,
+            "Dropped a worker that stopped heartbeating long ago."
+        );
     }
     for queue in redis.task_queues().await? {
         // Each task taken back becomes a `lost` result on the events stream, applied (and

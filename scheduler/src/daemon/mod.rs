@@ -219,6 +219,11 @@ impl Daemon {
         }
     }
 
+    /// How long a worker may be silent before its tasks are taken back.
+    pub fn lease(&self) -> Duration {
+        self.config.lease
+    }
+
     /// The Redis queue, when the daemon has one (step logs of workers on other machines are
     /// read from it).
     pub fn redis(&self) -> Option<Arc<RedisQueue>> {

@@ -367,6 +367,28 @@ impl RedisQueue {
             .map_err(redis_error)
     }
 
+    /// Scheduler side: removes from the registry the workers whose last heartbeat is older
+    /// than `silent` (killed without unregistering); returns their names.
+    pub async fn forget_silent_workers(&self, silent: Duration) -> Result<Vec<String>, QueueError> {
+        let now = Self::now_ms();
+        let silent_ms = u64::try_from(silent.as_millis()).unwrap_or(u64::MAX);
+        let gone: Vec<String> = self
+            .workers()
+            .await?
+            .into_iter()
+            .filter(|w| now.saturating_sub(w.heartbeat_ms) > silent_ms)
+            .map(|w| w.name)
+            .collect();
+        if !gone.is_empty() {
+            let mut con = self.commands.clone();
+            let _: () = con
+                .hdel(self.key("workers"), &gone)
+                .await
+                .map_err(redis_error)?;
+        }
+        Ok(gone)
+    }
+
     /// Every worker that ever sent a heartbeat, with its last one.
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>, QueueError> {
         let mut con = self.commands.clone();

@@ -97,6 +97,8 @@ pub struct Cluster {
     redis: Option<Proc>,
     /// The scheduler, when running.
     pub scheduler: Option<Proc>,
+    /// The API token [`Cluster::client`] sends, when the scheduler wants one.
+    pub client_token: Option<String>,
     starts: usize,
 }
 
@@ -112,6 +114,7 @@ impl Cluster {
             api_port: free_port(),
             redis: None,
             scheduler: None,
+            client_token: None,
             starts: 0,
         };
         std::fs::create_dir_all(cluster.scratch.path().join("pipelines")).expect("mkdir");
@@ -266,6 +269,7 @@ impl Cluster {
             .sluice()
             .args(args)
             .args(["--server", &self.server()])
+            .envs(self.client_token.iter().map(|t| ("SLUICE_API_TOKEN", t)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

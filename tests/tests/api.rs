@@ -18,14 +18,56 @@ fn api_answers_with_fitting_status_codes_and_guards_writes_with_the_token() {
         "name: good\nparams:\n  epochs: {type: integer, default: 1}\nsteps:\n  only:\n    run: echo \"epochs=$PARAM_EPOCHS\"\n",
     );
     cluster.pipeline("broken", "name: broken\nsteps:\n  x:\n    rum: true\n");
-    cluster.start_scheduler_with(&["--api-token", "s3cret"]);
+    // A named read-only token from a tokens file (only its hash is in the file).
+    let made = cluster
+        .scratch
+        .run(&["token", "new", "viewer", "--role", "read"]);
+    let made = text(&made.stdout);
+    let viewer = made
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("token: ")
+        .to_string();
+    let line = made
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim_start_matches("tokens file line: ");
+    assert!(!line.contains(&viewer));
+    let tokens = cluster.scratch.write("tokens", &format!("{line}\n"));
+    cluster.start_scheduler_with(&[
+        "--api-token",
+        "s3cret",
+        "--tokens",
+        tokens.to_str().unwrap(),
+    ]);
+    cluster.client_token = Some("s3cret".into());
     let _worker = cluster.start_worker("w", 1);
     let api = cluster.server();
     let token = Some("s3cret");
 
     assert_eq!(http("GET", &format!("{api}/healthz"), None, None).0, 200);
     assert_eq!(http("GET", &format!("{api}/readyz"), None, None).0, 200);
-    let (status, body) = http("GET", &format!("{api}/api/v1/pipelines"), None, None);
+    // Reads need a token too: runs carry params, outputs and logs.
+    for path in ["pipelines", "runs", "workers"] {
+        let (status, body) = http("GET", &format!("{api}/api/v1/{path}"), None, None);
+        assert_eq!(status, 401, "{path} without a token: {body}");
+    }
+    let (status, body) = http(
+        "POST",
+        &format!("{api}/api/v1/pipelines/good/runs"),
+        Some(&viewer),
+        None,
+    );
+    assert_eq!(status, 403, "a read token cannot trigger: {body}");
+    assert!(body.contains("`viewer` has role `read`"), "{body}");
+    let (status, body) = http(
+        "GET",
+        &format!("{api}/api/v1/pipelines"),
+        Some(&viewer),
+        None,
+    );
     assert_eq!(status, 200);
     let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(listed["pipelines"][0]["name"], "good");
@@ -72,6 +114,10 @@ fn api_answers_with_fitting_status_codes_and_guards_writes_with_the_token() {
     let created: serde_json::Value = serde_json::from_str(&body).unwrap();
     let run = created["run"]["id"].as_str().unwrap().to_string();
     assert_eq!(created["run"]["params"]["epochs"], "7");
+    assert_eq!(
+        created["run"]["trigger"], "api by api-token",
+        "who started it"
+    );
 
     let show = cluster.wait_run(&run, TIMEOUT);
     assert_eq!(show["run"]["status"], "succeeded");
@@ -85,14 +131,14 @@ fn api_answers_with_fitting_status_codes_and_guards_writes_with_the_token() {
         None,
     );
     assert_eq!(status, 409, "a finished run cannot be cancelled: {body}");
-    let (status, _) = http("GET", &format!("{api}/api/v1/runs/01NOPE"), None, None);
+    let (status, _) = http("GET", &format!("{api}/api/v1/runs/01NOPE"), token, None);
     assert_eq!(status, 404);
     for query in ["limit=abc", "status=done"] {
-        let (status, body) = http("GET", &format!("{api}/api/v1/runs?{query}"), None, None);
+        let (status, body) = http("GET", &format!("{api}/api/v1/runs?{query}"), token, None);
         assert_eq!(status, 422, "{query}: {body}");
         assert!(body.contains("\"error\""), "{body}");
     }
-    let (status, body) = http("GET", &format!("{api}/api/v1/nothing"), None, None);
+    let (status, body) = http("GET", &format!("{api}/api/v1/nothing"), token, None);
     assert_eq!(status, 404);
     assert!(body.contains("\"error\""), "errors are JSON: {body}");
 

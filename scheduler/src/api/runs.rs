@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::auth::Caller;
 use super::{ApiError, ApiState};
 use crate::daemon::{CancelError, Origin, Started, TriggerError};
 use crate::store::{RunLookup, RunRecord};
@@ -52,6 +53,7 @@ pub(super) struct TriggerBody {
 pub(super) async fn trigger(
     State(state): State<ApiState>,
     Path(pipeline): Path<String>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     // An empty body starts a run with the default params.
@@ -82,8 +84,13 @@ pub(super) async fn trigger(
     }
     let daemon = state.daemon.clone();
     // Creating a run commits (and flushes) the store: off the async threads.
+    // Who started it, when the API knows: `api by ci-bot`.
+    let trigger = match &caller.0 {
+        Some(name) => format!("api by {name}"),
+        None => "api".into(),
+    };
     let origin = Origin {
-        trigger: "api".into(),
+        trigger,
         ..Origin::default()
     };
     let created =
@@ -218,8 +225,10 @@ pub(super) async fn events(
 pub(super) async fn cancel(
     State(state): State<ApiState>,
     Path(id): Path<String>,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    match state.daemon.cancel(&id) {
+    let by = caller.0.as_deref().unwrap_or("api");
+    match state.daemon.cancel(&id, by) {
         Ok(run) => Ok((
             StatusCode::ACCEPTED,
             Json(json!({ "run": run.id, "status": "cancelling" })),

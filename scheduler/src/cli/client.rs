@@ -23,7 +23,7 @@ pub struct RemoteArgs {
     /// read the local data dir).
     #[arg(long, env = "SLUICE_SERVER")]
     pub server: Option<String>,
-    /// API token for writes (trigger, cancel), sent as a bearer token.
+    /// API token, sent as a bearer token (needed by every call when the scheduler has tokens).
     #[arg(long, env = "SLUICE_API_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 }
@@ -49,7 +49,7 @@ pub struct ServerArgs {
     /// The scheduler's URL, e.g. `http://127.0.0.1:8080`.
     #[arg(long, env = "SLUICE_SERVER", default_value = "http://127.0.0.1:8080")]
     pub server: String,
-    /// API token for writes, sent as a bearer token.
+    /// API token, sent as a bearer token (needed by every call when the scheduler has tokens).
     #[arg(long, env = "SLUICE_API_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 }

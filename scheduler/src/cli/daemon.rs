@@ -35,9 +35,14 @@ pub struct ServeArgs {
     /// Address of the HTTP API (`127.0.0.1:0` picks a free port, printed at start).
     #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Token that writes to the API (trigger, cancel, reload) must bring as `Bearer`.
+    /// A token with every right (role `admin`, named `api-token`), brought as `Bearer`. With
+    /// any token set, every API route but health checks and signed webhooks needs one.
     #[arg(long, env = "SLUICE_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// A file of `NAME ROLE sha256:HEX` lines (`sluice token new`): named tokens with roles,
+    /// kept off the command line.
+    #[arg(long, env = "SLUICE_TOKENS")]
+    pub tokens: Option<PathBuf>,
     /// A folder outside `--pipelines` that `watch:` triggers may read (repeat, or separate with
     /// commas); a pipeline watching any other folder is refused.
     #[arg(
@@ -133,6 +138,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// `sluice scheduler`: the daemon with Redis between it and the workers.
 pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<u8> {
     let data_dir = prepare_data_dir(&args.serve.data.data_dir)?;
+    let tokens = match api_tokens(&args.serve) {
+        Ok(tokens) => tokens,
+        Err(code) => return Ok(code),
+    };
     runtime()?.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signals(shutdown.clone(), None));
@@ -164,7 +173,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<u8> {
             &shutdown,
         )
         .await?;
-        serve(listener, daemon, args.serve.api_token).await?;
+        serve(listener, daemon, tokens).await?;
         queue.close();
         Ok(0)
     })
@@ -173,6 +182,10 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<u8> {
 /// `sluice server`: the daemon with in-process workers, for one machine without Redis.
 pub fn server(args: ServerArgs) -> anyhow::Result<u8> {
     let data_dir = prepare_data_dir(&args.serve.data.data_dir)?;
+    let tokens = match api_tokens(&args.serve) {
+        Ok(tokens) => tokens,
+        Err(code) => return Ok(code),
+    };
     let gpus = match parse_gpus_flag(&args.gpus) {
         Ok(gpus) => gpus,
         Err(message) => {
@@ -230,7 +243,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<u8> {
             },
             workers_stop.clone(),
         ));
-        serve(listener, daemon, args.serve.api_token).await?;
+        serve(listener, daemon, tokens).await?;
         // Steps still running are stopped; the next start picks their runs up.
         workers_stop.cancel();
         queue.close();
@@ -255,6 +268,16 @@ async fn start_daemon(
     Daemon::start(engine, config, workers, shutdown.clone()).await
 }
 
+/// The tokens the API accepts; a tokens file that cannot be used stops the daemon (exit 2).
+fn api_tokens(serve: &ServeArgs) -> Result<crate::api::auth::Tokens, u8> {
+    crate::api::auth::Tokens::new(serve.api_token.as_deref(), serve.tokens.as_deref()).map_err(
+        |err| {
+            eprintln!("error: {err}");
+            EXIT_INVALID
+        },
+    )
+}
+
 async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
@@ -265,7 +288,7 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 async fn serve(
     listener: tokio::net::TcpListener,
     daemon: Arc<Daemon>,
-    token: Option<String>,
+    tokens: crate::api::auth::Tokens,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     // Scripts and tests read this line for the port when `--listen` asked for any.
@@ -274,7 +297,7 @@ async fn serve(
     let shutdown = daemon.shutdown_token().clone();
     let state = ApiState {
         daemon: daemon.clone(),
-        token: token.filter(|t| !t.is_empty()).map(Arc::from),
+        tokens: Arc::new(tokens),
     };
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

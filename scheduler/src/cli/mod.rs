@@ -79,6 +79,23 @@ pub enum Command {
     Cancel(client::CancelArgs),
     /// List the scheduler's workers with their capacity and last heartbeat.
     Workers(client::WorkersArgs),
+    /// API tokens: `sluice token new NAME --role read|trigger|admin`.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// What `sluice token` does.
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Print a new random token (give it to the caller) and its line for `--tokens FILE`
+    /// (append it there; the file holds only the hash).
+    New {
+        /// Who holds it: recorded where it acts (`api by NAME`).
+        name: String,
+        /// `read` (every read), `trigger` (also start and cancel runs), `admin` (also reload).
+        #[arg(long, default_value = "read")]
+        role: String,
+    },
 }
 
 impl Command {
@@ -114,6 +131,19 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Trigger(args) => client::trigger(args),
         Command::Cancel(args) => client::cancel(args),
         Command::Workers(args) => client::workers(args),
+        Command::Token(TokenCommand::New { name, role }) => {
+            match crate::api::auth::new_token(&name, &role) {
+                Ok((token, line)) => {
+                    println!("token: {token}");
+                    println!("tokens file line: {line}");
+                    Ok(0)
+                }
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    Ok(EXIT_INVALID)
+                }
+            }
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),

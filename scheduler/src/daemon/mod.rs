@@ -242,7 +242,8 @@ impl Daemon {
     }
 
     /// Asks a run to stop: queued steps are withdrawn, running ones killed on their workers.
-    pub fn cancel(&self, id_or_prefix: &str) -> Result<RunRecord, CancelError> {
+    /// `by` names who asked (an API token's name, `api`, `cli`); it is recorded with the cancel.
+    pub fn cancel(&self, id_or_prefix: &str, by: &str) -> Result<RunRecord, CancelError> {
         let run = match self.engine.store.lookup_run(id_or_prefix)? {
             RunLookup::Found(run) => run,
             RunLookup::NotFound => return Err(CancelError::UnknownRun(id_or_prefix.into())),
@@ -259,13 +260,13 @@ impl Daemon {
         let mut changes = crate::store::Changes::default();
         changes.put_mark(
             &cancel_mark(&run.id),
-            &serde_json::json!({ "at_ms": sluice_worker::task::now_ms() }),
+            &serde_json::json!({ "at_ms": sluice_worker::task::now_ms(), "by": by }),
         );
         self.engine.store.commit(changes)?;
         if let Some(handle) = self.lock_runs().get(&run.id) {
             handle.cancel.cancel();
         }
-        tracing::info!(run = %run.id, "Run cancel requested.");
+        tracing::info!(run = %run.id, by, "Run cancel requested.");
         Ok(run)
     }
 

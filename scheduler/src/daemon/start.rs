@@ -87,7 +87,7 @@ impl Daemon {
                     Overlap::CancelRunning => {
                         for run in &active {
                             tracing::info!(run = %run, pipeline, "Cancelling a running run for a new one (overlap: cancel_running).");
-                            let _ = self.cancel(run);
+                            let _ = self.cancel(run, "overlap: cancel_running");
                         }
                     }
                     Overlap::Skip => {

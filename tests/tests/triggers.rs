@@ -121,11 +121,26 @@ fn webhooks_check_signatures_dedupe_deliveries_and_map_params() {
         "a redelivery returns the first run"
     );
     assert_eq!(again["duplicate"], true);
-    // GitHub's header, signed with the old secret (rotation).
+    // A captured delivery replayed with a fresh (unsigned) delivery id starts nothing either:
+    // a plain signature covers the body only, so the body is what is deduplicated.
+    let (status, replay) = post_with_headers(
+        &url,
+        &[
+            ("X-Sluice-Signature", signed.clone()),
+            ("X-Sluice-Delivery", "attacker-chosen".to_string()),
+        ],
+        body,
+    );
+    assert_eq!(status, 202);
+    let replay: serde_json::Value = serde_json::from_str(&replay).unwrap();
+    assert_eq!(replay["run"], first["run"], "{replay}");
+    assert_eq!(server.runs().len(), 1);
+    // GitHub's header, signed with the old secret (rotation), for a new event.
+    let next = br#"{"Records":[{"s3":{"object":{"key":"landing/2026-11-29.csv","size":1}}}]}"#;
     let (status, _) = post_with_headers(
         &url,
-        &[("X-Hub-Signature-256", sign("old-secret", body))],
-        body,
+        &[("X-Hub-Signature-256", sign("old-secret", next))],
+        next,
     );
     assert_eq!(status, 202);
     assert_eq!(server.runs().len(), 2);
@@ -177,7 +192,7 @@ fn twenty_deliveries_at_once_with_limit_one_and_skip_start_exactly_one_run() {
     let scratch = Scratch::new();
     scratch.write(
         "pipelines/single.yaml",
-        "name: single\nconcurrency: {limit: 1, overlap: skip}\ntriggers:\n  - webhook: go\nsteps:\n  a:\n    run: sleep 2\n",
+        "name: single\nconcurrency: {limit: 1, overlap: skip}\ntriggers:\n  - webhook: go\n    insecure: true\nsteps:\n  a:\n    run: sleep 2\n",
     );
     let server = Server::start(&scratch, &[]);
     let url = format!("{}/hooks/single/go", server.url());

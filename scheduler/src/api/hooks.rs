@@ -7,8 +7,13 @@
 //!   more than [`TOLERANCE_SECS`] from now (replay protection);
 //! - GitHub's `X-Hub-Signature-256: sha256=<hex>`.
 //!
-//! A delivery id (`X-Sluice-Delivery`, `X-GitHub-Delivery` or `Idempotency-Key`) seen in the
-//! last [`DEDUPE_WINDOW_MS`] returns the first run's id and starts nothing.
+//! A signed delivery is deduplicated by what its signature covers (the body, or the timestamp
+//! and the body): a delivery id header is not signed, so a captured delivery replayed with a new
+//! id inside [`DEDUPE_WINDOW_MS`] returns the first run's id and starts nothing, and so does a
+//! sender's redelivery. With `--require-webhook-timestamp` only the timestamped scheme is
+//! accepted (replays are then also bounded by [`TOLERANCE_SECS`]). A webhook without a secret
+//! (`insecure: true`) is deduplicated by its delivery id (`X-Sluice-Delivery`,
+//! `X-GitHub-Delivery` or `Idempotency-Key`) when it sends one.
 
 use std::collections::BTreeMap;
 
@@ -56,8 +61,9 @@ pub(super) async fn hook(
             format!("no webhook `{name}` on a pipeline `{pipeline}`"),
         ));
     };
+    let mut secrets = Vec::new();
     if let Some(var) = &secret_env {
-        let secrets = secrets_from_env(var).ok_or_else(|| {
+        secrets = secrets_from_env(var).ok_or_else(|| {
             tracing::error!(
                 pipeline,
                 webhook = name,
@@ -69,17 +75,40 @@ pub(super) async fn hook(
                 format!("the webhook's secret is not configured on the scheduler (`{var}`)"),
             )
         })?;
-        let now = chrono::Utc::now().timestamp();
-        if let Err(why) = verify(&headers, &body, &secrets, now) {
-            tracing::warn!(pipeline, webhook = name, why, "Webhook delivery refused.");
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, why));
-        }
     }
+    let signed = match &secret_env {
+        Some(_) => {
+            let now = chrono::Utc::now().timestamp();
+            match verify(
+                &headers,
+                &body,
+                &secrets,
+                now,
+                state.require_webhook_timestamp,
+            ) {
+                Ok(signed) => Some(signed),
+                Err(why) => {
+                    tracing::warn!(pipeline, webhook = name, why, "Webhook delivery refused.");
+                    return Err(ApiError::new(StatusCode::UNAUTHORIZED, why));
+                }
+            }
+        }
+        None => None,
+    };
     let params = map_params(&body, &mapping)?;
-    let dedupe = delivery_id(&headers).map(|id| {
-        let digest = Sha256::digest(id.as_bytes());
-        format!("delivery/{pipeline}/{name}/{}", hex::encode(&digest[..16]))
-    });
+    // What identifies the delivery: what its signature covers, else its (unsigned) id.
+    let identity = match signed {
+        Some(Signed::Plain) => Some(Sha256::new().chain_update(&body).finalize()),
+        Some(Signed::Timestamped(t)) => Some(
+            Sha256::new()
+                .chain_update(format!("{t}."))
+                .chain_update(&body)
+                .finalize(),
+        ),
+        None => delivery_id(&headers).map(|id| Sha256::digest(id.as_bytes())),
+    };
+    let dedupe =
+        identity.map(|digest| format!("delivery/{pipeline}/{name}/{}", hex::encode(&digest[..16])));
     let origin = Origin {
         trigger: format!("webhook:{name}"),
         dedupe,
@@ -129,13 +158,23 @@ fn secrets_from_env(var: &str) -> Option<Vec<String>> {
     (!secrets.is_empty()).then_some(secrets)
 }
 
+/// Which scheme a delivery's signature used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signed {
+    /// `sha256=<hex>` over the body.
+    Plain,
+    /// `t=<unix>,v1=<hex>` over `"{t}.{body}"`, with this `t`.
+    Timestamped(i64),
+}
+
 /// Checks the delivery's signature headers against `secrets`; `Err` says why it is refused.
 pub fn verify(
     headers: &HeaderMap,
     body: &[u8],
     secrets: &[String],
     now_unix: i64,
-) -> Result<(), &'static str> {
+    require_timestamp: bool,
+) -> Result<Signed, &'static str> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let mut offered = false;
     for value in [header("x-sluice-signature"), header("x-hub-signature-256")]
@@ -144,11 +183,14 @@ pub fn verify(
     {
         offered = true;
         if let Some(hex_sig) = value.trim().strip_prefix("sha256=") {
+            if require_timestamp {
+                return Err("this scheduler accepts only timestamped signatures (`t=<unix>,v1=<hex>` over `{t}.{body}`)");
+            }
             if secrets
                 .iter()
                 .any(|s| signature_matches(s, &[body], hex_sig))
             {
-                return Ok(());
+                return Ok(Signed::Plain);
             }
             continue;
         }
@@ -177,7 +219,7 @@ pub fn verify(
                 .any(|s| signature_matches(s, &[prefix.as_bytes(), body], sig))
         });
         if matched {
-            return Ok(());
+            return Ok(Signed::Timestamped(t));
         }
     }
     if offered {
@@ -303,8 +345,13 @@ mod tests {
             "x-hub-signature-256",
             "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
         )]);
-        assert_eq!(verify(&h, b"Hello, World!", &secret, 0), Ok(()));
-        assert!(verify(&h, b"Hello, World?", &secret, 0).is_err());
+        assert_eq!(
+            verify(&h, b"Hello, World!", &secret, 0, false),
+            Ok(Signed::Plain)
+        );
+        assert!(verify(&h, b"Hello, World?", &secret, 0, false).is_err());
+        // With timestamps required, the plain scheme is refused even when it matches.
+        assert!(verify(&h, b"Hello, World!", &secret, 0, true).is_err());
     }
 
     #[test]
@@ -317,19 +364,21 @@ mod tests {
                 &headers(&[("x-sluice-signature", &plain)]),
                 body,
                 &secrets,
-                0
+                0,
+                false
             ),
-            Ok(())
+            Ok(Signed::Plain)
         );
         let wrong = format!("sha256={}", sign("other", body));
         assert!(verify(
             &headers(&[("x-sluice-signature", &wrong)]),
             body,
             &secrets,
-            0
+            0,
+            false
         )
         .is_err());
-        assert!(verify(&headers(&[]), body, &secrets, 0)
+        assert!(verify(&headers(&[]), body, &secrets, 0, false)
             .unwrap_err()
             .contains("not signed"));
 
@@ -337,8 +386,11 @@ mod tests {
         let signed = |secret: &str| sign(secret, format!("{t}.{{\"a\":1}}").as_bytes());
         let stamped = format!("t={t},v1={},v1={}", signed("stale"), signed("old"));
         let h = headers(&[("x-sluice-signature", &stamped)]);
-        assert_eq!(verify(&h, body, &secrets, t + 10), Ok(()));
-        assert!(verify(&h, body, &secrets, t + TOLERANCE_SECS + 1)
+        assert_eq!(
+            verify(&h, body, &secrets, t + 10, true),
+            Ok(Signed::Timestamped(t))
+        );
+        assert!(verify(&h, body, &secrets, t + TOLERANCE_SECS + 1, false)
             .unwrap_err()
             .contains("too far"));
         // The timestamp is signed too: moving it breaks the signature.
@@ -347,7 +399,8 @@ mod tests {
             &headers(&[("x-sluice-signature", &moved)]),
             body,
             &secrets,
-            t
+            t,
+            false
         )
         .is_err());
     }

@@ -29,6 +29,8 @@ pub struct ApiState {
     pub daemon: Arc<Daemon>,
     /// The tokens callers must bring; none configured means the API is open.
     pub tokens: Arc<Tokens>,
+    /// Refuse webhook signatures without a timestamp (`--require-webhook-timestamp`).
+    pub require_webhook_timestamp: bool,
 }
 
 /// An error answered as JSON with its status code.

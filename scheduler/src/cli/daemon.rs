@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// kept off the command line.
     #[arg(long, env = "SLUICE_TOKENS")]
     pub tokens: Option<PathBuf>,
+    /// Accept only timestamped webhook signatures (`t=<unix>,v1=<hex>`), which bound replays
+    /// to five minutes, not the plain `sha256=` scheme.
+    #[arg(long, env = "SLUICE_REQUIRE_WEBHOOK_TIMESTAMP")]
+    pub require_webhook_timestamp: bool,
     /// A folder outside `--pipelines` that `watch:` triggers may read (repeat, or separate with
     /// commas); a pipeline watching any other folder is refused.
     #[arg(
@@ -173,7 +177,13 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<u8> {
             &shutdown,
         )
         .await?;
-        serve(listener, daemon, tokens).await?;
+        serve(
+            listener,
+            daemon,
+            tokens,
+            args.serve.require_webhook_timestamp,
+        )
+        .await?;
         queue.close();
         Ok(0)
     })
@@ -243,7 +253,13 @@ pub fn server(args: ServerArgs) -> anyhow::Result<u8> {
             },
             workers_stop.clone(),
         ));
-        serve(listener, daemon, tokens).await?;
+        serve(
+            listener,
+            daemon,
+            tokens,
+            args.serve.require_webhook_timestamp,
+        )
+        .await?;
         // Steps still running are stopped; the next start picks their runs up.
         workers_stop.cancel();
         queue.close();
@@ -289,6 +305,7 @@ async fn serve(
     listener: tokio::net::TcpListener,
     daemon: Arc<Daemon>,
     tokens: crate::api::auth::Tokens,
+    require_webhook_timestamp: bool,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     // Scripts and tests read this line for the port when `--listen` asked for any.
@@ -298,6 +315,7 @@ async fn serve(
     let state = ApiState {
         daemon: daemon.clone(),
         tokens: Arc::new(tokens),
+        require_webhook_timestamp,
     };
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

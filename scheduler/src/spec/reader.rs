@@ -239,6 +239,21 @@ impl Reader {
         }
     }
 
+    /// Reads `true` or `false`.
+    pub fn boolean(&mut self, node: &Node, path: &str) -> Option<bool> {
+        match node.value {
+            Value::Bool(b) => Some(b),
+            ref other => {
+                self.diags.error(
+                    node.mark,
+                    path,
+                    format!("`{path}` must be `true` or `false`, found {}", other.kind()),
+                );
+                None
+            }
+        }
+    }
+
     /// Reads one of a fixed set of words, suggesting the closest on a typo.
     pub fn choice<T: Copy>(&mut self, node: &Node, path: &str, choices: &[(&str, T)]) -> Option<T> {
         let text = self.text(node, path)?;

@@ -94,7 +94,8 @@ pub fn pipeline_schema() -> Value {
                 "timezone": {"type": "string"},
                 "catchup": {"enum": ["none", "latest", "all"]}
             })).with_required(&["cron"]),
-            object(&["webhook", "secret_env", "params"], json!({
+            object(&["webhook", "secret_env", "params", "insecure"], json!({
+                "insecure": {"type": "boolean"},
                 "webhook": {"type": "string"},
                 "secret_env": {"type": "string"},
                 "params": {"type": "object", "additionalProperties": {"type": "string"}}

@@ -1201,6 +1201,7 @@ fn a_webhook_cannot_set_an_undeclared_param() {
         "
           - cron: 0 3 * * *
           - webhook: new-data
+            insecure: true
             params:
               dataset: body.path
               epochs: body.epochs
@@ -1221,6 +1222,7 @@ fn a_webhook_param_problem_points_at_the_trigger() {
         "
           - cron: 0 3 * * *
           - webhook: new-data
+            insecure: true
             params:
               dataset: body.path
               epochs: body.epochs
@@ -1584,4 +1586,22 @@ fn uses_noop_is_a_builtin_step_that_takes_no_arguments() {
     let d = one_error(&with_steps("  join:\n    uses: noop\n    with: {x: 1}\n"));
     assert_eq!(d.field, "steps.join.with");
     assert!(d.message.contains("takes no `with`"), "{d}");
+}
+
+#[test]
+fn a_webhook_without_a_secret_must_say_it_is_insecure() {
+    let d = one_error(&with_triggers(
+        "
+          - webhook: open
+        ",
+    ));
+    assert_eq!(d.field, "triggers[0].webhook");
+    assert!(d.message.contains("has no `secret_env`"), "{}", d.message);
+    assert!(d.message.contains("insecure: true"), "{}", d.message);
+    valid(&with_triggers(
+        "
+          - webhook: open
+            insecure: true
+        ",
+    ));
 }

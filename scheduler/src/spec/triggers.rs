@@ -12,7 +12,7 @@ use super::values;
 use super::yaml::{Node, Value};
 
 const CRON_KEYS: &[&str] = &["cron", "timezone", "catchup"];
-const WEBHOOK_KEYS: &[&str] = &["webhook", "secret_env", "params"];
+const WEBHOOK_KEYS: &[&str] = &["webhook", "secret_env", "params", "insecure"];
 const WATCH_KEYS: &[&str] = &["watch", "param"];
 const WATCH_INNER_KEYS: &[&str] = &["path", "pattern"];
 
@@ -137,6 +137,18 @@ fn webhook(r: &mut Reader, node: &Node, path: &str) -> Option<Trigger> {
         Some((_, n)) => string_map(r, n, &join(path, "params"))?,
         None => IndexMap::new(),
     };
+    let insecure = match fields.get("insecure") {
+        Some((_, n)) => r.boolean(n, &join(path, "insecure"))?,
+        None => false,
+    };
+    if secret_env.is_none() && !insecure {
+        r.error(
+            name_node.mark,
+            &field,
+            format!("webhook `{name}` has no `secret_env`: anyone who can reach the scheduler could start runs; sign deliveries with a secret, or say `insecure: true`"),
+        );
+        return None;
+    }
     Some(Trigger::Webhook {
         name,
         secret_env,

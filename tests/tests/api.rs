@@ -310,3 +310,34 @@ fn sluice_server_runs_pipelines_with_in_process_workers_and_no_redis() {
     let workers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(workers.as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn params_the_step_could_never_see_are_refused_and_listings_stay_small() {
+    let scratch = Scratch::new();
+    scratch.write(
+        "pipelines/p.yaml",
+        "name: p\nparams:\n  note: {type: string, default: x}\nsteps:\n  a: {run: 'true'}\n",
+    );
+    let server = Server::start(&scratch, &[]);
+    let trigger = format!("{}/api/v1/pipelines/p/runs", server.url());
+    let body = |note: &str| serde_json::json!({ "params": { "note": note } }).to_string();
+    let (status, answer) = http("POST", &trigger, None, Some(&body("a\u{0}b")));
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer.contains("NUL"), "{answer}");
+    let (status, answer) = http("POST", &trigger, None, Some(&body(&"y".repeat(70_000))));
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer.contains("over the limit"), "{answer}");
+    assert!(server.runs().is_empty(), "nothing refused was stored");
+    let long = "z".repeat(10_000);
+    let (status, answer) = http("POST", &trigger, None, Some(&body(&long)));
+    assert_eq!(status, 201, "{answer}");
+    let listed = &server.runs()[0];
+    let shown = listed["params"]["note"].as_str().unwrap();
+    assert!(
+        shown.len() < 400 && shown.ends_with("(10000 bytes)"),
+        "{shown}"
+    );
+    let id = listed["id"].as_str().unwrap();
+    let whole = server.get(&format!("/api/v1/runs/{id}"));
+    assert_eq!(whole["run"]["params"]["note"], long.as_str());
+}

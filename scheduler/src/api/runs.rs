@@ -130,6 +130,9 @@ pub(super) struct ListQuery {
     status: Option<String>,
 }
 
+/// Longest param value shown in a list of runs; `GET /api/v1/runs/{id}` has them whole.
+const LISTED_PARAM_BYTES: usize = 256;
+
 pub(super) async fn list(
     State(state): State<ApiState>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -174,6 +177,18 @@ pub(super) async fn list(
     }
     runs.truncate(limit);
     let next = (runs.len() == limit).then(|| runs.last().map(|r| r.id.clone()));
+    // A page lists runs, not their data: long param values are cut (the run itself has them).
+    for run in &mut runs {
+        for value in run.params.values_mut() {
+            if value.len() > LISTED_PARAM_BYTES {
+                let mut cut = LISTED_PARAM_BYTES;
+                while !value.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                *value = format!("{}… ({} bytes)", &value[..cut], value.len());
+            }
+        }
+    }
     Ok(Json(json!({ "runs": runs, "next_before": next.flatten() })))
 }
 

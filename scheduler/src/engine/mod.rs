@@ -102,7 +102,11 @@ pub struct RunRequest {
     pub waiting: bool,
 }
 
-/// Defaults overridden by `overrides`; every value checked against its declared type.
+/// Largest value of one param: params travel in every task and every listing of runs.
+pub const MAX_PARAM_BYTES: usize = 64 * 1024;
+
+/// Defaults overridden by `overrides`; every value checked against its declared type, its size
+/// and for NUL bytes (which the trigger would accept and the step could never see).
 pub fn resolve_params(
     pipeline: &Pipeline,
     overrides: &BTreeMap<String, String>,
@@ -128,6 +132,14 @@ pub fn resolve_params(
     let mut params = BTreeMap::new();
     for (name, spec) in &pipeline.params {
         match overrides.get(name).or(spec.default.as_ref()) {
+            Some(value) if value.len() > MAX_PARAM_BYTES => problems.push(format!(
+                "param `{name}` is {} bytes, over the limit of {MAX_PARAM_BYTES}: pass data as a file, not a param",
+                value.len()
+            )),
+            // No process can receive it: environment variables end at the first NUL.
+            Some(value) if value.contains('\0') => {
+                problems.push(format!("param `{name}` holds a NUL byte"))
+            }
             Some(value) => match spec.kind.check(value) {
                 Ok(()) => {
                     params.insert(name.clone(), value.clone());
@@ -150,4 +162,27 @@ pub fn resolve_params(
 /// The parallelism used when neither the pipeline nor the command line says.
 pub fn default_parallelism() -> usize {
     std::thread::available_parallelism().map_or(4, |n| n.get() * 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_too_large_or_holding_a_nul_are_refused_naming_the_param() {
+        let pipeline = crate::spec::parse_str(
+            "p.yaml",
+            "name: p\nparams: {x: a}\nsteps:\n  a: {run: 'true'}\n",
+        )
+        .unwrap();
+        let with = |value: String| resolve_params(&pipeline, &[("x".to_string(), value)].into());
+        assert!(with("fine".into()).is_ok());
+        let err = with("a\0b".into()).unwrap_err().to_string();
+        assert!(err.contains("param `x` holds a NUL byte"), "{err}");
+        let err = with("y".repeat(MAX_PARAM_BYTES + 1))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("over the limit of 65536"), "{err}");
+        assert!(with("y".repeat(MAX_PARAM_BYTES)).is_ok());
+    }
 }

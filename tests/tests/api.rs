@@ -341,3 +341,39 @@ fn params_the_step_could_never_see_are_refused_and_listings_stay_small() {
     let whole = server.get(&format!("/api/v1/runs/{id}"));
     assert_eq!(whole["run"]["params"]["note"], long.as_str());
 }
+
+#[test]
+fn connections_that_never_send_a_request_are_closed_and_do_not_lock_others_out() {
+    use std::io::Read;
+    let scratch = Scratch::new();
+    scratch.write("pipelines/p.yaml", "name: p\nsteps:\n  a: {run: 'true'}\n");
+    let server = Server::start(
+        &scratch,
+        &[
+            ("SLUICE_MAX_CONNECTIONS", "8"),
+            ("SLUICE_HEADER_TIMEOUT", "1s"),
+        ],
+    );
+    let addr = server.url().trim_start_matches("http://").to_string();
+    // Three times the cap, each silent: a slowloris.
+    let mut idle: Vec<std::net::TcpStream> = (0..24)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    for stream in &idle {
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    }
+    // The server closes each (an accepted one after its header deadline; the waiting ones once
+    // accepted in turn): the read ends instead of hanging until the test's limit.
+    for (i, stream) in idle.iter_mut().enumerate() {
+        let mut buf = [0u8; 64];
+        if let Err(err) = stream.read(&mut buf) {
+            let waited = matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            );
+            assert!(!waited, "connection {i} was never closed");
+        }
+    }
+    let (status, _) = http("GET", &format!("{}/healthz", server.url()), None, None);
+    assert_eq!(status, 200);
+}

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod hooks;
 mod logs;
 mod runs;
+pub mod serve;
 
 use std::sync::Arc;
 

@@ -47,6 +47,12 @@ pub struct ServeArgs {
     /// to five minutes, not the plain `sha256=` scheme.
     #[arg(long, env = "SLUICE_REQUIRE_WEBHOOK_TIMESTAMP")]
     pub require_webhook_timestamp: bool,
+    /// Longest a client may take to send a request's headers before its connection is closed.
+    #[arg(long, env = "SLUICE_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// Most API connections open at once; more wait to be accepted.
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
     /// A folder outside `--pipelines` that `watch:` triggers may read (repeat, or separate with
     /// commas); a pipeline watching any other folder is refused.
     #[arg(
@@ -57,6 +63,16 @@ pub struct ServeArgs {
     pub allow_watch: Vec<PathBuf>,
     #[command(flatten)]
     pub data: DataDirArg,
+}
+
+impl ServeArgs {
+    /// The connection limits these flags set.
+    fn limits(&self) -> crate::api::serve::ServeLimits {
+        crate::api::serve::ServeLimits {
+            header_timeout: self.header_timeout,
+            max_connections: self.max_connections,
+        }
+    }
 }
 
 /// How to reach Redis.
@@ -182,6 +198,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<u8> {
             daemon,
             tokens,
             args.serve.require_webhook_timestamp,
+            args.serve.limits(),
         )
         .await?;
         queue.close();
@@ -258,6 +275,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<u8> {
             daemon,
             tokens,
             args.serve.require_webhook_timestamp,
+            args.serve.limits(),
         )
         .await?;
         // Steps still running are stopped; the next start picks their runs up.
@@ -306,6 +324,7 @@ async fn serve(
     daemon: Arc<Daemon>,
     tokens: crate::api::auth::Tokens,
     require_webhook_timestamp: bool,
+    limits: crate::api::serve::ServeLimits,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     // Scripts and tests read this line for the port when `--listen` asked for any.
@@ -317,8 +336,7 @@ async fn serve(
         tokens: Arc::new(tokens),
         require_webhook_timestamp,
     };
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    api::serve::serve(listener, api::router(state), limits, shutdown)
         .await
         .context("the HTTP server failed")?;
     daemon.wait_idle(DRIVER_STOP_WAIT).await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use sluice_tests::cluster::{assert_one_result_per_step, lines, Cluster};
-use sluice_tests::{step, wait_until};
+use sluice_tests::{sluice_bin, step, text, wait_output, wait_until};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -432,4 +432,42 @@ fn a_worker_stops_on_sigterm_even_when_redis_is_gone() {
         status.is_some()
     });
     assert!(status.unwrap().success(), "{}", worker.log_text());
+}
+
+#[test]
+fn a_second_scheduler_on_the_same_prefix_is_refused() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    cluster.pipeline("p", "name: p\nsteps:\n  a: {run: 'true'}\n");
+    cluster.start_scheduler();
+    // Its own data dir and port, the same Redis and prefix: it would split the results.
+    let other_data = cluster.scratch.path().join("other-data");
+    let child = std::process::Command::new(sluice_bin())
+        .args([
+            "scheduler",
+            "--pipelines",
+            "pipelines",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--redis", &cluster.redis_url(), "--lease", "2s"])
+        .env("SLUICE_DATA_DIR", &other_data)
+        .current_dir(cluster.scratch.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_output(child, RUN_TIMEOUT);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("another scheduler"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The first one still works.
+    let _worker = cluster.start_worker("w", 1);
+    let run = cluster.trigger("p");
+    let show = cluster.wait_run(&run, RUN_TIMEOUT);
+    assert_eq!(show["run"]["status"], "succeeded", "{show:#}");
 }

@@ -178,6 +178,12 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<u8> {
         )
         .await
         .context("stopped before Redis answered")?;
+        // One scheduler per prefix: two would split the results and strand runs.
+        let holder = format!("{}:{}:{}", hostname(), std::process::id(), ulid::Ulid::new());
+        if let Err(err) = redis.acquire_scheduler_lease(&holder, args.lease).await {
+            eprintln!("error: {err}");
+            return Ok(EXIT_INVALID);
+        }
         let redis = Arc::new(redis);
         let queue: Arc<dyn TaskQueue> = redis.clone();
         let engine = Engine {
@@ -188,8 +194,8 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<u8> {
         let daemon = start_daemon(
             engine,
             &args.serve,
-            args.lease,
-            Workers::Redis(redis),
+            (args.lease, Some(holder.clone())),
+            Workers::Redis(redis.clone()),
             &shutdown,
         )
         .await?;
@@ -201,6 +207,10 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<u8> {
             args.serve.limits(),
         )
         .await?;
+        // A clean stop hands the prefix over at once instead of after a lease.
+        if let Err(err) = redis.release_scheduler_lease(&holder).await {
+            tracing::warn!(error = %err, "Could not release the scheduler lease; it runs out by itself.");
+        }
         queue.close();
         Ok(0)
     })
@@ -252,7 +262,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<u8> {
         let daemon = start_daemon(
             engine,
             &args.serve,
-            lease,
+            (lease, None),
             Workers::InProcess(vec![info]),
             &shutdown,
         )
@@ -290,13 +300,14 @@ pub fn server(args: ServerArgs) -> anyhow::Result<u8> {
 async fn start_daemon(
     engine: Engine,
     serve: &ServeArgs,
-    lease: Duration,
+    (lease, lease_holder): (Duration, Option<String>),
     workers: Workers,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Arc<Daemon>> {
     let config = DaemonConfig {
         pipelines_dir: serve.pipelines.clone(),
         watch_allowed: serve.allow_watch.clone(),
+        lease_holder,
         lease,
     };
     Daemon::start(engine, config, workers, shutdown.clone()).await

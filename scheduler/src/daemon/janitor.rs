@@ -53,6 +53,18 @@ async fn one_round(
     daemon: &Daemon,
     redis: &RedisQueue,
 ) -> Result<(), sluice_worker::queue::QueueError> {
+    if let Some(holder) = &daemon.config.lease_holder {
+        let state = redis
+            .renew_scheduler_lease(holder, daemon.config.lease)
+            .await?;
+        if let sluice_worker::queue::redis::LeaseState::TakenBy(other) = state {
+            // Frozen past the lease while another scheduler started: two would split the
+            // results. The other one has the prefix now; this one stops.
+            tracing::error!(other, "Another scheduler took this Redis prefix; stopping.");
+            daemon.shutdown.cancel();
+            return Ok(());
+        }
+    }
     if redis.lost_data().await? {
         let runs: Vec<String> = daemon.lock_runs().keys().cloned().collect();
         tracing::warn!(

@@ -35,6 +35,9 @@ pub struct DaemonConfig {
     pub pipelines_dir: PathBuf,
     /// Folders outside `pipelines_dir` that `watch:` triggers may read.
     pub watch_allowed: Vec<PathBuf>,
+    /// This scheduler's name in the Redis prefix's lease (Redis only); the janitor renews it
+    /// and stops the daemon if another scheduler took it.
+    pub lease_holder: Option<String>,
     /// How long a worker may go without renewing a task's lease before the janitor takes the
     /// task back (Redis only).
     pub lease: Duration,

@@ -77,7 +77,12 @@ fn hand_out(daemon: &Daemon, batch: u64, events: Vec<WorkerEvent>) -> (usize, bo
         }
         let unfinished = match daemon.engine.store.run(&run) {
             Ok(Some(record)) => !record.status.is_terminal(),
-            Ok(None) => false,
+            Ok(None) => {
+                // Not a run of this store: another scheduler shares the Redis prefix, or the
+                // store was replaced. Said out loud, since results then go missing somewhere.
+                tracing::error!(run = %run, "Worker events for a run this scheduler never had (another scheduler on the same Redis prefix?); dropped.");
+                continue;
+            }
             Err(_) => true,
         };
         if unfinished {

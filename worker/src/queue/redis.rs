@@ -11,6 +11,10 @@
 //!   them for workers that were not listening at the time;
 //! - `{prefix}workers`: hash of worker name to its advertised capacity and last heartbeat.
 
+mod lease;
+
+pub use lease::LeaseState;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -172,6 +172,11 @@ impl Cluster {
         );
     }
 
+    /// Redis's process, when it runs (to freeze it).
+    pub fn redis_proc(&self) -> Option<&Proc> {
+        self.redis.as_ref()
+    }
+
     /// Kills Redis (kill -9: no save).
     pub fn kill_redis(&mut self) {
         if let Some(mut redis) = self.redis.take() {
@@ -249,9 +254,14 @@ impl Cluster {
                 &slots.to_string(),
                 "--heartbeat",
                 TEST_HEARTBEAT,
+                "--lease",
+                TEST_LEASE,
                 "--grace",
                 "5s",
             ])
+            // Per test: a worker restarted kills what its namesake in this folder left.
+            .arg("--state-dir")
+            .arg(self.scratch.path().join(format!("worker-state-{name}")))
             .env("RUST_LOG", "info")
             .current_dir(self.scratch.path())
             .stdin(Stdio::null())

@@ -471,3 +471,60 @@ fn a_second_scheduler_on_the_same_prefix_is_refused() {
     let show = cluster.wait_run(&run, RUN_TIMEOUT);
     assert_eq!(show["run"]["status"], "succeeded", "{show:#}");
 }
+
+#[test]
+fn a_worker_restarted_after_kill_9_kills_the_step_its_predecessor_left_running() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    cluster.pipeline(
+        "orphan",
+        "name: orphan\nsteps:\n  work: {run: 'echo $$ >> ../pids; sleep 300'}\n",
+    );
+    cluster.start_scheduler();
+    let mut first = cluster.start_worker("same", 1);
+    let _run = cluster.trigger("orphan");
+    let pids = cluster.scratch.path().join("pids");
+    wait_until("the step to start", RUN_TIMEOUT, || {
+        !lines(&pids).is_empty()
+    });
+    let orphan: i32 = lines(&pids)[0].parse().unwrap();
+    first.kill9();
+    // A local step outlives its killed worker...
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(sluice_tests::process_alive(orphan), "the orphan runs on");
+    // ...until the worker comes back on the machine.
+    let _again = cluster.start_worker("same", 1);
+    wait_until("the orphan to be killed", RUN_TIMEOUT, || {
+        !sluice_tests::process_alive(orphan)
+    });
+}
+
+#[test]
+fn a_worker_cut_off_from_redis_stops_its_step_before_it_runs_elsewhere() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    cluster.pipeline(
+        "cut",
+        "name: cut\nsteps:\n  work: {run: 'echo \"start $SLUICE_ATTEMPT\" >> ../ran.log; sleep 8; echo \"end $SLUICE_ATTEMPT\" >> ../ran.log'}\n",
+    );
+    cluster.start_scheduler();
+    let _worker = cluster.start_worker("island", 1);
+    let run = cluster.trigger("cut");
+    let ran = cluster.scratch.path().join("ran.log");
+    wait_until("the step to start", RUN_TIMEOUT, || !lines(&ran).is_empty());
+    // Nobody can renew anything while Redis is frozen: longer than the lease.
+    let redis = cluster.redis_proc().expect("redis runs");
+    redis.signal(Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(7));
+    redis.signal(Signal::SIGCONT);
+    let show = cluster.wait_run(&run, RUN_TIMEOUT);
+    assert_eq!(show["run"]["status"], "succeeded", "{show:#}");
+    // Attempt 1 was stopped by its own worker and handed back, never reported as cancelled;
+    // only attempt 2 ran to its end.
+    assert_eq!(lines(&ran), ["start 1", "start 2", "end 2"], "{show:#}");
+    let work = step(&show, "work");
+    assert_eq!(work["attempts"][0]["outcome"], "lost", "{work:#}");
+    assert_one_result_per_step(&show);
+}

@@ -37,6 +37,9 @@ const REMEMBERED_CANCELS: usize = 1024;
 struct Running {
     tokens: HashMap<TaskKey, CancellationToken>,
     recently_cancelled: VecDeque<String>,
+    /// Tasks stopped because their lease is gone: handed back, never reported (a report could
+    /// only be refused, or, when Redis itself was away, end a step the scheduler still runs).
+    handed_back: std::collections::HashSet<TaskKey>,
 }
 
 /// Extra controls of a worker loop, for `sluice worker` (the embedded mode needs none).
@@ -176,7 +179,13 @@ pub async fn run_worker_with(
                 .tokens
                 .remove(&task.key);
             busy.fetch_sub(1, Ordering::Relaxed);
-            if abandon.is_cancelled() {
+            let handed_back = running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .handed_back
+                .remove(&task.key);
+            if abandon.is_cancelled() || handed_back {
+                queue.hand_back(&task);
                 // Handed back: neither reported nor acknowledged; the janitor takes it back.
                 tracing::warn!(task = %task.key, "Stopped a task at the end of the grace period; handed back.");
                 drop(permit);
@@ -227,11 +236,12 @@ async fn stop_lost_and_abandoned(
             },
             _ = abandon.cancelled() => None,
         };
-        let running = running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
         match key {
             Some(key) => {
-                if let Some(token) = running.tokens.get(&key) {
+                if let Some(token) = running.tokens.get(&key).cloned() {
                     tracing::warn!(task = %key, "Stopping a task whose lease was lost.");
+                    running.handed_back.insert(key);
                     token.cancel();
                 }
             }

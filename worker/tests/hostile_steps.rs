@@ -179,6 +179,7 @@ async fn a_timeout_ends_an_attempt_whose_outputs_are_a_fifo() {
     t.timeout = Some(Duration::from_secs(1));
     let executor = LocalExecutor {
         kill_grace: Duration::from_millis(500),
+        ..LocalExecutor::default()
     };
     let result = run_with(&executor, &t, CancellationToken::new()).await;
     assert_eq!(result.outcome, Outcome::TimedOut, "{result:?}");

@@ -440,6 +440,7 @@ async fn a_step_ignoring_sigterm_is_killed_after_the_grace_period() {
     t.timeout = Some(Duration::from_secs(1));
     let executor = LocalExecutor {
         kill_grace: Duration::from_millis(500),
+        ..LocalExecutor::default()
     };
     let result = run_with(&executor, &t, CancellationToken::new()).await;
     assert_eq!(result.outcome, Outcome::TimedOut, "{result:?}");

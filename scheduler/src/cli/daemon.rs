@@ -142,6 +142,15 @@ pub struct WorkerArgs {
     /// under the scheduler's `--lease`.
     #[arg(long, env = "SLUICE_HEARTBEAT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
+    /// The scheduler's `--lease`: a worker that cannot renew its steps' leases for three
+    /// quarters of it stops them (they are being run elsewhere) and hands them back.
+    #[arg(long, env = "SLUICE_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease: Duration,
+    /// Where the worker records the process groups of its local steps, so that a restart on
+    /// the same machine kills what a killed predecessor left running (default: a folder per
+    /// worker name under the state or temporary folder).
+    #[arg(long, env = "SLUICE_WORKER_STATE")]
+    pub state_dir: Option<PathBuf>,
     /// After SIGTERM, how long running steps may take to finish before they are stopped and
     /// handed back to run elsewhere.
     #[arg(long, env = "SLUICE_GRACE", default_value = "60s", value_parser = humantime::parse_duration)]
@@ -402,6 +411,27 @@ async fn executor(name: &str) -> StepExecutor {
     }
 }
 
+/// Where a worker named `name` records its steps' process groups: under `$XDG_STATE_HOME`
+/// (or `~/.local/state`), else the temporary folder. It must outlive the process, not the
+/// machine: what it names is gone after a reboot anyway.
+fn default_state_dir(name: &str) -> PathBuf {
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("sluice").join("workers").join(safe)
+}
+
 /// `sluice worker`: takes steps from Redis and runs them.
 pub fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
     let gpus = match parse_gpus_flag(&args.gpus) {
@@ -437,7 +467,11 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
         .await
         .context("stopped before Redis answered")?;
         let redis = Arc::new(redis);
-        let executor = executor(&name).await;
+        let state_dir = args
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| default_state_dir(&name));
+        let executor = executor(&name).await.with_group_registry(state_dir);
         let busy = Arc::new(AtomicUsize::new(0));
         let (lost_tx, lost_rx) = mpsc::unbounded_channel();
         let info = WorkerInfo {
@@ -455,7 +489,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
             info,
             busy.clone(),
             lost_tx,
-            args.heartbeat,
+            (args.heartbeat, args.lease),
             beating.clone(),
         ));
         println!(
@@ -519,9 +553,15 @@ async fn heartbeat(
     mut info: WorkerInfo,
     busy: Arc<AtomicUsize>,
     lost: mpsc::UnboundedSender<sluice_worker::task::TaskKey>,
-    every: Duration,
+    (every, lease): (Duration, Duration),
     stop: CancellationToken,
 ) {
+    // Cut off from Redis (a partition, not a crash), this worker's steps go on while the
+    // janitor gives them to others once their lease runs out. Stopping them a quarter lease
+    // before that keeps a step from running twice at once.
+    let fence_after = lease * 3 / 4;
+    let mut last_renewed = tokio::time::Instant::now();
+    let mut fenced = false;
     loop {
         info.running = busy.load(Ordering::Relaxed);
         info.heartbeat_ms = now_ms();
@@ -531,11 +571,27 @@ async fn heartbeat(
         };
         match beat {
             Ok(keys) => {
+                last_renewed = tokio::time::Instant::now();
+                fenced = false;
                 for key in keys {
                     let _ = lost.send(key);
                 }
             }
-            Err(err) => tracing::warn!(error = %err, "Heartbeat failed; retrying."),
+            Err(err) => {
+                tracing::warn!(error = %err, "Heartbeat failed; retrying.");
+                if !fenced && last_renewed.elapsed() >= fence_after {
+                    let held = redis.held_tasks();
+                    tracing::error!(
+                        steps = held.len(),
+                        silent = ?last_renewed.elapsed(),
+                        "Could not renew leases for most of a lease; stopping this worker's steps and handing them back."
+                    );
+                    for key in held {
+                        let _ = lost.send(key);
+                    }
+                    fenced = true;
+                }
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

@@ -32,12 +32,16 @@ pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
 pub struct LocalExecutor {
     /// Time between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
+    /// Where each running step's process group is recorded (a file per group), so the next
+    /// process of this worker can kill what this one left if it is killed.
+    pub groups_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for LocalExecutor {
     fn default() -> Self {
         LocalExecutor {
             kill_grace: DEFAULT_KILL_GRACE,
+            groups_dir: None,
         }
     }
 }
@@ -150,7 +154,14 @@ impl Executor for LocalExecutor {
                 record.as_bytes(),
                 0o600,
             );
-            RunningGroup::register(pgid)
+            let registered = self.groups_dir.as_ref().and_then(|dir| {
+                let file = dir.join(pgid.to_string());
+                std::fs::create_dir_all(dir).ok()?;
+                let _ = crate::safe_fs::remove_entry(&file);
+                crate::safe_fs::write_new(&file, record.as_bytes(), 0o600).ok()?;
+                Some(file)
+            });
+            RunningGroup::register(pgid, registered)
         });
         let masks = || Masker::new(secret_values.iter().map(|(_, v)| v.clone()));
         // A log that cannot be written (a full disk) ends the attempt rather than letting the
@@ -303,8 +314,31 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
 /// Kills the process group an attempt's folder says runs it, if that same group still lives:
 /// what a runner that died left behind. Returns whether it killed one.
 pub fn kill_recorded_group(attempt_dir: &std::path::Path) -> bool {
+    kill_group_in(&attempt_dir.join(PROCESS_FILE))
+}
+
+/// Kills every still-running group recorded in `dir` (a worker's group registry) and empties
+/// it; returns how many it killed.
+pub fn kill_orphaned_groups(dir: &std::path::Path) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(err) => return Err(err),
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        if kill_group_in(&entry.path()) {
+            killed += 1;
+        }
+        let _ = std::fs::remove_file(entry.path());
+    }
+    Ok(killed)
+}
+
+/// Kills the group a `<pgid> <start time>` record names, if that same group still lives.
+fn kill_group_in(record: &std::path::Path) -> bool {
     // Never through a link, never more than a line: the step could have written this file.
-    let Ok(Some(bytes)) = crate::safe_fs::read_regular(&attempt_dir.join(PROCESS_FILE), 128) else {
+    let Ok(Some(bytes)) = crate::safe_fs::read_regular(record, 128) else {
         return false;
     };
     let text = String::from_utf8_lossy(&bytes);
@@ -333,16 +367,17 @@ pub fn kill_running_groups() {
     }
 }
 
-/// Membership of [`RUNNING_GROUPS`] for as long as the value lives.
-struct RunningGroup(i32);
+/// Membership of [`RUNNING_GROUPS`] (and of the worker's group registry, when it has one) for
+/// as long as the value lives.
+struct RunningGroup(i32, Option<std::path::PathBuf>);
 
 impl RunningGroup {
-    fn register(pgid: Pid) -> RunningGroup {
+    fn register(pgid: Pid, registered: Option<std::path::PathBuf>) -> RunningGroup {
         RUNNING_GROUPS
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(pgid.as_raw());
-        RunningGroup(pgid.as_raw())
+        RunningGroup(pgid.as_raw(), registered)
     }
 }
 
@@ -352,6 +387,9 @@ impl Drop for RunningGroup {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|g| *g != self.0);
+        if let Some(file) = &self.1 {
+            let _ = std::fs::remove_file(file);
+        }
     }
 }
 

@@ -32,6 +32,22 @@ impl StepExecutor {
         }
     }
 
+    /// Records local steps' process groups in `dir`, and first kills the groups a previous
+    /// process left there that still run (a worker killed with `kill -9` and restarted).
+    pub fn with_group_registry(mut self, dir: std::path::PathBuf) -> StepExecutor {
+        match super::local::kill_orphaned_groups(&dir) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(groups = n, dir = %dir.display(), "Killed steps a previous run of this worker left running.")
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, dir = %dir.display(), "Could not look for steps a previous run of this worker left.")
+            }
+        }
+        self.local.groups_dir = Some(dir);
+        self
+    }
+
     /// Whether image steps can run here.
     pub fn has_docker(&self) -> bool {
         self.docker.is_ok()

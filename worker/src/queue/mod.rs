@@ -93,6 +93,10 @@ pub trait TaskQueue: Send + Sync {
         Ok(())
     }
 
+    /// Worker side: the task is given back unreported (its lease is gone, or the worker is
+    /// draining): stop keeping its lease alive, so it is taken back and run elsewhere.
+    fn hand_back(&self, _task: &TaskSpec) {}
+
     /// Worker side: the task's Finished event was reported; its delivery can be forgotten.
     async fn done(&self, _task: &TaskSpec) -> Result<(), QueueError> {
         Ok(())

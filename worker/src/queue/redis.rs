@@ -363,6 +363,16 @@ impl RedisQueue {
         Ok(forgotten)
     }
 
+    /// The tasks this worker took and has not finished.
+    pub fn held_tasks(&self) -> Vec<TaskKey> {
+        self.taken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Removes a worker that stops cleanly from the registry.
     pub async fn unregister(&self, name: &str) -> Result<(), QueueError> {
         let mut con = self.commands.clone();
@@ -679,6 +689,17 @@ impl TaskQueue for RedisQueue {
         match ids {
             Some(ids) => self.ack_event_ids(id, ids).await,
             None => Ok(()),
+        }
+    }
+
+    fn hand_back(&self, task: &TaskSpec) {
+        let entry = self
+            .taken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&task.key);
+        if let Some((stream, id)) = entry {
+            self.release(&stream, &id);
         }
     }
 

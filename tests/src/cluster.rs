@@ -99,6 +99,8 @@ pub struct Cluster {
     pub scheduler: Option<Proc>,
     /// The API token [`Cluster::client`] sends, when the scheduler wants one.
     pub client_token: Option<String>,
+    /// Redis with a password and TLS: (password, CA file), see [`Cluster::new_secured`].
+    secured: Option<(String, PathBuf)>,
     starts: usize,
 }
 
@@ -115,6 +117,7 @@ impl Cluster {
             redis: None,
             scheduler: None,
             client_token: None,
+            secured: None,
             starts: 0,
         };
         std::fs::create_dir_all(cluster.scratch.path().join("pipelines")).expect("mkdir");
@@ -122,9 +125,101 @@ impl Cluster {
         Some(cluster)
     }
 
-    /// `redis://127.0.0.1:PORT/`.
+    /// Like [`Cluster::new`], with a Redis that needs `password` and speaks only TLS (a
+    /// self-signed certificate made here with `openssl`); schedulers and workers get
+    /// `rediss://:password@...` and `--redis-ca`.
+    pub fn new_secured(password: &str) -> Option<Cluster> {
+        if !redis_available() {
+            return None;
+        }
+        let mut cluster = Cluster {
+            scratch: Scratch::new(),
+            redis_port: free_port(),
+            api_port: free_port(),
+            redis: None,
+            scheduler: None,
+            client_token: None,
+            secured: None,
+            starts: 0,
+        };
+        std::fs::create_dir_all(cluster.scratch.path().join("pipelines")).expect("mkdir");
+        let dir = cluster.scratch.path();
+        // A CA, and the server's certificate signed by it (a self-signed CA certificate used
+        // as the server's own is refused by rustls, rightly).
+        std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("write");
+        let steps: [&[&str]; 3] = [
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-keyout",
+                "ca-key.pem",
+                "-out",
+                "ca.pem",
+                "-subj",
+                "/CN=sluice-test-ca",
+            ],
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "redis-key.pem",
+                "-out",
+                "redis.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "redis.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca-key.pem",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+                "-out",
+                "redis-cert.pem",
+            ],
+        ];
+        for args in steps {
+            let made = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl runs (Debian's `openssl` package)");
+            assert!(made.status.success(), "{}", text(&made.stderr));
+        }
+        cluster.secured = Some((password.to_string(), dir.join("ca.pem")));
+        cluster.start_redis();
+        Some(cluster)
+    }
+
+    /// `redis://127.0.0.1:PORT/` (`rediss://:PASSWORD@...` when secured).
     pub fn redis_url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.redis_port)
+        match &self.secured {
+            Some((password, _)) => format!("rediss://:{password}@127.0.0.1:{}/", self.redis_port),
+            None => format!("redis://127.0.0.1:{}/", self.redis_port),
+        }
+    }
+
+    /// What schedulers and workers need besides `--redis` (the CA of a secured Redis).
+    fn redis_args(&self) -> Vec<String> {
+        match &self.secured {
+            Some((_, ca)) => vec!["--redis-ca".into(), ca.display().to_string()],
+            None => Vec::new(),
+        }
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -147,17 +242,33 @@ impl Cluster {
     /// Starts redis-server without persistence (a restart loses everything).
     pub fn start_redis(&mut self) {
         let log = self.log_path("redis");
+        let port = self.redis_port.to_string();
+        let listen: Vec<String> = match &self.secured {
+            None => vec!["--port".into(), port],
+            Some((password, ca)) => {
+                let cert = ca.with_file_name("redis-cert.pem");
+                let key = ca.with_file_name("redis-key.pem");
+                [
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                    "--requirepass",
+                    password,
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .chain(["--tls-cert-file".into(), cert.display().to_string()])
+                .chain(["--tls-key-file".into(), key.display().to_string()])
+                .chain(["--tls-ca-cert-file".into(), ca.display().to_string()])
+                .collect()
+            }
+        };
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.redis_port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(&listen)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .current_dir(self.scratch.path())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log"))
@@ -202,6 +313,7 @@ impl Cluster {
                 "--redis",
                 &self.redis_url(),
             ])
+            .args(self.redis_args())
             // The test lease, unless the test gives its own.
             .args(
                 (!extra.contains(&"--lease"))
@@ -259,6 +371,7 @@ impl Cluster {
                 "--grace",
                 "5s",
             ])
+            .args(self.redis_args())
             // Per test: a worker restarted kills what its namesake in this folder left.
             .arg("--state-dir")
             .arg(self.scratch.path().join(format!("worker-state-{name}")))

@@ -528,3 +528,35 @@ fn a_worker_cut_off_from_redis_stops_its_step_before_it_runs_elsewhere() {
     assert_eq!(work["attempts"][0]["outcome"], "lost", "{work:#}");
     assert_one_result_per_step(&show);
 }
+
+#[test]
+fn redis_with_a_password_and_tls_works_and_the_password_stays_out_of_logs() {
+    let password = "pw-that-must-not-be-logged";
+    let Some(mut cluster) = Cluster::new_secured(password) else {
+        return;
+    };
+    cluster.pipeline("p", "name: p\nsteps:\n  a: {run: 'echo over tls'}\n");
+    cluster.start_scheduler();
+    let worker = cluster.start_worker("tls", 1);
+    let run = cluster.trigger("p");
+    let show = cluster.wait_run(&run, RUN_TIMEOUT);
+    assert_eq!(show["run"]["status"], "succeeded", "{show:#}");
+    // Plain text to the TLS port is not Redis to a client: nothing answers it as such.
+    let plain = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &cluster.redis_port.to_string(),
+            "-a",
+            password,
+            "PING",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !text(&plain.stdout).contains("PONG"),
+        "{}",
+        text(&plain.stdout)
+    );
+    let logs = format!("{}{}", cluster.scheduler_logs(), worker.log_text());
+    assert!(!logs.contains(password), "{logs}");
+}

@@ -92,6 +92,7 @@ fn start_redis() -> Option<Redis> {
 async fn queue(redis: &Redis, consumer: &str, prefix: &str) -> RedisQueue {
     let config = RedisQueueConfig {
         url: redis.url(),
+        ca_cert: None,
         prefix: prefix.to_string(),
         consumer: consumer.to_string(),
         queues: vec!["default".into()],
@@ -445,6 +446,7 @@ async fn a_redis_that_is_down_at_start_is_waited_for() {
     let connecting = tokio::spawn(async move {
         let config = RedisQueueConfig {
             url,
+            ca_cert: None,
             prefix: "t5:".into(),
             consumer: "w".into(),
             queues: vec![],
@@ -541,4 +543,18 @@ async fn workers_silent_for_long_are_dropped_from_the_registry() {
         .map(|w| w.name)
         .collect();
     assert_eq!(names, ["live"]);
+}
+
+#[test]
+fn passwords_are_taken_out_of_redis_urls_for_logs() {
+    use sluice_worker::queue::redis::redacted;
+    assert_eq!(
+        redacted("rediss://:s3cret@host:6380/0"),
+        "rediss://:***@host:6380/0"
+    );
+    assert_eq!(
+        redacted("redis://app:s3cret@host/"),
+        "redis://app:***@host/"
+    );
+    assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
 }

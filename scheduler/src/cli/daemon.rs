@@ -88,6 +88,10 @@ pub struct RedisArgs {
     /// Prefix of every key, so several deployments can share one Redis.
     #[arg(long, env = "SLUICE_REDIS_PREFIX", default_value = "sluice:")]
     pub redis_prefix: String,
+    /// PEM file of the CA that signed a `rediss://` server's certificate, when the system
+    /// does not trust it.
+    #[arg(long, env = "SLUICE_REDIS_CA")]
+    pub redis_ca: Option<PathBuf>,
 }
 
 /// Arguments of `sluice scheduler`.
@@ -179,6 +183,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<u8> {
         let redis = RedisQueue::connect(
             RedisQueueConfig {
                 url: args.redis.redis.clone(),
+                ca_cert: args.redis.redis_ca.clone(),
                 prefix: args.redis.redis_prefix.clone(),
                 consumer: "scheduler".into(),
                 queues: Vec::new(),
@@ -456,6 +461,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
         let redis = RedisQueue::connect(
             RedisQueueConfig {
                 url: args.redis.redis.clone(),
+                ca_cert: args.redis.redis_ca.clone(),
                 prefix: args.redis.redis_prefix.clone(),
                 // Each start is its own consumer: a worker restarted under the same name (a
                 // container restarted in place) must not renew what the dead one held.

@@ -51,8 +51,11 @@ const BLOCK_MS: usize = 1000;
 /// How a queue connects and names things.
 #[derive(Debug, Clone)]
 pub struct RedisQueueConfig {
-    /// `redis://host:port/db`.
+    /// `redis://[user:password@]host:port/db`, or `rediss://` for TLS.
     pub url: String,
+    /// PEM file of the certificate authority a `rediss://` server's certificate is checked
+    /// against, when it is not one the system trusts.
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Prefix of every key.
     pub prefix: String,
     /// This process's consumer name: the worker's name with a per-start instance id (so only
@@ -128,7 +131,23 @@ impl RedisQueue {
         config: RedisQueueConfig,
         give_up: CancellationToken,
     ) -> Result<RedisQueue, QueueError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(redis_error)?;
+        let client = match &config.ca_cert {
+            None => redis::Client::open(config.url.as_str()).map_err(redis_error)?,
+            Some(file) => {
+                let pem = std::fs::read(file).map_err(|err| {
+                    QueueError::Redis(format!(
+                        "cannot read the Redis CA {}: {err}",
+                        file.display()
+                    ))
+                })?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(config.url.as_str(), certs).map_err(redis_error)?
+            }
+        };
+        let shown = redacted(&config.url);
         let mut delay = Duration::from_millis(100);
         let commands = loop {
             let quick =
@@ -136,7 +155,7 @@ impl RedisQueue {
             match ConnectionManager::new_with_config(client.clone(), quick).await {
                 Ok(connections) => break connections,
                 Err(err) => {
-                    tracing::warn!(url = %config.url, error = %err, retry_in = ?delay, "Redis is not answering; retrying.");
+                    tracing::warn!(url = %shown, error = %err, retry_in = ?delay, "Redis is not answering; retrying.");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = give_up.cancelled() => return Err(QueueError::Closed),
@@ -1211,6 +1230,18 @@ fn ack_and_delete<'p>(
         .arg(stream)
         .arg(ids)
         .ignore()
+}
+
+/// The URL with its password replaced, for logs.
+pub fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, rest)), Some(at)) if at > scheme.len() + 3 => {
+            let credentials = &rest[..at - scheme.len() - 3];
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{}", &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 fn redis_error(err: redis::RedisError) -> QueueError {

@@ -105,12 +105,12 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts Redis only; `None` when the test is skipped (no redis-server).
-    pub fn new() -> Option<Cluster> {
+    /// A scratch folder with `pipelines/` and free ports; `None` without redis-server.
+    fn unstarted() -> Option<Cluster> {
         if !redis_available() {
             return None;
         }
-        let mut cluster = Cluster {
+        let cluster = Cluster {
             scratch: Scratch::new(),
             redis_port: free_port(),
             api_port: free_port(),
@@ -121,6 +121,12 @@ impl Cluster {
             starts: 0,
         };
         std::fs::create_dir_all(cluster.scratch.path().join("pipelines")).expect("mkdir");
+        Some(cluster)
+    }
+
+    /// Starts Redis only; `None` when the test is skipped (no redis-server).
+    pub fn new() -> Option<Cluster> {
+        let mut cluster = Cluster::unstarted()?;
         cluster.start_redis();
         Some(cluster)
     }
@@ -129,20 +135,7 @@ impl Cluster {
     /// self-signed certificate made here with `openssl`); schedulers and workers get
     /// `rediss://:password@...` and `--redis-ca`.
     pub fn new_secured(password: &str) -> Option<Cluster> {
-        if !redis_available() {
-            return None;
-        }
-        let mut cluster = Cluster {
-            scratch: Scratch::new(),
-            redis_port: free_port(),
-            api_port: free_port(),
-            redis: None,
-            scheduler: None,
-            client_token: None,
-            secured: None,
-            starts: 0,
-        };
-        std::fs::create_dir_all(cluster.scratch.path().join("pipelines")).expect("mkdir");
+        let mut cluster = Cluster::unstarted()?;
         let dir = cluster.scratch.path();
         // A CA, and the server's certificate signed by it (a self-signed CA certificate used
         // as the server's own is refused by rustls, rightly).

@@ -213,14 +213,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<u8> {
             &shutdown,
         )
         .await?;
-        serve(
-            listener,
-            daemon,
-            tokens,
-            args.serve.require_webhook_timestamp,
-            args.serve.limits(),
-        )
-        .await?;
+        serve(listener, daemon, tokens, &args.serve).await?;
         // A clean stop hands the prefix over at once instead of after a lease.
         if let Err(err) = redis.release_scheduler_lease(&holder).await {
             tracing::warn!(error = %err, "Could not release the scheduler lease; it runs out by itself.");
@@ -294,14 +287,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<u8> {
             },
             workers_stop.clone(),
         ));
-        serve(
-            listener,
-            daemon,
-            tokens,
-            args.serve.require_webhook_timestamp,
-            args.serve.limits(),
-        )
-        .await?;
+        serve(listener, daemon, tokens, &args.serve).await?;
         // Steps still running are stopped; the next start picks their runs up.
         workers_stop.cancel();
         queue.close();
@@ -348,8 +334,7 @@ async fn serve(
     listener: tokio::net::TcpListener,
     daemon: Arc<Daemon>,
     tokens: crate::api::auth::Tokens,
-    require_webhook_timestamp: bool,
-    limits: crate::api::serve::ServeLimits,
+    args: &ServeArgs,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     // Scripts and tests read this line for the port when `--listen` asked for any.
@@ -359,9 +344,9 @@ async fn serve(
     let state = ApiState {
         daemon: daemon.clone(),
         tokens: Arc::new(tokens),
-        require_webhook_timestamp,
+        require_webhook_timestamp: args.require_webhook_timestamp,
     };
-    api::serve::serve(listener, api::router(state), limits, shutdown)
+    api::serve::serve(listener, api::router(state), args.limits(), shutdown)
         .await
         .context("the HTTP server failed")?;
     daemon.wait_idle(DRIVER_STOP_WAIT).await;

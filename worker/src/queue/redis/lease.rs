@@ -47,25 +47,10 @@ impl RedisQueue {
         let deadline = tokio::time::Instant::now() + ttl + Duration::from_secs(1);
         let mut logged = false;
         loop {
-            let mut con = self.commands.clone();
-            let set: Option<String> = redis::cmd("SET")
-                .arg(self.lease_key())
-                .arg(holder)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl.as_millis() as u64)
-                .query_async(&mut con)
-                .await
-                .map_err(redis_error)?;
-            if set.is_some() {
+            if self.take_free_lease(holder, ttl).await? {
                 return Ok(());
             }
-            let current: Option<String> = redis::cmd("GET")
-                .arg(self.lease_key())
-                .query_async(&mut con)
-                .await
-                .map_err(redis_error)?;
-            let current = current.unwrap_or_default();
+            let current = self.lease_holder().await?;
             if tokio::time::Instant::now() >= deadline {
                 return Err(QueueError::Redis(format!(
                     "another scheduler ({current}) is live on Redis prefix `{}`: stop it, or give this one another --redis-prefix",
@@ -99,21 +84,7 @@ impl RedisQueue {
             .map_err(redis_error)?;
         match renewed {
             1 => Ok(LeaseState::Held),
-            -1 => {
-                let set: Option<String> = redis::cmd("SET")
-                    .arg(self.lease_key())
-                    .arg(holder)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl.as_millis() as u64)
-                    .query_async(&mut con)
-                    .await
-                    .map_err(redis_error)?;
-                match set {
-                    Some(_) => Ok(LeaseState::Held),
-                    None => self.lease_holder().await.map(LeaseState::TakenBy),
-                }
-            }
+            -1 if self.take_free_lease(holder, ttl).await? => Ok(LeaseState::Held),
             _ => self.lease_holder().await.map(LeaseState::TakenBy),
         }
     }
@@ -130,6 +101,21 @@ impl RedisQueue {
         .await
         .map_err(redis_error)?;
         Ok(())
+    }
+
+    /// Takes the lease when nobody holds it (`SET NX PX`); whether it did.
+    async fn take_free_lease(&self, holder: &str, ttl: Duration) -> Result<bool, QueueError> {
+        let mut con = self.commands.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.lease_key())
+            .arg(holder)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut con)
+            .await
+            .map_err(redis_error)?;
+        Ok(set.is_some())
     }
 
     async fn lease_holder(&self) -> Result<String, QueueError> {

@@ -560,3 +560,31 @@ fn redis_with_a_password_and_tls_works_and_the_password_stays_out_of_logs() {
     let logs = format!("{}{}", cluster.scheduler_logs(), worker.log_text());
     assert!(!logs.contains(password), "{logs}");
 }
+
+#[test]
+fn a_cancel_ends_the_run_even_when_the_steps_worker_is_frozen() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    cluster.pipeline(
+        "stuck",
+        &format!(
+            "name: stuck\nsteps:\n  work:\n    run: {}\n",
+            serde_json::to_string(&marking_step("300")).unwrap()
+        ),
+    );
+    // A lease far longer than the test: only the cancel's own grace can end the run.
+    cluster.start_scheduler_with(&["--lease", "300s"]);
+    let worker = cluster.start_worker("frozen", 1);
+    let run = cluster.trigger("stuck");
+    let ran = cluster.scratch.path().join("ran.log");
+    wait_until("the step to start", RUN_TIMEOUT, || !lines(&ran).is_empty());
+    worker.signal(Signal::SIGSTOP);
+    let out = cluster.client(&["cancel", &run]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let show = cluster.wait_run(&run, RUN_TIMEOUT);
+    assert_eq!(show["run"]["status"], "cancelled", "{show:#}");
+    let attempt = &step(&show, "work")["attempts"][0];
+    assert_eq!(attempt["status"], "cancelled", "{attempt:#}");
+    worker.signal(Signal::SIGCONT);
+}

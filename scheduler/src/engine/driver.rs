@@ -818,8 +818,18 @@ impl RunDriver {
     fn abandon_in_flight(&mut self) {
         let names: Vec<String> = self.steps.keys().cloned().collect();
         for name in names {
-            let record = &self.steps[&name];
+            let Some(record) = self.steps.get_mut(&name) else {
+                continue;
+            };
             if matches!(record.status, StepStatus::Queued | StepStatus::Running) {
+                // The attempt ends too, so nothing shows it running on a worker that is gone.
+                if let Some(attempt) = record.attempts.last_mut() {
+                    attempt.status = StepStatus::Cancelled;
+                    attempt.outcome = Some(Outcome::Cancelled.as_str().to_string());
+                    attempt.finished_ms.get_or_insert(now_ms());
+                    attempt.message =
+                        Some("cancelled; its worker did not confirm the stop in time".into());
+                }
                 self.set_terminal(
                     &name,
                     StepStatus::Cancelled,

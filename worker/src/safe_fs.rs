@@ -196,18 +196,22 @@ pub fn remove_entry(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Writes `bytes` to a new file at `path`, never through a link or into a file that is already
-/// there (which a step could have put there).
-pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    use std::io::Write;
+/// Creates a new file at `path` for writing, never through a link or into a file that is
+/// already there (which a step could have put there).
+pub fn create_new(path: &Path, mode: u32) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?
-        .write_all(bytes)
+        .open(path)
+}
+
+/// Writes `bytes` to a new file at `path`, as [`create_new`] makes it.
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::io::Write;
+    create_new(path, mode)?.write_all(bytes)
 }
 
 #[cfg(test)]

@@ -61,31 +61,31 @@ pub(super) async fn hook(
             format!("no webhook `{name}` on a pipeline `{pipeline}`"),
         ));
     };
-    let mut secrets = Vec::new();
-    if let Some(var) = &secret_env {
-        secrets = secrets_from_env(var).ok_or_else(|| {
-            tracing::error!(
-                pipeline,
-                webhook = name,
-                var,
-                "The webhook's secret variable is not set; refusing deliveries."
-            );
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the webhook's secret is not configured on the scheduler (`{var}`)"),
-            )
-        })?;
-    }
+    // Which scheme signed it, for a webhook with a secret (`None`: an `insecure` one).
     let signed = match &secret_env {
-        Some(_) => {
+        None => None,
+        Some(var) => {
+            let secrets = secrets_from_env(var).ok_or_else(|| {
+                tracing::error!(
+                    pipeline,
+                    webhook = name,
+                    var,
+                    "The webhook's secret variable is not set; refusing deliveries."
+                );
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the webhook's secret is not configured on the scheduler (`{var}`)"),
+                )
+            })?;
             let now = chrono::Utc::now().timestamp();
-            match verify(
+            let verified = verify(
                 &headers,
                 &body,
                 &secrets,
                 now,
                 state.require_webhook_timestamp,
-            ) {
+            );
+            match verified {
                 Ok(signed) => Some(signed),
                 Err(why) => {
                     tracing::warn!(pipeline, webhook = name, why, "Webhook delivery refused.");
@@ -93,7 +93,6 @@ pub(super) async fn hook(
                 }
             }
         }
-        None => None,
     };
     let params = map_params(&body, &mapping)?;
     // What identifies the delivery: what its signature covers, else its (unsigned) id.

@@ -42,23 +42,16 @@ impl Catalog {
         roots.extend(watch_allowed.iter().map(|p| resolved(p)));
         for file in spec::find_pipeline_files(&[dir.to_path_buf()])? {
             match spec::load_file(&file, spec::DEFAULT_MAX_FILE_BYTES) {
-                Ok(loaded) if !watches_outside(&loaded, &roots).is_empty() => {
-                    let problems = watches_outside(&loaded, &roots)
-                        .into_iter()
-                        .map(|folder| format!(
-                            "{}: `watch` folder {} is outside the pipelines folder; let the daemon read it with `--allow-watch {}`",
-                            file.display(),
-                            folder.display(),
-                            folder.display()
-                        ))
-                        .collect();
-                    catalog.errors.push(LoadError {
-                        file: file.clone(),
-                        problems,
-                        serving_last_good: None,
-                    });
-                }
                 Ok(loaded) => {
+                    let problems = watch_problems(&loaded, &roots, &file);
+                    if !problems.is_empty() {
+                        catalog.errors.push(LoadError {
+                            file: file.clone(),
+                            problems,
+                            serving_last_good: None,
+                        });
+                        continue;
+                    }
                     let name = loaded.pipeline.name.clone();
                     if let Some(first) = catalog.pipelines.get(&name) {
                         catalog.errors.push(LoadError {
@@ -135,8 +128,8 @@ impl Catalog {
     }
 }
 
-/// The `watch:` folders of `loaded` that lie inside none of `roots`.
-fn watches_outside(loaded: &LoadedPipeline, roots: &[PathBuf]) -> Vec<PathBuf> {
+/// A problem for each `watch:` folder of `loaded` (read from `file`) inside none of `roots`.
+fn watch_problems(loaded: &LoadedPipeline, roots: &[PathBuf], file: &Path) -> Vec<String> {
     let base = loaded
         .path
         .parent()
@@ -151,6 +144,14 @@ fn watches_outside(loaded: &LoadedPipeline, roots: &[PathBuf]) -> Vec<PathBuf> {
             _ => None,
         })
         .filter(|folder| !roots.iter().any(|root| folder.starts_with(root)))
+        .map(|folder| {
+            format!(
+                "{}: `watch` folder {} is outside the pipelines folder; let the daemon read it with `--allow-watch {}`",
+                file.display(),
+                folder.display(),
+                folder.display()
+            )
+        })
         .collect()
 }
 

@@ -10,7 +10,7 @@ pub mod routing;
 
 use std::collections::BTreeMap;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
@@ -55,7 +55,7 @@ pub async fn prepare_attempt_dir(task: &TaskSpec) -> io::Result<AttemptLogs> {
 }
 
 fn prepare_blocking(task: &TaskSpec) -> io::Result<AttemptLogs> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     std::fs::create_dir_all(&task.attempt_dir)?;
     for stale in [
         task.step_dir(),
@@ -79,18 +79,10 @@ fn prepare_blocking(task: &TaskSpec) -> io::Result<AttemptLogs> {
     for (step, path) in &task.inputs {
         std::os::unix::fs::symlink(path, inputs.join(step))?;
     }
-    let fresh = |path: PathBuf, mode: u32| {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-    };
     safe_fs::write_new(&task.outputs_file(), b"", 0o600)?;
     Ok(AttemptLogs {
-        stdout: fresh(task.stdout_log(), 0o644)?,
-        stderr: fresh(task.stderr_log(), 0o644)?,
+        stdout: safe_fs::create_new(&task.stdout_log(), 0o644)?,
+        stderr: safe_fs::create_new(&task.stderr_log(), 0o644)?,
     })
 }
 

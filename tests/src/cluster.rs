@@ -347,6 +347,11 @@ impl Cluster {
 
     /// Starts a worker named `name` with `slots` slots.
     pub fn start_worker(&mut self, name: &str, slots: usize) -> Proc {
+        self.start_worker_with(name, slots, &[])
+    }
+
+    /// Starts a worker named `name` with `slots` slots and extra flags.
+    pub fn start_worker_with(&mut self, name: &str, slots: usize, extra: &[&str]) -> Proc {
         let log = self.log_path(&format!("worker-{name}"));
         let child = Command::new(sluice_bin())
             .args([
@@ -365,6 +370,7 @@ impl Cluster {
                 "5s",
             ])
             .args(self.redis_args())
+            .args(extra)
             // Per test: a worker restarted kills what its namesake in this folder left.
             .arg("--state-dir")
             .arg(self.scratch.path().join(format!("worker-state-{name}")))

@@ -8,4 +8,5 @@ pub mod logs;
 pub mod pool;
 pub mod queue;
 pub mod safe_fs;
+pub mod secrets;
 pub mod task;

@@ -102,8 +102,13 @@ pub struct TaskSpec {
     pub gpus: Vec<String>,
     /// The step's whole environment (params, `SLUICE_*`, step env), in order.
     pub env: Vec<(String, String)>,
-    /// Names of variables to forward from the worker's own environment, masked in logs.
+    /// Names of the step's secrets, masked in logs: each comes from `sealed_secrets` when the
+    /// scheduler's secret store has it, else from the worker's own environment.
     pub secrets: Vec<String>,
+    /// Secret name to its value sealed with the workers' key (`sluice secrets set`); opened
+    /// only by the worker that runs the attempt, never present in clear.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sealed_secrets: BTreeMap<String, String>,
     /// Working directory of the process. For an image step: a path inside the container, or
     /// empty for the image's own.
     pub workdir: PathBuf,

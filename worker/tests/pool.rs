@@ -33,6 +33,7 @@ fn task(dir: &Path, run_id: &str, step: &str, queue: &str, script: &str) -> Task
         gpus: Vec::new(),
         env: vec![("SLUICE_STEP".to_string(), step.to_string())],
         secrets: Vec::new(),
+        sealed_secrets: Default::default(),
         workdir: dir.to_path_buf(),
         attempt_dir,
         inputs: Vec::new(),

@@ -123,6 +123,7 @@ fn task(dir: &std::path::Path, run: &str, step: &str, attempt: u32, command: &st
         gpus: Vec::new(),
         env: vec![],
         secrets: vec![],
+        sealed_secrets: Default::default(),
         workdir: dir.to_path_buf(),
         attempt_dir: dir.join(format!("{run}-{step}-{attempt}")),
         inputs: vec![],

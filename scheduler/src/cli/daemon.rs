@@ -12,11 +12,13 @@ use sluice_worker::executor::{DockerExecutor, StepExecutor};
 use sluice_worker::gpu::parse_gpus_flag;
 use sluice_worker::pool::{run_worker, run_worker_with, WorkerConfig, WorkerHooks};
 use sluice_worker::queue::{MemoryQueue, RedisQueue, RedisQueueConfig, TaskQueue, WorkerInfo};
+use sluice_worker::secrets::SecretKey;
 use sluice_worker::task::now_ms;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::run::{hostname, prepare_data_dir};
+use super::secrets::SecretKeyArg;
 use super::{DataDirArg, EXIT_INVALID};
 use crate::api::{self, ApiState};
 use crate::daemon::{Daemon, DaemonConfig, Workers};
@@ -118,6 +120,8 @@ pub struct ServerArgs {
     /// GPUs steps may lease: device ids (`0,1`) or `auto`.
     #[arg(long, env = "SLUICE_GPUS", default_value = "")]
     pub gpus: String,
+    #[command(flatten)]
+    pub secret_key: SecretKeyArg,
 }
 
 /// Arguments of `sluice worker`.
@@ -159,6 +163,8 @@ pub struct WorkerArgs {
     /// handed back to run elsewhere.
     #[arg(long, env = "SLUICE_GRACE", default_value = "60s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
+    #[command(flatten)]
+    pub secret_key: SecretKeyArg,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -237,10 +243,14 @@ pub fn server(args: ServerArgs) -> anyhow::Result<u8> {
             return Ok(EXIT_INVALID);
         }
     };
+    let secret_key = match args.secret_key.load() {
+        Ok(key) => key,
+        Err(code) => return Ok(code),
+    };
     runtime()?.block_on(async move {
         let shutdown = CancellationToken::new();
         let name = format!("server:{}:{}", hostname(), std::process::id());
-        let executor = executor(&name).await;
+        let executor = executor(&name, secret_key).await;
         tokio::spawn(stop_on_signals(shutdown.clone(), None));
         let listener = bind(args.serve.listen).await?;
         let store = Store::open(&data_dir)?;
@@ -380,9 +390,10 @@ async fn stop_on_signals(shutdown: CancellationToken, abandon: Option<Cancellati
 
 /// Local processes always; containers when a Docker engine answers (containers a previous
 /// life of this worker left behind are removed first).
-async fn executor(name: &str) -> StepExecutor {
-    match DockerExecutor::connect(name).await {
-        Ok(docker) => {
+async fn executor(name: &str, secret_key: Option<SecretKey>) -> StepExecutor {
+    let executor = match DockerExecutor::connect(name).await {
+        Ok(mut docker) => {
+            docker.secret_key = secret_key.clone();
             let own = name.to_string();
             match docker.reap_orphans(move |worker| worker == own).await {
                 Ok(0) => {}
@@ -398,7 +409,8 @@ async fn executor(name: &str) -> StepExecutor {
             tracing::info!(%why, "No Docker engine: steps with an image fail on this worker.");
             StepExecutor::local_only(why)
         }
-    }
+    };
+    executor.with_secret_key(secret_key)
 }
 
 /// Where a worker named `name` records its steps' process groups: under `$XDG_STATE_HOME`
@@ -431,6 +443,10 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
             return Ok(EXIT_INVALID);
         }
     };
+    let secret_key = match args.secret_key.load() {
+        Ok(key) => key,
+        Err(code) => return Ok(code),
+    };
     let name = args
         .name
         .clone()
@@ -462,7 +478,9 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
             .state_dir
             .clone()
             .unwrap_or_else(|| default_state_dir(&name));
-        let executor = executor(&name).await.with_group_registry(state_dir);
+        let executor = executor(&name, secret_key)
+            .await
+            .with_group_registry(state_dir);
         let busy = Arc::new(AtomicUsize::new(0));
         let (lost_tx, lost_rx) = mpsc::unbounded_channel();
         let info = WorkerInfo {

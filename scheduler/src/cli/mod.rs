@@ -6,6 +6,7 @@ mod graph;
 mod inspect;
 mod progress;
 mod run;
+mod secrets;
 mod validate;
 
 use std::path::PathBuf;
@@ -82,6 +83,9 @@ pub enum Command {
     /// API tokens: `sluice token new NAME --role read|trigger|admin`.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Secrets stored encrypted in the data dir: `keygen`, `set NAME`, `ls`, `rm NAME`.
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
 }
 
 /// What `sluice token` does.
@@ -131,6 +135,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Trigger(args) => client::trigger(args),
         Command::Cancel(args) => client::cancel(args),
         Command::Workers(args) => client::workers(args),
+        Command::Secrets(command) => secrets::secrets(command),
         Command::Token(TokenCommand::New { name, role }) => {
             match crate::api::auth::new_token(&name, &role) {
                 Ok((token, line)) => {

@@ -1,6 +1,8 @@
 //! `sluice run`: the embedded mode. The same engine, store and worker loop as the daemons, with
 //! the in-memory queue and local processes, so one machine needs nothing but this binary.
 
+use super::secrets::SecretKeyArg;
+use sluice_worker::secrets::SecretKey;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +45,8 @@ pub struct RunArgs {
     #[arg(long, env = "SLUICE_GPUS", default_value = "")]
     pub gpus: String,
     #[command(flatten)]
+    pub secret_key: SecretKeyArg,
+    #[command(flatten)]
     pub data: DataDirArg,
 }
 
@@ -73,10 +77,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
             return Ok(EXIT_INVALID);
         }
     }
+    let secret_key = match args.secret_key.load() {
+        Ok(key) => key,
+        Err(code) => return Ok(code),
+    };
     let resume = args
         .resume
         .map(|id| (id, args.parallelism.map(|p| p as usize)));
-    runtime.block_on(run_embedded(data_dir, request, resume, gpus))
+    runtime.block_on(run_embedded(data_dir, request, resume, gpus, secret_key))
 }
 
 pub(super) fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -208,13 +216,18 @@ fn dead_embedded_runner(worker: &str) -> bool {
 
 /// Local processes always; Docker too when a step has an image. `Err` says why Docker is needed
 /// and not there.
-async fn executor_for(pipeline: &Pipeline, worker: &str) -> Result<StepExecutor, String> {
+async fn executor_for(
+    pipeline: &Pipeline,
+    worker: &str,
+    secret_key: Option<SecretKey>,
+) -> Result<StepExecutor, String> {
     let Some(step) = pipeline.steps.values().find(|s| s.image.is_some()) else {
-        return Ok(StepExecutor::local_only(
-            "no step of this pipeline needs it",
-        ));
+        return Ok(
+            StepExecutor::local_only("no step of this pipeline needs it")
+                .with_secret_key(secret_key),
+        );
     };
-    let docker = DockerExecutor::connect(worker)
+    let mut docker = DockerExecutor::connect(worker)
         .await
         .map_err(|why| format!("step `{}` runs in an image, but {why}", step.name))?;
     match docker.reap_orphans(dead_embedded_runner).await {
@@ -225,7 +238,8 @@ async fn executor_for(pipeline: &Pipeline, worker: &str) -> Result<StepExecutor,
         ),
         Err(err) => tracing::warn!(error = %err, "Could not look for leftover containers."),
     }
-    Ok(StepExecutor::with_docker(Arc::new(docker)))
+    docker.secret_key = secret_key.clone();
+    Ok(StepExecutor::with_docker(Arc::new(docker)).with_secret_key(secret_key))
 }
 
 async fn run_embedded(
@@ -233,11 +247,12 @@ async fn run_embedded(
     request: Option<RunRequest>,
     resume: Option<(String, Option<usize>)>,
     gpus: Vec<String>,
+    secret_key: Option<SecretKey>,
 ) -> anyhow::Result<u8> {
     let worker_name = embedded_worker_name();
     let mut executor = None;
     if let Some(request) = &request {
-        match executor_for(&request.loaded.pipeline, &worker_name).await {
+        match executor_for(&request.loaded.pipeline, &worker_name, secret_key.clone()).await {
             Ok(ready) => executor = Some(ready),
             Err(message) => {
                 eprintln!("error: {message}");
@@ -288,7 +303,7 @@ async fn run_embedded(
     };
     let executor = match executor {
         Some(ready) => ready,
-        None => match executor_for(driver.pipeline(), &worker_name).await {
+        None => match executor_for(driver.pipeline(), &worker_name, secret_key).await {
             Ok(ready) => ready,
             Err(message) => {
                 eprintln!("error: {message}; the run stays resumable");

@@ -7,6 +7,7 @@ use indexmap::IndexMap;
 use sluice_worker::task::{StepCommand, TaskKey, TaskResources, TaskSpec};
 
 use crate::spec::{Action, Step};
+use crate::store::secrets::SecretStore;
 use crate::store::{RunRecord, StepRecord};
 
 /// Where attempt `attempt` of `step` in `run_id` keeps its files.
@@ -67,6 +68,7 @@ pub fn build_task(
         gpus: Vec::new(),
         env: Vec::new(),
         secrets: step.secrets.clone(),
+        sealed_secrets: sealed_secrets(data_dir, &step.secrets),
         workdir: match (&step.image, &step.workdir) {
             // Inside a container the workdir is the image's (validation made it absolute).
             (Some(_), Some(w)) => PathBuf::from(w),
@@ -81,6 +83,26 @@ pub fn build_task(
     };
     task.env = step_env(data_dir, run, &step.env, &run.params, &task);
     task
+}
+
+/// The sealed values the data dir's secret store holds for `names`; the others the worker
+/// takes from its environment. A file that cannot be read is logged and left to the worker,
+/// whose error then names the secret.
+fn sealed_secrets(data_dir: &Path, names: &[String]) -> BTreeMap<String, String> {
+    if names.is_empty() {
+        return BTreeMap::new();
+    }
+    let store = SecretStore::in_data_dir(data_dir);
+    names
+        .iter()
+        .filter_map(|name| match store.sealed(name) {
+            Ok(sealed) => sealed.map(|s| (name.clone(), s)),
+            Err(err) => {
+                tracing::warn!(secret = %name, error = %err, "Cannot read a stored secret.");
+                None
+            }
+        })
+        .collect()
 }
 
 /// The step's own env first, then what Sluice sets, so a step cannot shadow `SLUICE_OUT` by

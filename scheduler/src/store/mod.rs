@@ -7,6 +7,7 @@
 //! Keys: `p/<hash>` pipeline, `r/<run>` run, `s/<run>/<step>` step, `e/<run>/<seq>` event.
 
 pub mod records;
+pub mod secrets;
 
 use std::path::Path;
 

@@ -206,6 +206,7 @@ mod tests {
             gpus: leased.iter().map(|s| s.to_string()).collect(),
             env: vec![("PARAM_X".into(), "1".into())],
             secrets: vec![],
+            sealed_secrets: Default::default(),
             workdir: "/app".into(),
             attempt_dir: "/data/runs/R1/train/2".into(),
             inputs: vec![],

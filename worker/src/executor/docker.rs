@@ -27,6 +27,7 @@ use super::container_spec::{container_body, container_name, ContainerLimits, LAB
 use super::registry_auth::RegistryAuth;
 use super::{mask_result, prepare_attempt_dir, read_step_reports, resolve_secrets, Executor};
 use crate::logs::Masker;
+use crate::secrets::SecretKey;
 use crate::task::{now_ms, Outcome, PullPolicy, TaskResult, TaskSpec};
 
 /// Longest an image pull may take before the attempt fails.
@@ -42,6 +43,8 @@ pub struct DockerExecutor {
     nvidia: bool,
     /// Time between `docker stop`'s SIGTERM and its SIGKILL.
     pub kill_grace: Duration,
+    /// Opens the step's sealed secrets (`sluice secrets set`).
+    pub secret_key: Option<SecretKey>,
 }
 
 impl DockerExecutor {
@@ -69,6 +72,7 @@ impl DockerExecutor {
             auth: RegistryAuth::load_default(),
             nvidia,
             kill_grace: super::local::DEFAULT_KILL_GRACE,
+            secret_key: None,
         })
     }
 
@@ -205,7 +209,7 @@ impl Executor for DockerExecutor {
                 "the step asks for GPUs, but this worker's Docker engine has no NVIDIA runtime (install the NVIDIA Container Toolkit and restart Docker)",
             );
         }
-        let secrets = match resolve_secrets(task) {
+        let secrets = match resolve_secrets(task, self.secret_key.as_ref()) {
             Ok(values) => values,
             Err(message) => return TaskResult::error(task.key.clone(), message),
         };

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{mask_result, prepare_attempt_dir, read_step_reports, resolve_secrets, Executor};
 use crate::logs::{capture, Masker};
+use crate::secrets::SecretKey;
 use crate::task::{now_ms, Outcome, StepCommand, TaskResult, TaskSpec};
 
 /// Variables a local step inherits from the runner; everything else must be declared, so a
@@ -35,6 +36,8 @@ pub struct LocalExecutor {
     /// Where each running step's process group is recorded (a file per group), so the next
     /// process of this worker can kill what this one left if it is killed.
     pub groups_dir: Option<std::path::PathBuf>,
+    /// Opens the step's sealed secrets (`sluice secrets set`).
+    pub secret_key: Option<SecretKey>,
 }
 
 impl Default for LocalExecutor {
@@ -42,6 +45,7 @@ impl Default for LocalExecutor {
         LocalExecutor {
             kill_grace: DEFAULT_KILL_GRACE,
             groups_dir: None,
+            secret_key: None,
         }
     }
 }
@@ -64,7 +68,7 @@ impl Executor for LocalExecutor {
                 format!("step asks for image `{image}`, but this worker runs local processes only"),
             );
         }
-        let secret_values = match resolve_secrets(task) {
+        let secret_values = match resolve_secrets(task, self.secret_key.as_ref()) {
             Ok(values) => values,
             Err(message) => return TaskResult::error(task.key.clone(), message),
         };

@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::safe_fs::{self, EntryKind};
+use crate::secrets::{SecretKey, KEY_ENV, KEY_FILE_ENV};
 use crate::task::{self, Outcome, TaskResult, TaskSpec};
 
 pub use docker::DockerExecutor;
@@ -196,16 +197,34 @@ fn scrub_reports(task: &TaskSpec, result: &TaskResult) {
     }
 }
 
-/// The values of the step's secrets from this worker's environment; a missing one is an error
-/// that names it, before anything runs.
-pub fn resolve_secrets(task: &TaskSpec) -> Result<Vec<(String, String)>, String> {
+/// The values of the step's secrets: sealed ones opened with this worker's `key`, the others
+/// from this worker's environment. A missing or unopenable one is an error that names it (never
+/// its value), before anything runs.
+pub fn resolve_secrets(
+    task: &TaskSpec,
+    key: Option<&SecretKey>,
+) -> Result<Vec<(String, String)>, String> {
     task.secrets
         .iter()
-        .map(|name| match std::env::var(name) {
-            Ok(value) => Ok((name.clone(), value)),
-            Err(_) => Err(format!(
-                "secret `{name}` is not set in the worker's environment"
-            )),
+        .map(|name| {
+            if let Some(sealed) = task.sealed_secrets.get(name) {
+                let key = key.ok_or_else(|| {
+                    format!(
+                        "secret `{name}` comes from the secret store, but this worker has no key: \
+                         set {KEY_ENV} or {KEY_FILE_ENV}"
+                    )
+                })?;
+                return match key.open(name, sealed) {
+                    Ok(value) => Ok((name.clone(), value.to_string())),
+                    Err(err) => Err(err.to_string()),
+                };
+            }
+            match std::env::var(name) {
+                Ok(value) => Ok((name.clone(), value)),
+                Err(_) => Err(format!(
+                    "secret `{name}` is neither in the secret store nor set in the worker's environment"
+                )),
+            }
         })
         .collect()
 }

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use super::{DockerExecutor, Executor, LocalExecutor};
+use crate::secrets::SecretKey;
 use crate::task::{StepCommand, TaskResult, TaskSpec};
 
 /// The executor a worker runs: local processes always, containers when Docker was reachable.
@@ -45,6 +46,13 @@ impl StepExecutor {
             }
         }
         self.local.groups_dir = Some(dir);
+        self
+    }
+
+    /// Opens sealed secrets with `key` in local steps (a Docker executor gets its key before it
+    /// is shared: [`DockerExecutor::secret_key`]).
+    pub fn with_secret_key(mut self, key: Option<SecretKey>) -> StepExecutor {
+        self.local.secret_key = key;
         self
     }
 

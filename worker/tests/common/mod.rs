@@ -30,6 +30,7 @@ pub fn task(dir: &Path, command: StepCommand) -> TaskSpec {
         gpus: Vec::new(),
         env: Vec::new(),
         secrets: Vec::new(),
+        sealed_secrets: Default::default(),
         workdir: dir.to_path_buf(),
         attempt_dir: dir.join("attempt"),
         inputs: Vec::new(),

@@ -141,7 +141,7 @@ pub(super) async fn hook(
             StatusCode::SERVICE_UNAVAILABLE,
             err.to_string(),
         )),
-        Err(TriggerError::Engine(err)) => Err(ApiError::internal(err)),
+        Err(TriggerError::Engine(err)) => Err(ApiError::engine(err)),
     }
 }
 

@@ -54,6 +54,25 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, message)
     }
 
+    /// What a failed start of a run answers: 503 while the store cannot write (a full disk:
+    /// try again later, nothing was started), 500 otherwise.
+    fn engine(err: crate::engine::EngineError) -> ApiError {
+        use crate::engine::EngineError;
+        use crate::store::StoreError;
+        match err {
+            EngineError::Store(
+                store @ (StoreError::Io(_) | StoreError::Unavailable(_) | StoreError::Open { .. }),
+            ) => {
+                tracing::error!(error = %store, "A run could not be recorded: the store cannot write.");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("nothing was started: the store cannot write now ({store}); try again"),
+                )
+            }
+            other => ApiError::internal(other),
+        }
+    }
+
     fn internal(err: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %err, "API request failed.");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())

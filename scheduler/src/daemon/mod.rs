@@ -236,8 +236,15 @@ impl Daemon {
         }
     }
 
-    /// Whether the daemon can take work: its queue answers.
+    /// Whether the daemon can take work: its store can write (a probe record, flushed) and its
+    /// queue answers.
     pub async fn ready(&self) -> Result<(), String> {
+        let store = self.engine.store.clone();
+        match tokio::task::spawn_blocking(move || store.probe_write()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => return Err(format!("the store cannot write: {err}")),
+            Err(err) => return Err(format!("the store check did not finish: {err}")),
+        }
         match &self.workers {
             Workers::Redis(redis) => redis.ping().await.map_err(|e| e.to_string()),
             Workers::InProcess(_) => Ok(()),
@@ -265,7 +272,7 @@ impl Daemon {
             &cancel_mark(&run.id),
             &serde_json::json!({ "at_ms": sluice_worker::task::now_ms(), "by": by }),
         );
-        self.engine.store.commit(changes)?;
+        self.engine.store.commit(&changes)?;
         if let Some(handle) = self.lock_runs().get(&run.id) {
             handle.cancel.cancel();
         }

@@ -174,7 +174,7 @@ pub(super) fn fire_due_crons(daemon: &Arc<Daemon>, now: DateTime<Utc>) {
 fn record_through(daemon: &Daemon, key: &str, through: DateTime<Utc>) {
     let mut changes = Changes::default();
     changes.put_mark(key, &json!({ "through_ms": through.timestamp_millis() }));
-    if let Err(err) = daemon.engine.store.commit(changes) {
+    if let Err(err) = daemon.engine.store.commit(&changes) {
         tracing::error!(key, error = %err, "Cannot record a cron trigger's state.");
     }
 }
@@ -250,7 +250,7 @@ fn start_for_new_files(daemon: &Arc<Daemon>, seen: &mut Seen) {
                     // Skipped is this file's turn: it is not offered again every tick.
                     let mut changes = Changes::default();
                     changes.put_mark(&key, &json!({ "skipped": reason }));
-                    let _ = daemon.engine.store.commit(changes);
+                    let _ = daemon.engine.store.commit(&changes);
                 }
                 Ok(Started::Existing(_)) => {}
                 Err(err) => {

@@ -160,7 +160,7 @@ impl Daemon {
             &key,
             &json!({ "trigger": trigger, "reason": reason, "at_ms": now_ms() }),
         );
-        self.engine.store.commit(changes)
+        self.engine.store.commit(&changes)
     }
 
     /// Triggers skipped by the concurrency policy, newest first (at most `limit`).

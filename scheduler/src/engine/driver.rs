@@ -162,7 +162,9 @@ impl RunDriver {
             kind,
             Some(format!("trigger {}", driver.run.trigger)),
         );
-        driver.commit()?;
+        // Nobody has been told of this run yet: when it cannot be written, the caller hears so
+        // at once (a 503 to a trigger) instead of waiting for the disk.
+        driver.write(false)?;
         Ok(driver)
     }
 
@@ -903,7 +905,14 @@ impl RunDriver {
     }
 
     /// Writes everything changed since the last commit with one flush, then tells the observer.
+    /// A full disk holds the run here until it is freed: nothing applied is acknowledged or
+    /// dispatched before it is written.
     fn commit(&mut self) -> Result<(), EngineError> {
+        self.write(true)
+    }
+
+    /// [`RunDriver::commit`]; `patient` waits out write failures that can pass.
+    fn write(&mut self, patient: bool) -> Result<(), EngineError> {
         let mut changed = std::mem::take(&mut self.changed_steps);
         changed.sort_by_key(|name| self.steps.get_index_of(name));
         changed.dedup();
@@ -915,11 +924,14 @@ impl RunDriver {
         if self.run_changed {
             self.changes.put_run(&self.run);
         }
-        let changes = std::mem::take(&mut self.changes);
+        let (store, changes) = (&self.engine.store, &self.changes);
+        tokio::task::block_in_place(|| match patient {
+            true => store.commit_patiently(changes),
+            false => store.commit(changes),
+        })?;
+        self.changes = Changes::default();
         self.dirty = false;
         self.urgent = false;
-        let store = &self.engine.store;
-        tokio::task::block_in_place(|| store.commit(changes))?;
         for name in &changed {
             if let Some(record) = self.steps.get(name) {
                 self.observer.on_step(&self.run, record);

@@ -9,7 +9,8 @@
 pub mod records;
 pub mod secrets;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -26,16 +27,19 @@ pub enum StoreError {
         path: String,
     },
     /// sled could not open the data folder.
-    #[error("cannot open the store in {path}")]
+    #[error("cannot open the store in {path}: {cause}")]
     Open {
         /// The data folder.
         path: String,
-        /// sled's error.
-        source: sled::Error,
+        /// sled's error (in the message, not a `source`, so it is printed once).
+        cause: sled::Error,
     },
     /// sled failed to read or write.
-    #[error("store I/O failed")]
+    #[error("store I/O failed: {0}")]
     Io(#[from] sled::Error),
+    /// The database could not be reopened after a failed write; the next write tries again.
+    #[error("the store is not open after a failed write ({0}); retrying")]
+    Unavailable(String),
     /// A record could not be decoded: the store was written by an incompatible version.
     #[error("record `{key}` in the store cannot be read")]
     Corrupt {
@@ -60,9 +64,33 @@ pub enum RunLookup {
 }
 
 /// The store, opened by one process at a time (sled takes a file lock).
+///
+/// A failed write (a full disk) poisons a sled database for good: every later write returns the
+/// same error. So after one the store reopens its database before the next write (what was
+/// applied but not flushed is dropped with it: it was never acknowledged), and reports itself
+/// unwritable until a write succeeds again, for `/readyz`.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    /// `None` while a reopen failed (the next write tries again).
+    db: RwLock<Option<sled::Db>>,
+    /// Why the last write failed, until a write succeeds; a write reopens the database first.
+    write_failure: Mutex<Option<String>>,
+}
+
+/// The open database, read-locked against a reopen.
+struct DbRef<'a>(RwLockReadGuard<'a, Option<sled::Db>>);
+
+impl std::ops::Deref for DbRef<'_> {
+    type Target = sled::Db;
+    fn deref(&self) -> &sled::Db {
+        // `Store::db` hands one out only when the database is open.
+        self.0.as_ref().expect("checked by Store::db")
+    }
 }
 
 /// Records to write together: all or nothing, and durable once [`Store::commit`] returns.
@@ -124,34 +152,123 @@ impl Store {
     /// Opens (or creates) the store under `dir/store`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let path = dir.join("store");
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(16 * 1024 * 1024)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| match &source {
-                // sled wraps the failed file lock in an `Other` error that only its text tells.
-                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                    StoreError::Locked {
-                        path: path.display().to_string(),
-                    }
-                }
-                _ => StoreError::Open {
-                    path: path.display().to_string(),
-                    source,
-                },
-            })?;
-        Ok(Store { db })
+        let db = open_db(&path)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path,
+                db: RwLock::new(Some(db)),
+                write_failure: Mutex::new(None),
+            }),
+        })
     }
 
-    /// Applies `changes` atomically and flushes them to disk before returning.
-    pub fn commit(&self, changes: Changes) -> Result<(), StoreError> {
+    fn db(&self) -> Result<DbRef<'_>, StoreError> {
+        let guard = self.inner.db.read().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            return Err(StoreError::Unavailable(
+                self.write_failure().unwrap_or_default(),
+            ));
+        }
+        Ok(DbRef(guard))
+    }
+
+    /// Applies `changes` atomically and flushes them to disk before returning. On failure
+    /// nothing of `changes` is durable and the caller may commit the same changes again.
+    pub fn commit(&self, changes: &Changes) -> Result<(), StoreError> {
         if changes.is_empty() {
             return Ok(());
         }
-        self.db.apply_batch(changes.batch)?;
-        self.db.flush()?;
-        Ok(())
+        self.write(|db| {
+            db.apply_batch(changes.batch.clone())?;
+            db.flush()?;
+            Ok(())
+        })
+    }
+
+    /// Like [`Store::commit`], but waits out failures that can pass (a full disk, a reopen
+    /// that failed), trying again after a pause that grows to 5 s: for a run's driver, which
+    /// must neither drop what it applied nor go on before it is written.
+    pub fn commit_patiently(&self, changes: &Changes) -> Result<(), StoreError> {
+        let mut pause = std::time::Duration::from_millis(50);
+        loop {
+            match self.commit(changes) {
+                Err(StoreError::Io(_) | StoreError::Unavailable(_) | StoreError::Open { .. }) => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// Writes and flushes a probe record: `Err` says why the store cannot write now (a full
+    /// disk), for readiness checks. A success after failures is the store's recovery.
+    pub fn probe_write(&self) -> Result<(), StoreError> {
+        self.write(|db| {
+            db.insert(b"h/probe", &sluice_worker::task::now_ms().to_be_bytes())?;
+            db.flush()?;
+            Ok(())
+        })
+    }
+
+    /// Why writes fail, while they do.
+    pub fn write_failure(&self) -> Option<String> {
+        self.inner
+            .write_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn write(
+        &self,
+        write: impl FnOnce(&sled::Db) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        if self.write_failure().is_some() {
+            self.reopen()?;
+        }
+        let result = write(&*self.db()?);
+        let mut failure = self
+            .inner
+            .write_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match &result {
+            Ok(()) => {
+                if failure.take().is_some() {
+                    tracing::info!(path = %self.inner.path.display(), "The store writes again.");
+                }
+            }
+            Err(err) => {
+                if failure.is_none() {
+                    tracing::error!(path = %self.inner.path.display(), error = %err, "The store cannot write; retrying.");
+                }
+                *failure = Some(err.to_string());
+            }
+        }
+        result
+    }
+
+    /// Closes the poisoned database and opens it again from what is on disk.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut db = self.inner.db.write().unwrap_or_else(|e| e.into_inner());
+        drop(db.take());
+        // sled lets go of its file lock when its background thread ends, a moment later.
+        let mut last = None;
+        for _ in 0..50 {
+            match open_db(&self.inner.path) {
+                Ok(opened) => {
+                    *db = Some(opened);
+                    return Ok(());
+                }
+                Err(err @ StoreError::Locked { .. }) => {
+                    last = Some(err);
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(last.unwrap_or(StoreError::Unavailable(String::new())))
     }
 
     /// A pipeline definition by hash.
@@ -184,7 +301,7 @@ impl Store {
     /// The sequence number the next event of a run gets.
     pub fn next_event_seq(&self, run_id: &str) -> Result<u64, StoreError> {
         let prefix = format!("e/{run_id}/");
-        match self.db.scan_prefix(prefix.as_bytes()).next_back() {
+        match self.db()?.scan_prefix(prefix.as_bytes()).next_back() {
             Some(entry) => {
                 let (key, value) = entry?;
                 let event: EventRecord = decode(&key, &value)?;
@@ -208,7 +325,7 @@ impl Store {
         if limit == 0 {
             return Ok(runs);
         }
-        for entry in self.db.range("r/".as_bytes()..end.as_bytes()).rev() {
+        for entry in self.db()?.range("r/".as_bytes()..end.as_bytes()).rev() {
             let (key, value) = entry?;
             runs.push(decode(&key, &value)?);
             if runs.len() >= limit {
@@ -225,7 +342,7 @@ impl Store {
 
     /// Marks whose key starts with `prefix`, in key order.
     pub fn marks(&self, prefix: &str) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
-        self.db
+        self.db()?
             .scan_prefix(format!("m/{prefix}").as_bytes())
             .map(|entry| {
                 let (key, value) = entry?;
@@ -237,7 +354,7 @@ impl Store {
 
     /// Ids of the runs that have not finished, oldest first.
     pub fn unfinished_runs(&self) -> Result<Vec<String>, StoreError> {
-        self.db
+        self.db()?
             .scan_prefix(b"a/")
             .keys()
             .map(|key| Ok(String::from_utf8_lossy(&key?[2..]).into_owned()))
@@ -250,7 +367,9 @@ impl Store {
         if let Some(run) = self.run(id_or_prefix)? {
             return Ok(RunLookup::Found(run));
         }
-        let mut matches = self.db.scan_prefix(format!("r/{id_or_prefix}").as_bytes());
+        let mut matches = self
+            .db()?
+            .scan_prefix(format!("r/{id_or_prefix}").as_bytes());
         let first = match matches.next() {
             Some(entry) => {
                 let (key, value) = entry?;
@@ -265,14 +384,14 @@ impl Store {
     }
 
     fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        match self.db.get(key.as_bytes())? {
+        match self.db()?.get(key.as_bytes())? {
             Some(value) => decode(key.as_bytes(), &value).map(Some),
             None => Ok(None),
         }
     }
 
     fn scan<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>, StoreError> {
-        self.db
+        self.db()?
             .scan_prefix(prefix.as_bytes())
             .map(|entry| {
                 let (key, value) = entry?;
@@ -280,6 +399,26 @@ impl Store {
             })
             .collect()
     }
+}
+
+fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(16 * 1024 * 1024)
+        .flush_every_ms(None)
+        .open()
+        .map_err(|cause| match &cause {
+            // sled wraps the failed file lock in an `Other` error that only its text tells.
+            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                StoreError::Locked {
+                    path: path.display().to_string(),
+                }
+            }
+            _ => StoreError::Open {
+                path: path.display().to_string(),
+                cause,
+            },
+        })
 }
 
 fn decode<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
@@ -353,7 +492,7 @@ mod tests {
                     detail: None,
                 },
             );
-            store.commit(changes).unwrap();
+            store.commit(&changes).unwrap();
         }
         let store = reopen(dir.path());
         assert_eq!(store.run("01A").unwrap().unwrap().id, "01A");
@@ -369,7 +508,7 @@ mod tests {
         for id in ["01A", "01B", "01C"] {
             changes.put_run(&run(id));
         }
-        store.commit(changes).unwrap();
+        store.commit(&changes).unwrap();
         let ids = |runs: Vec<RunRecord>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
         assert_eq!(ids(store.list_runs(2, None).unwrap()), vec!["01C", "01B"]);
         assert_eq!(ids(store.list_runs(2, Some("01B")).unwrap()), vec!["01A"]);
@@ -392,12 +531,12 @@ mod tests {
         for id in ["01A", "01B", "01C"] {
             changes.put_run(&run(id));
         }
-        store.commit(changes).unwrap();
+        store.commit(&changes).unwrap();
         let mut finished = run("01B");
         finished.status = RunStatus::Succeeded;
         let mut changes = Changes::default();
         changes.put_run(&finished);
-        store.commit(changes).unwrap();
+        store.commit(&changes).unwrap();
         assert_eq!(store.unfinished_runs().unwrap(), vec!["01A", "01C"]);
     }
 }

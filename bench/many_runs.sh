@@ -14,7 +14,9 @@
 #    VmRSS after those, `sluice runs --server URL` (the whole command, median of 10).
 # 3. Stops the scheduler and times `sluice runs --data-dir DATA` (the store read directly, median
 #    of 10, with its peak RSS from /usr/bin/time).
-# Also: an idle worker's VmRSS, and the store's size on disk. Prints Markdown.
+# Also: an idle worker's VmRSS, and the store's size on disk; the first batch's trigger answer
+# times (p50/p99) against the same number of `GET /healthz` on the same connections (the HTTP
+# floor), and whether any run id came twice or any run did not end. Prints Markdown.
 # SLUICE=path uses that binary instead of building; KEEP=DIR keeps the raw outputs and logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -92,6 +94,8 @@ CPU0="$(cpu_of "$SCHED_PID") $(cpu_of "${WORKER_PIDS[0]}") $(cpu_of "${WORKER_PI
 t0=$(now_ms)
 $API flood "$URL" one "$FIRST" --concurrency "$CONC" > "$WORK/flood1.json" 2> "$WORK/flood1.log"
 first_s=$(python3 -c "print(($(now_ms) - $t0) / 1000)")
+# The HTTP floor on the same connections, for the trigger latency's ratio.
+$API flood "$URL" one "$FIRST" --concurrency "$CONC" --healthz > "$WORK/healthz.json" 2> /dev/null
 rate=$(python3 -c "print($FIRST / $first_s)")
 est_total=$(python3 -c "print(round($N / $rate))")
 rest=$(python3 -c "print(max(0, min($N - $FIRST, int($rate * ($BUDGET_S - $first_s)))))")
@@ -152,6 +156,7 @@ echo "Runs in the store: $TOTAL of $N asked (1-step \`uses: noop\` runs, trigger
 echo "Filling took $fill_s s; the first $FIRST: $first_s s ($(printf %.0f "$rate") runs/s, so $N would take about $est_total s)."
 echo "First batch: $(cat "$WORK/flood1.json")"
 echo "Second batch: $FLOOD2"
+echo "Baseline, $FIRST \`GET /healthz\` on the same $CONC connections: $(cat "$WORK/healthz.json")"
 echo "CPU while filling: $FILL_CPU."
 echo "Data dir on disk (store and attempt folders): $STORE_SIZE. Newest run id: $STORED."
 echo

@@ -12,9 +12,11 @@ bench/many_runs.sh (standard library only).
         i-1) split into scheduler (worker finished -> next step queued) and queue (queued -> a
         worker started it) parts, queue waits (started - queued), and steps per worker.
 
-    bench/sluice_api.py flood URL PIPELINE N [--concurrency C]
+    bench/sluice_api.py flood URL PIPELINE N [--concurrency C] [--healthz]
         Triggers N runs with C concurrent keep-alive connections, then waits until all N have
-        finished. Prints progress lines and a final JSON line with the trigger and finish rates.
+        finished. Prints progress lines and a final JSON line with the trigger and finish rates,
+        the p50/p99 of each trigger's answer time, and duplicate run ids. With --healthz it sends
+        N `GET /healthz` the same way instead (the HTTP floor, for a ratio) and waits for nothing.
 
     bench/sluice_api.py quiet MAX_BUSY MAX_WAIT
         Waits until the machine's CPUs were at most MAX_BUSY (0..1) busy over 2 s, at most
@@ -78,7 +80,7 @@ class Api:
         self.host, self.port = u.hostname, u.port
         self.conn = None
 
-    def call(self, method, path, body=None):
+    def call(self, method, path, body=None, raw=False):
         for attempt in range(3):
             try:
                 if self.conn is None:
@@ -89,7 +91,7 @@ class Api:
                 data = resp.read()
                 if resp.status >= 300:
                     raise RuntimeError(f"{method} {path}: {resp.status} {data[:300]!r}")
-                return json.loads(data)
+                return data if raw else json.loads(data)
             except (http.client.HTTPException, ConnectionError, TimeoutError):
                 self.conn = None
                 if attempt == 2:
@@ -192,6 +194,8 @@ def flood(args):
     next_i = [0]
     t0 = time.perf_counter()
 
+    latencies = []
+
     def worker():
         api = Api(args.url)
         while True:
@@ -199,13 +203,19 @@ def flood(args):
                 if next_i[0] >= n:
                     return
                 next_i[0] += 1
+            t_req = time.perf_counter()
             try:
-                rid = api.trigger(args.pipeline)["id"]
+                if args.healthz:
+                    api.call("GET", "/healthz", raw=True)
+                    rid = next_i[0]
+                else:
+                    rid = api.trigger(args.pipeline)["id"]
             except Exception as e:  # noqa: BLE001 - reported below
                 with lock:
                     errors.append(str(e))
                 continue
             with lock:
+                latencies.append((time.perf_counter() - t_req) * 1000)
                 ids.append(rid)
                 done = len(ids)
             if done % args.progress == 0:
@@ -221,6 +231,15 @@ def flood(args):
     t_trig = time.perf_counter() - t0
     print(f"triggered {len(ids)} runs in {t_trig:.1f} s, {len(errors)} errors", file=sys.stderr,
           flush=True)
+    requests = {
+        "requests": len(ids), "errors": len(errors), "first_errors": errors[:3],
+        "request_per_s": round(len(ids) / t_trig, 1),
+        "request_ms_p50": round(pct(latencies, 50) or 0, 2),
+        "request_ms_p99": round(pct(latencies, 99) or 0, 2),
+    }
+    if args.healthz:
+        print(json.dumps(requests))
+        return
     # Wait for all to finish: page through the newest runs, counting the unfinished ones.
     api = Api(args.url)
     wanted = set(ids)
@@ -246,6 +265,9 @@ def flood(args):
         time.sleep(args.poll)
     t_all = time.perf_counter() - t0
     print(json.dumps({
+        **requests,
+        # Nothing lost: every trigger answered with a run id of its own, and every run ended.
+        "duplicate_ids": len(ids) - len(set(ids)),
         "triggered": len(ids), "errors": len(errors), "first_errors": errors[:3],
         "trigger_s": round(t_trig, 2), "trigger_per_s": round(len(ids) / t_trig, 1),
         "all_finished_s": round(t_all, 2), "finished_per_s": round(len(ids) / t_all, 1),
@@ -274,6 +296,8 @@ def main():
     f.add_argument("--concurrency", type=int, default=8)
     f.add_argument("--progress", type=int, default=1000)
     f.add_argument("--poll", type=float, default=2.0)
+    f.add_argument("--healthz", action="store_true",
+                   help="GET /healthz COUNT times instead (the HTTP floor, as a baseline)")
     r = sub.add_parser("rss")
     r.add_argument("pid", type=int)
     args = cli.parse_args()

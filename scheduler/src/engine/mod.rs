@@ -1,12 +1,16 @@
 //! The run engine: walks a pipeline's DAG, queues ready steps, applies results, and records every
 //! change in the store before anyone hears of it.
 //!
-//! One [`RunDriver`] owns one run. Its loop is: start what is ready, commit the batch of changes
-//! with one flush, hand the new tasks to the queue, tell the observer, then wait for worker events,
-//! a retry's delay, or a cancel. Batching matters: a wide fan-out finishes many steps at once and
-//! they share one flush instead of paying one each.
+//! One [`RunDriver`] owns one run. The rules (what is ready, what a result means, retries, lost
+//! workers, fencing, cancel) live in [`state::RunState`], which does no I/O and takes the time as
+//! an argument, so they are unit-tested event by event. The driver's loop is: let the state start
+//! what is ready, commit the batch of changes with one flush, hand the new tasks to the queue,
+//! tell the observer, then wait for worker events, a retry's delay, or a cancel. Batching
+//! matters: a wide fan-out finishes many steps at once and they share one flush instead of paying
+//! one each.
 
 mod driver;
+pub mod state;
 pub mod tasks;
 
 use std::collections::BTreeMap;

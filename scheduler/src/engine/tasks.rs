@@ -68,7 +68,7 @@ pub fn build_task(
         gpus: Vec::new(),
         env: Vec::new(),
         secrets: step.secrets.clone(),
-        sealed_secrets: sealed_secrets(data_dir, &step.secrets),
+        sealed_secrets: BTreeMap::new(),
         workdir: match (&step.image, &step.workdir) {
             // Inside a container the workdir is the image's (validation made it absolute).
             (Some(_), Some(w)) => PathBuf::from(w),
@@ -85,24 +85,25 @@ pub fn build_task(
     task
 }
 
-/// The sealed values the data dir's secret store holds for `names`; the others the worker
-/// takes from its environment. A file that cannot be read is logged and left to the worker,
-/// whose error then names the secret.
-fn sealed_secrets(data_dir: &Path, names: &[String]) -> BTreeMap<String, String> {
-    if names.is_empty() {
-        return BTreeMap::new();
-    }
+/// Adds to each task the sealed values the data dir's secret store holds for its secrets, read
+/// when it is queued (so a `sluice secrets set` applies from the next attempt); the worker takes
+/// the others from its environment. A file that cannot be read is logged and left to the
+/// worker, whose error then names the secret.
+pub fn add_sealed_secrets(data_dir: &Path, tasks: &mut [TaskSpec]) {
     let store = SecretStore::in_data_dir(data_dir);
-    names
-        .iter()
-        .filter_map(|name| match store.sealed(name) {
-            Ok(sealed) => sealed.map(|s| (name.clone(), s)),
-            Err(err) => {
-                tracing::warn!(secret = %name, error = %err, "Cannot read a stored secret.");
-                None
+    for task in tasks.iter_mut().filter(|t| !t.secrets.is_empty()) {
+        for name in &task.secrets {
+            match store.sealed(name) {
+                Ok(Some(sealed)) => {
+                    task.sealed_secrets.insert(name.clone(), sealed);
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(secret = %name, error = %err, "Cannot read a stored secret.")
+                }
             }
-        })
-        .collect()
+        }
+    }
 }
 
 /// The step's own env first, then what Sluice sets, so a step cannot shadow `SLUICE_OUT` by

@@ -5,7 +5,6 @@
 //! `SLUICE_REQUIRE_REDIS=1` (CI sets it), where they fail.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -13,39 +12,14 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::{sluice_bin, text, wait_output, wait_until, Scratch};
+pub use crate::redis::{free_port, redis_available};
+use crate::redis::{redis_command, wait_for_port};
+use crate::{sluice_bin, text, wait_output, Scratch};
 
 /// The lease the test schedulers give workers: short, so lost workers are noticed quickly.
 pub const TEST_LEASE: &str = "2s";
 /// Heartbeat of test workers, well under the lease.
 pub const TEST_HEARTBEAT: &str = "300ms";
-
-/// A free TCP port on 127.0.0.1 (free when asked; tests bind it soon after).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// Whether `redis-server` can be started; see the module docs.
-pub fn redis_available() -> bool {
-    let found = Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("SLUICE_REQUIRE_REDIS").as_deref() != Ok("1"),
-            "SLUICE_REQUIRE_REDIS=1 but redis-server is not on PATH (apt-get install redis-server)"
-        );
-        eprintln!("skipped: redis-server is not on PATH");
-    }
-    found
-}
 
 /// A process that is killed when dropped.
 pub struct Proc {
@@ -259,21 +233,12 @@ impl Cluster {
                 .collect()
             }
         };
-        let child = Command::new("redis-server")
-            .args(&listen)
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .current_dir(self.scratch.path())
-            .stdout(Stdio::null())
+        let child = redis_command(&listen, self.scratch.path())
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
             .expect("redis-server starts");
         self.redis = Some(Proc { child, log });
-        let port = self.redis_port;
-        wait_until(
-            "redis to accept connections",
-            Duration::from_secs(10),
-            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        );
+        wait_for_port(self.redis_port);
     }
 
     /// Redis's process, when it runs (to freeze it).

@@ -131,6 +131,33 @@ pub fn out_dir_of(attempt_dir: &std::path::Path) -> PathBuf {
     attempt_dir.join(STEP_DIR).join("out")
 }
 
+impl TaskSpec {
+    /// A task that runs `command` for `key` with its files in `attempt_dir` and nothing else
+    /// set: the default queue, no image, no env, no inputs or outputs, no timeout. The scheduler
+    /// fills in the rest field by field; tests set what they need with `..TaskSpec::new(..)`.
+    pub fn new(key: TaskKey, command: StepCommand, attempt_dir: PathBuf) -> TaskSpec {
+        TaskSpec {
+            key,
+            pipeline: String::new(),
+            queue: "default".into(),
+            command,
+            image: None,
+            pull: PullPolicy::default(),
+            user: None,
+            resources: TaskResources::default(),
+            gpus: Vec::new(),
+            env: Vec::new(),
+            secrets: Vec::new(),
+            sealed_secrets: BTreeMap::new(),
+            workdir: PathBuf::new(),
+            attempt_dir,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            timeout: None,
+        }
+    }
+}
+
 /// Paths inside an attempt's folder, named once.
 impl TaskSpec {
     /// The part of the attempt's folder the step may write (mounted into its container).

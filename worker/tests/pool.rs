@@ -16,29 +16,18 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 /// A shell task of `run_id`/`step` on `queue`, with its own attempt folder under `dir`.
 fn task(dir: &Path, run_id: &str, step: &str, queue: &str, script: &str) -> TaskSpec {
-    let attempt_dir = dir.join(run_id).join(step);
+    let key = TaskKey {
+        run_id: run_id.to_string(),
+        step: step.to_string(),
+        attempt: 1,
+    };
+    let command = StepCommand::Shell(script.to_string());
     TaskSpec {
-        key: TaskKey {
-            run_id: run_id.to_string(),
-            step: step.to_string(),
-            attempt: 1,
-        },
         pipeline: "tests".to_string(),
         queue: queue.to_string(),
-        command: StepCommand::Shell(script.to_string()),
-        image: None,
-        pull: Default::default(),
-        user: None,
-        resources: Default::default(),
-        gpus: Vec::new(),
         env: vec![("SLUICE_STEP".to_string(), step.to_string())],
-        secrets: Vec::new(),
-        sealed_secrets: Default::default(),
         workdir: dir.to_path_buf(),
-        attempt_dir,
-        inputs: Vec::new(),
-        outputs: Vec::new(),
-        timeout: None,
+        ..TaskSpec::new(key, command, dir.join(run_id).join(step))
     }
 }
 

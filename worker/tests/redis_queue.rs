@@ -2,11 +2,10 @@
 //! Without `redis-server` on PATH the tests are skipped with a printed reason, unless
 //! `SLUICE_REQUIRE_REDIS=1` (CI sets it), where they fail.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_tests::redis::{free_port, RedisServer};
 use sluice_worker::executor::LocalExecutor;
 use sluice_worker::pool::{run_worker, WorkerConfig};
 use sluice_worker::queue::redis::WorkerInfo;
@@ -14,82 +13,11 @@ use sluice_worker::queue::{RedisQueue, RedisQueueConfig, TaskQueue};
 use sluice_worker::task::{Outcome, StepCommand, TaskKey, TaskSpec, WorkerEvent};
 use tokio_util::sync::CancellationToken;
 
-/// A redis-server of the test's own, killed when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
+fn start_redis() -> Option<RedisServer> {
+    RedisServer::start()
 }
 
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Redis {
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_redis_on(port: u16) -> Option<Redis> {
-    let dir = tempfile::tempdir().unwrap();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let child = match child {
-        Ok(child) => child,
-        Err(err) if std::env::var("SLUICE_REQUIRE_REDIS").as_deref() == Ok("1") => {
-            panic!("SLUICE_REQUIRE_REDIS=1 but redis-server cannot start: {err}")
-        }
-        Err(err) => {
-            eprintln!(
-                "skipped: no redis-server ({err}); set SLUICE_REQUIRE_REDIS=1 to fail instead"
-            );
-            return None;
-        }
-    };
-    let redis = Redis {
-        child,
-        port,
-        _dir: dir,
-    };
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(redis);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("redis-server did not start on port {port}");
-}
-
-fn start_redis() -> Option<Redis> {
-    start_redis_on(free_port())
-}
-
-async fn queue(redis: &Redis, consumer: &str, prefix: &str) -> RedisQueue {
+async fn queue(redis: &RedisServer, consumer: &str, prefix: &str) -> RedisQueue {
     let config = RedisQueueConfig {
         url: redis.url(),
         ca_cert: None,
@@ -107,28 +35,16 @@ async fn queue(redis: &Redis, consumer: &str, prefix: &str) -> RedisQueue {
 }
 
 fn task(dir: &std::path::Path, run: &str, step: &str, attempt: u32, command: &str) -> TaskSpec {
+    let key = TaskKey {
+        run_id: run.into(),
+        step: step.into(),
+        attempt,
+    };
+    let attempt_dir = dir.join(format!("{run}-{step}-{attempt}"));
     TaskSpec {
-        key: TaskKey {
-            run_id: run.into(),
-            step: step.into(),
-            attempt,
-        },
         pipeline: "p".into(),
-        queue: "default".into(),
-        command: StepCommand::Shell(command.into()),
-        image: None,
-        pull: Default::default(),
-        user: None,
-        resources: Default::default(),
-        gpus: Vec::new(),
-        env: vec![],
-        secrets: vec![],
-        sealed_secrets: Default::default(),
         workdir: dir.to_path_buf(),
-        attempt_dir: dir.join(format!("{run}-{step}-{attempt}")),
-        inputs: vec![],
-        outputs: vec![],
-        timeout: None,
+        ..TaskSpec::new(key, StepCommand::Shell(command.into()), attempt_dir)
     }
 }
 
@@ -456,7 +372,7 @@ async fn a_redis_that_is_down_at_start_is_waited_for() {
     });
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(!connecting.is_finished(), "still retrying");
-    let Some(_redis) = start_redis_on(port) else {
+    let Some(_redis) = RedisServer::start_on(port) else {
         return;
     };
     let queue = tokio::time::timeout(Duration::from_secs(15), connecting)

@@ -20,6 +20,9 @@ use crate::store::*;
 const EVENT_BATCH: usize = 4096;
 /// Longest a change that nothing waits on (a step started) stays uncommitted.
 const LAZY_COMMIT: Duration = Duration::from_millis(100);
+/// How long the results of other steps in flight may take to arrive and share the commit of
+/// the one just applied (one flush for many, in a fan-out).
+const GATHER: Duration = Duration::from_millis(1);
 /// How long a cancelled run waits for its running steps to confirm they stopped.
 const CANCEL_WAIT: Duration = Duration::from_secs(15);
 
@@ -251,23 +254,18 @@ impl RunDriver {
                 break;
             }
             let next_retry = self.state.next_retry_at();
-            let cancelling = self.cancel_deadline.is_some();
+            let cancel_deadline = self.cancel_deadline;
+            let cancelling = cancel_deadline.is_some();
             let dirty = self.state.is_dirty();
             tokio::select! {
-                routed = next_routed(&mut self.source) => match routed {
-                    Some(routed) => self.apply_routed(routed),
-                    None => return Err(EngineError::QueueClosed),
-                },
-                events = self.engine.queue.next_events(EVENT_BATCH), if matches!(self.source, EventSource::Queue) => {
-                    let now = now_ms();
-                    for event in events.map_err(|_| EngineError::QueueClosed)? {
-                        self.state.apply(event, now);
-                    }
+                applied = self.next_events() => {
+                    applied?;
+                    self.gather().await?;
                 }
                 _ = sleep_until_ms(next_retry) => {}
                 _ = tokio::time::sleep(LAZY_COMMIT), if dirty => self.commit()?,
                 _ = cancel.cancelled(), if !cancelling => self.cancel().await,
-                _ = deadline(self.cancel_deadline), if cancelling => self.state.abandon_in_flight(now_ms()),
+                _ = deadline(cancel_deadline), if cancelling => self.state.abandon_in_flight(now_ms()),
             }
         }
         self.state.finish(now_ms());
@@ -275,6 +273,38 @@ impl RunDriver {
         self.close_routed();
         self.acknowledge_applied().await;
         Ok(self.state.run().clone())
+    }
+
+    /// Waits for the next worker events (from the router or the queue) and applies them.
+    async fn next_events(&mut self) -> Result<(), EngineError> {
+        match &mut self.source {
+            EventSource::Routed { events, .. } => match events.recv().await {
+                Some(routed) => self.apply_routed(routed),
+                None => return Err(EngineError::QueueClosed),
+            },
+            EventSource::Queue => {
+                let events = self.engine.queue.next_events(EVENT_BATCH).await;
+                let now = now_ms();
+                for event in events.map_err(|_| EngineError::QueueClosed)? {
+                    self.state.apply(event, now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Group commit: when what was just applied must be committed and other steps are still in
+    /// flight, their results that arrive within [`GATHER`] are applied first and share the
+    /// commit. A chain (nothing else in flight) commits at once.
+    async fn gather(&mut self) -> Result<(), EngineError> {
+        let until = tokio::time::Instant::now() + GATHER;
+        while self.state.is_urgent() && self.state.in_flight() > 0 {
+            tokio::select! {
+                applied = self.next_events() => applied?,
+                _ = tokio::time::sleep_until(until) => break,
+            }
+        }
+        Ok(())
     }
 
     async fn record_dead_letters(&mut self) {
@@ -419,13 +449,6 @@ async fn deadline(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-async fn next_routed(source: &mut EventSource) -> Option<RoutedEvent> {
-    match source {
-        EventSource::Routed { events, .. } => events.recv().await,
-        EventSource::Queue => std::future::pending().await,
     }
 }
 

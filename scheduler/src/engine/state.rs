@@ -285,6 +285,11 @@ impl RunState {
         self.in_flight == 0 && self.ready.is_empty() && self.retries.is_empty()
     }
 
+    /// How many attempts are queued or running.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
     /// When the next retry is due, in ms since the epoch.
     pub fn next_retry_at(&self) -> Option<u64> {
         self.retries.peek().map(|Reverse((at, _))| *at)

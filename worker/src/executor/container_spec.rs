@@ -186,17 +186,16 @@ mod tests {
     use crate::task::{TaskKey, TaskResources};
 
     fn task(gpu: Option<GpuRequest>, leased: &[&str]) -> TaskSpec {
+        let key = TaskKey {
+            run_id: "R1".into(),
+            step: "train".into(),
+            attempt: 2,
+        };
+        let command = StepCommand::Shell("python train.py".into());
         TaskSpec {
-            key: TaskKey {
-                run_id: "R1".into(),
-                step: "train".into(),
-                attempt: 2,
-            },
             pipeline: "p".into(),
             queue: "gpu".into(),
-            command: StepCommand::Shell("python train.py".into()),
             image: Some("trainer:1".into()),
-            pull: Default::default(),
             user: Some("1000:1000".into()),
             resources: TaskResources {
                 cpu: Some(1.5),
@@ -205,13 +204,8 @@ mod tests {
             },
             gpus: leased.iter().map(|s| s.to_string()).collect(),
             env: vec![("PARAM_X".into(), "1".into())],
-            secrets: vec![],
-            sealed_secrets: Default::default(),
             workdir: "/app".into(),
-            attempt_dir: "/data/runs/R1/train/2".into(),
-            inputs: vec![],
-            outputs: vec![],
-            timeout: None,
+            ..TaskSpec::new(key, command, "/data/runs/R1/train/2".into())
         }
     }
 

@@ -14,28 +14,15 @@ pub const RUN_LIMIT: Duration = Duration::from_secs(60);
 
 /// A task whose workdir is `dir` and whose attempt folder is `dir/attempt`.
 pub fn task(dir: &Path, command: StepCommand) -> TaskSpec {
+    let key = TaskKey {
+        run_id: "run-1".to_string(),
+        step: "step".to_string(),
+        attempt: 1,
+    };
     TaskSpec {
-        key: TaskKey {
-            run_id: "run-1".to_string(),
-            step: "step".to_string(),
-            attempt: 1,
-        },
         pipeline: "tests".to_string(),
-        queue: "default".to_string(),
-        command,
-        image: None,
-        pull: Default::default(),
-        user: None,
-        resources: Default::default(),
-        gpus: Vec::new(),
-        env: Vec::new(),
-        secrets: Vec::new(),
-        sealed_secrets: Default::default(),
         workdir: dir.to_path_buf(),
-        attempt_dir: dir.join("attempt"),
-        inputs: Vec::new(),
-        outputs: Vec::new(),
-        timeout: None,
+        ..TaskSpec::new(key, command, dir.join("attempt"))
     }
 }
 

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_worker::backoff::Backoff;
 use sluice_worker::queue::RedisQueue;
 use tokio_util::sync::CancellationToken;
 
@@ -19,17 +20,15 @@ const MIN_ROUND: Duration = Duration::from_millis(250);
 
 /// Asks Redis, retrying until it answers, whether it lost its data (or is new).
 pub(super) async fn lost_data_at_start(redis: &RedisQueue, shutdown: &CancellationToken) -> bool {
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200));
     loop {
         match redis.lost_data().await {
             Ok(lost) => return lost,
             Err(err) => {
-                tracing::warn!(error = %err, retry_in = ?delay, "Redis is not answering; retrying.");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => return false,
+                tracing::warn!(error = %err, retry_in = ?backoff.peek(), "Redis is not answering; retrying.");
+                if !backoff.sleep_unless(shutdown).await {
+                    return false;
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use indexmap::IndexMap;
+use sluice_worker::backoff::Backoff;
 use sluice_worker::queue::{QueueError, TaskQueue};
 use sluice_worker::task::{now_ms, TaskSpec, WorkerEvent};
 use tokio::sync::mpsc;
@@ -455,15 +456,14 @@ async fn deadline(at: Option<tokio::time::Instant>) {
 /// Queues a task whose attempt is committed, retrying while the queue fails (Redis away): the
 /// attempt is in the store, and workers claim each attempt once, so sending it again is safe.
 async fn dispatch(queue: &dyn TaskQueue, tasks: Vec<TaskSpec>) -> Result<(), EngineError> {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100));
     loop {
         match queue.dispatch_batch(&tasks).await {
             Ok(()) => return Ok(()),
             Err(QueueError::Closed) => return Err(EngineError::QueueClosed),
             Err(err) => {
-                tracing::warn!(tasks = tasks.len(), error = %err, retry_in = ?delay, "Could not queue steps; retrying.");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                tracing::warn!(tasks = tasks.len(), error = %err, retry_in = ?backoff.peek(), "Could not queue steps; retrying.");
+                backoff.sleep().await;
             }
         }
     }

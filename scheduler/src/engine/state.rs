@@ -161,9 +161,9 @@ impl RunState {
         }
         state.pending.run = true;
         let kind = if state.run.status == RunStatus::Queued {
-            "run.waiting"
+            EventKind::RunWaiting
         } else {
-            "run.started"
+            EventKind::RunStarted
         };
         let detail = format!("trigger {}", state.run.trigger);
         state.event(None, None, kind, Some(detail), now);
@@ -208,7 +208,7 @@ impl RunState {
             state.touch_step(&name);
         }
         state.pending.run = true;
-        state.event(None, None, "run.resumed", None, now);
+        state.event(None, None, EventKind::RunResumed, None, now);
         state
     }
 
@@ -250,7 +250,7 @@ impl RunState {
             redispatch.clear();
             state.requeue_in_flight(now);
         }
-        state.event(None, None, "run.reattached", None, now);
+        state.event(None, None, EventKind::RunReattached, None, now);
         (state, redispatch)
     }
 
@@ -340,7 +340,7 @@ impl RunState {
             self.run.status = RunStatus::Running;
             self.pending.run = true;
             let detail = Some("a concurrency slot freed".into());
-            self.event(None, None, "run.started", detail, now);
+            self.event(None, None, EventKind::RunStarted, detail, now);
         }
     }
 
@@ -366,7 +366,7 @@ impl RunState {
             };
             if let Some(reason) = self.false_condition(&name) {
                 self.set_terminal(&name, StepStatus::Skipped, Some(reason.clone()), now);
-                self.event(Some(&name), None, "step.skipped", Some(reason), now);
+                self.event(Some(&name), None, EventKind::StepSkipped, Some(reason), now);
                 self.skip_dependents(&name, "was skipped", now);
                 continue;
             }
@@ -400,7 +400,7 @@ impl RunState {
                 ));
             }
             self.touch_step(&name);
-            self.event(Some(&name), Some(number), "step.queued", None, now);
+            self.event(Some(&name), Some(number), EventKind::StepQueued, None, now);
         }
         tasks
     }
@@ -450,7 +450,7 @@ impl RunState {
                 self.event(
                     Some(&key.step),
                     Some(key.attempt),
-                    "step.started",
+                    EventKind::StepStarted,
                     None,
                     now,
                 );
@@ -490,7 +490,7 @@ impl RunState {
         };
         if let Some(attempt) = record.attempts.last_mut() {
             attempt.status = status;
-            attempt.outcome = Some(result.outcome.as_str().to_string());
+            attempt.outcome = Some(result.outcome);
             attempt.exit_code = result.exit_code;
             attempt.signal = result.signal;
             attempt.started_ms.get_or_insert(result.started_ms);
@@ -504,13 +504,13 @@ impl RunState {
                 record.outputs = result.outputs;
                 record.metrics = result.metrics;
                 self.set_terminal(&key.step, StepStatus::Succeeded, None, now);
-                self.event(step, attempt, "step.succeeded", None, now);
+                self.event(step, attempt, EventKind::StepSucceeded, None, now);
                 self.release_dependents(&key.step);
             }
             StepStatus::Cancelled => {
                 let reason = Some("the run was cancelled".into());
                 self.set_terminal(&key.step, StepStatus::Cancelled, reason, now);
-                self.event(step, attempt, "step.cancelled", None, now);
+                self.event(step, attempt, EventKind::StepCancelled, None, now);
                 self.skip_dependents(&key.step, "was cancelled", now);
             }
             _ => match self.retry_delay(&key.step, &result) {
@@ -525,7 +525,7 @@ impl RunState {
                     self.touch_step(&key.step);
                     let delay = humantime::format_duration(delay);
                     let detail = Some(format!("{detail}; retry in {delay}"));
-                    self.event(step, attempt, "step.retrying", detail, now);
+                    self.event(step, attempt, EventKind::StepRetrying, detail, now);
                 }
                 None => {
                     if let Some(record) = self.steps.get_mut(&key.step) {
@@ -534,7 +534,7 @@ impl RunState {
                         record.metrics = result.metrics;
                     }
                     self.set_terminal(&key.step, StepStatus::Failed, None, now);
-                    self.event(step, attempt, "step.failed", Some(detail), now);
+                    self.event(step, attempt, EventKind::StepFailed, Some(detail), now);
                     self.skip_dependents(&key.step, "failed", now);
                 }
             },
@@ -596,7 +596,7 @@ impl RunState {
             .get(name)?
             .attempts
             .iter()
-            .filter(|a| a.outcome.is_some() && a.outcome.as_deref() != Some(Outcome::Lost.as_str()))
+            .filter(|a| a.outcome.is_some_and(|o| o != Outcome::Lost))
             .count() as u32;
         // A process killed by signal N counts as exit code 128 + N, as shells and Docker say.
         let code = result.exit_code.or(result.signal.map(|s| 128 + s));
@@ -626,7 +626,7 @@ impl RunState {
             self.ready.push_front(name.clone());
             self.touch_step(&name);
             let detail = Some("Redis lost the task".into());
-            self.event(Some(&name), None, "step.requeued", detail, now);
+            self.event(Some(&name), None, EventKind::StepRequeued, detail, now);
         }
     }
 
@@ -642,7 +642,13 @@ impl RunState {
                 if pending {
                     let reason = format!("upstream step `{name}` {why}");
                     self.set_terminal(&dependent, StepStatus::Skipped, Some(reason.clone()), now);
-                    self.event(Some(&dependent), None, "step.skipped", Some(reason), now);
+                    self.event(
+                        Some(&dependent),
+                        None,
+                        EventKind::StepSkipped,
+                        Some(reason),
+                        now,
+                    );
                     stack.push(dependent);
                 }
             }
@@ -653,7 +659,7 @@ impl RunState {
     /// withdraws queued tasks and tells workers), running steps are left to confirm.
     pub fn cancel(&mut self, now: u64) {
         self.cancelling = true;
-        self.event(None, None, "run.cancelling", None, now);
+        self.event(None, None, EventKind::RunCancelling, None, now);
         self.ready.clear();
         self.retries.clear();
         let names: Vec<String> = self.steps.keys().cloned().collect();
@@ -683,7 +689,7 @@ impl RunState {
                 // The attempt ends too, so nothing shows it running on a worker that is gone.
                 if let Some(attempt) = record.attempts.last_mut() {
                     attempt.status = StepStatus::Cancelled;
-                    attempt.outcome = Some(Outcome::Cancelled.as_str().to_string());
+                    attempt.outcome = Some(Outcome::Cancelled);
                     attempt.finished_ms.get_or_insert(now);
                     attempt.message =
                         Some("cancelled; its worker did not confirm the stop in time".into());
@@ -711,8 +717,8 @@ impl RunState {
         };
         self.run.finished_ms = Some(now);
         self.pending.run = true;
-        let kind = format!("run.{}", self.run.status.as_str());
-        self.event(None, None, &kind, None, now);
+        let kind = EventKind::run_ended(self.run.status);
+        self.event(None, None, kind, None, now);
     }
 
     fn set_terminal(&mut self, name: &str, status: StepStatus, reason: Option<String>, now: u64) {
@@ -740,7 +746,7 @@ impl RunState {
         &mut self,
         step: Option<&str>,
         attempt: Option<u32>,
-        kind: &str,
+        kind: EventKind,
         detail: Option<String>,
         now: u64,
     ) {
@@ -749,7 +755,7 @@ impl RunState {
             at_ms: now,
             step: step.map(str::to_string),
             attempt,
-            kind: kind.to_string(),
+            kind,
             detail,
         };
         self.next_seq += 1;
@@ -778,7 +784,7 @@ fn lost_attempts(record: Option<&StepRecord>) -> usize {
     record.map_or(0, |s| {
         s.attempts
             .iter()
-            .filter(|a| a.outcome.as_deref() == Some(Outcome::Lost.as_str()))
+            .filter(|a| a.outcome == Some(Outcome::Lost))
             .count()
     })
 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use sluice_worker::backoff::Backoff;
 
 pub use records::*;
 
@@ -189,12 +190,11 @@ impl Store {
     /// that failed), trying again after a pause that grows to 5 s: for a run's driver, which
     /// must neither drop what it applied nor go on before it is written.
     pub fn commit_patiently(&self, changes: &Changes) -> Result<(), StoreError> {
-        let mut pause = std::time::Duration::from_millis(50);
+        let mut backoff = Backoff::new(std::time::Duration::from_millis(50));
         loop {
             match self.commit(changes) {
                 Err(StoreError::Io(_) | StoreError::Unavailable(_) | StoreError::Open { .. }) => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                    std::thread::sleep(backoff.step());
                 }
                 done => return done,
             }
@@ -488,7 +488,7 @@ mod tests {
                     at_ms: 1,
                     step: None,
                     attempt: None,
-                    kind: "run.created".into(),
+                    kind: EventKind::RunStarted,
                     detail: None,
                 },
             );

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+pub use sluice_worker::task::Outcome;
 
 /// A run's lifecycle: `queued → running → succeeded | failed | cancelled`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,8 +140,8 @@ pub struct AttemptRecord {
     pub number: u32,
     /// How this attempt stands or ended.
     pub status: StepStatus,
-    /// The worker's outcome word (`timed_out`, `error`, ...), once it ended.
-    pub outcome: Option<String>,
+    /// How the worker says it ended (`timed_out`, `error`, ... when stored), once it ended.
+    pub outcome: Option<Outcome>,
     /// Exit code, when the process exited.
     pub exit_code: Option<i32>,
     /// Signal, when one ended it.
@@ -210,8 +211,146 @@ pub struct EventRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
     /// What happened, e.g. `step.succeeded`.
-    pub kind: String,
+    pub kind: EventKind,
     /// Details for people.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+}
+
+/// What a history entry records. Stored as its dotted name (`step.failed`), the form stores
+/// written before this type hold; a name this version does not know reads as [`EventKind::Other`]
+/// rather than making the run unreadable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum EventKind {
+    /// The run was created and may start.
+    RunStarted,
+    /// The run was created and waits for a concurrency slot.
+    RunWaiting,
+    /// `sluice run --resume` took the run up again.
+    RunResumed,
+    /// A restarted daemon picked the run up.
+    RunReattached,
+    /// A cancel was asked for.
+    RunCancelling,
+    /// The run ended so.
+    RunSucceeded,
+    /// The run ended so.
+    RunFailed,
+    /// The run ended so.
+    RunCancelled,
+    /// An attempt was queued.
+    StepQueued,
+    /// A worker started the attempt.
+    StepStarted,
+    /// The attempt succeeded.
+    StepSucceeded,
+    /// The attempt failed and the step will not run again.
+    StepFailed,
+    /// The attempt failed and the step runs again after a delay.
+    StepRetrying,
+    /// The step will not run (upstream failed, or its `when` is false).
+    StepSkipped,
+    /// The step was cancelled.
+    StepCancelled,
+    /// The queue lost the attempt; it is queued again.
+    StepRequeued,
+    /// A kind this version does not know (written by another one).
+    Other(String),
+}
+
+impl EventKind {
+    const NAMES: [(EventKind, &'static str); 16] = [
+        (EventKind::RunStarted, "run.started"),
+        (EventKind::RunWaiting, "run.waiting"),
+        (EventKind::RunResumed, "run.resumed"),
+        (EventKind::RunReattached, "run.reattached"),
+        (EventKind::RunCancelling, "run.cancelling"),
+        (EventKind::RunSucceeded, "run.succeeded"),
+        (EventKind::RunFailed, "run.failed"),
+        (EventKind::RunCancelled, "run.cancelled"),
+        (EventKind::StepQueued, "step.queued"),
+        (EventKind::StepStarted, "step.started"),
+        (EventKind::StepSucceeded, "step.succeeded"),
+        (EventKind::StepFailed, "step.failed"),
+        (EventKind::StepRetrying, "step.retrying"),
+        (EventKind::StepSkipped, "step.skipped"),
+        (EventKind::StepCancelled, "step.cancelled"),
+        (EventKind::StepRequeued, "step.requeued"),
+    ];
+
+    /// The dotted name, as stored and shown.
+    pub fn as_str(&self) -> &str {
+        match self {
+            EventKind::Other(name) => name,
+            known => EventKind::NAMES
+                .iter()
+                .find(|(kind, _)| kind == known)
+                .map_or("", |(_, name)| name),
+        }
+    }
+
+    /// How a run that ended with `status` records its end.
+    pub fn run_ended(status: RunStatus) -> EventKind {
+        match status {
+            RunStatus::Failed => EventKind::RunFailed,
+            RunStatus::Cancelled => EventKind::RunCancelled,
+            RunStatus::Succeeded => EventKind::RunSucceeded,
+            other => EventKind::Other(format!("run.{}", other.as_str())),
+        }
+    }
+}
+
+impl From<String> for EventKind {
+    fn from(name: String) -> EventKind {
+        EventKind::NAMES
+            .iter()
+            .find(|(_, known)| *known == name)
+            .map_or(EventKind::Other(name), |(kind, _)| kind.clone())
+    }
+}
+
+impl From<EventKind> for String {
+    fn from(kind: EventKind) -> String {
+        kind.as_str().to_string()
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_kinds_keep_their_stored_names_and_unknown_ones_survive() {
+        for (kind, name) in EventKind::NAMES {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{name}\""));
+            assert_eq!(serde_json::from_str::<EventKind>(&json).unwrap(), kind);
+        }
+        let future: EventKind = serde_json::from_str("\"step.cached\"").unwrap();
+        assert_eq!(future, EventKind::Other("step.cached".into()));
+        assert_eq!(serde_json::to_string(&future).unwrap(), "\"step.cached\"");
+        assert_eq!(
+            EventKind::run_ended(RunStatus::Failed),
+            EventKind::RunFailed
+        );
+    }
+
+    #[test]
+    fn attempt_outcomes_read_as_stored_before_they_were_typed() {
+        let stored = r#"{"number":1,"status":"failed","outcome":"timed_out","exit_code":null,
+            "signal":null,"worker":null,"queued_ms":1,"started_ms":null,"finished_ms":null,
+            "message":null,"dir":"/d"}"#;
+        let attempt: AttemptRecord = serde_json::from_str(stored).unwrap();
+        assert_eq!(attempt.outcome, Some(Outcome::TimedOut));
+        assert!(serde_json::to_string(&attempt)
+            .unwrap()
+            .contains("\"outcome\":\"timed_out\""));
+    }
 }

@@ -32,6 +32,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{EventBatch, QueueError, TaskQueue};
+use crate::backoff::Backoff;
 use crate::task::{now_ms, Outcome, TaskKey, TaskResult, TaskSpec, WorkerEvent};
 
 /// Consumer group of workers on every task stream.
@@ -148,19 +149,17 @@ impl RedisQueue {
             }
         };
         let shown = redacted(&config.url);
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100));
         let commands = loop {
             let quick =
                 ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
             match ConnectionManager::new_with_config(client.clone(), quick).await {
                 Ok(connections) => break connections,
                 Err(err) => {
-                    tracing::warn!(url = %shown, error = %err, retry_in = ?delay, "Redis is not answering; retrying.");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = give_up.cancelled() => return Err(QueueError::Closed),
+                    tracing::warn!(url = %shown, error = %err, retry_in = ?backoff.peek(), "Redis is not answering; retrying.");
+                    if !backoff.sleep_unless(&give_up).await {
+                        return Err(QueueError::Closed);
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
         };
@@ -203,7 +202,7 @@ impl RedisQueue {
         let cancelled = self.key("cancelled");
         let closed = self.closed.clone();
         tokio::spawn(async move {
-            let mut delay = Duration::from_millis(100);
+            let mut backoff = Backoff::new(Duration::from_millis(100));
             loop {
                 let subscribed = async {
                     let mut pubsub = client.get_async_pubsub().await?;
@@ -214,14 +213,13 @@ impl RedisQueue {
                     result = subscribed => match result {
                         Ok(pubsub) => pubsub,
                         Err(_) => {
-                            tokio::time::sleep(delay).await;
-                            delay = (delay * 2).min(Duration::from_secs(5));
+                            backoff.sleep().await;
                             continue;
                         }
                     },
                     _ = closed.cancelled() => return,
                 };
-                delay = Duration::from_millis(100);
+                backoff.reset();
                 // Cancels sent while this worker was not listening are in the set.
                 if let Ok(mut con) = client.get_multiplexed_async_connection().await {
                     let missed: Vec<String> = con.smembers(&cancelled).await.unwrap_or_default();
@@ -525,15 +523,13 @@ impl RedisQueue {
             .map_err(redis_error)
     }
 
-    /// Waits `delay` after a Redis failure, unless the queue closes first.
-    async fn back_off(&self, err: &QueueError, delay: &mut Duration) -> Result<(), QueueError> {
-        tracing::warn!(error = %err, retry_in = ?delay, "Redis failed; retrying.");
-        tokio::select! {
-            _ = tokio::time::sleep(*delay) => {}
-            _ = self.closed.cancelled() => return Err(QueueError::Closed),
+    /// Waits `backoff`'s pause after a Redis failure, unless the queue closes first.
+    async fn back_off(&self, err: &QueueError, backoff: &mut Backoff) -> Result<(), QueueError> {
+        tracing::warn!(error = %err, retry_in = ?backoff.peek(), "Redis failed; retrying.");
+        match backoff.sleep_unless(&self.closed).await {
+            true => Ok(()),
+            false => Err(QueueError::Closed),
         }
-        *delay = (*delay * 2).min(Duration::from_secs(5));
-        Ok(())
     }
 }
 
@@ -599,7 +595,7 @@ impl TaskQueue for RedisQueue {
             };
             // An entry received is this worker's to settle: a Redis error while accepting it
             // is retried, so it is neither dropped nor left pending unseen.
-            let mut delay = Duration::from_millis(100);
+            let mut backoff = Backoff::new(Duration::from_millis(100));
             loop {
                 match self.accept(&stream, &entry).await {
                     Ok(Some(task)) => return Ok(task),
@@ -608,7 +604,7 @@ impl TaskQueue for RedisQueue {
                         break;
                     }
                     Err(QueueError::Closed) => return Err(QueueError::Closed),
-                    Err(err) => self.back_off(&err, &mut delay).await?,
+                    Err(err) => self.back_off(&err, &mut backoff).await?,
                 }
             }
         }
@@ -616,7 +612,7 @@ impl TaskQueue for RedisQueue {
 
     async fn report(&self, event: WorkerEvent) -> Result<(), QueueError> {
         let json = serde_json::to_string(&event).unwrap_or_default();
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100));
         loop {
             let mut con = self.commands.clone();
             let added: redis::RedisResult<String> = con
@@ -624,7 +620,7 @@ impl TaskQueue for RedisQueue {
                 .await;
             match added {
                 Ok(_) => return Ok(()),
-                Err(err) => self.back_off(&redis_error(err), &mut delay).await?,
+                Err(err) => self.back_off(&redis_error(err), &mut backoff).await?,
             }
         }
     }
@@ -738,14 +734,14 @@ impl TaskQueue for RedisQueue {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&task.key);
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100));
         for _ in 0..5 {
             match self.forget(&stream, &id).await {
                 Ok(()) => {
                     self.release(&stream, &id);
                     return Ok(());
                 }
-                Err(err) => self.back_off(&err, &mut delay).await?,
+                Err(err) => self.back_off(&err, &mut backoff).await?,
             }
         }
         self.taken
@@ -1065,7 +1061,7 @@ impl RedisQueue {
             let config = ConnectionManagerConfig::new().set_response_timeout(Some(
                 Duration::from_millis(BLOCK_MS as u64) + Duration::from_secs(5),
             ));
-            let mut delay = Duration::from_millis(100);
+            let mut backoff = Backoff::new(Duration::from_millis(100));
             let mut connection = None;
             // Per stream: where the catch-up has got to, or None once it is done.
             let mut pending_from: Vec<Option<String>> = streams
@@ -1084,9 +1080,8 @@ impl RedisQueue {
                         {
                             Ok(con) => connection.insert(con),
                             Err(err) => {
-                                tracing::warn!(error = %err, retry_in = ?delay, "Redis is not answering; retrying.");
-                                tokio::time::sleep(delay).await;
-                                delay = (delay * 2).min(Duration::from_secs(5));
+                                tracing::warn!(error = %err, retry_in = ?backoff.peek(), "Redis is not answering; retrying.");
+                                backoff.sleep().await;
                                 continue;
                             }
                         }
@@ -1115,16 +1110,14 @@ impl RedisQueue {
                     Ok(reply) => reply,
                     Err(err) => {
                         pending_from = streams.iter().map(|_| Some("0".to_string())).collect();
-                        tracing::warn!(error = %err, retry_in = ?delay, "Reading from Redis failed; retrying.");
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = closed.cancelled() => return,
+                        tracing::warn!(error = %err, retry_in = ?backoff.peek(), "Reading from Redis failed; retrying.");
+                        if !backoff.sleep_unless(&closed).await {
+                            return;
                         }
-                        delay = (delay * 2).min(Duration::from_secs(5));
                         continue;
                     }
                 };
-                delay = Duration::from_millis(100);
+                backoff.reset();
                 let mut got: HashMap<String, Vec<StreamId>> = HashMap::new();
                 for key in reply.map(|r| r.keys).unwrap_or_default() {
                     got.entry(key.key).or_default().extend(key.ids);

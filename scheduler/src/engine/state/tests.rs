@@ -400,7 +400,7 @@ fn a_cancel_nobody_confirms_is_recorded_on_the_attempt_too() {
     sim.state.cancel(sim.now);
     sim.state.abandon_in_flight(sim.now);
     let attempt = &sim.state.step("a").unwrap().attempts[0];
-    assert_eq!(attempt.outcome.as_deref(), Some("cancelled"));
+    assert_eq!(attempt.outcome, Some(Outcome::Cancelled));
     assert_eq!(attempt.status, StepStatus::Cancelled);
     assert_eq!(sim.finish(), RunStatus::Cancelled);
 }

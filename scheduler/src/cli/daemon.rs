@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::run::{hostname, prepare_data_dir};
 use super::secrets::SecretKeyArg;
+use super::signals::StopSignals;
 use super::{DataDirArg, EXIT_INVALID};
 use crate::api::{self, ApiState};
 use crate::daemon::{Daemon, DaemonConfig, Workers};
@@ -365,24 +366,14 @@ async fn serve(
 
 /// SIGTERM or Ctrl-C fires `shutdown`; a second one fires `abandon` (when given).
 async fn stop_on_signals(shutdown: CancellationToken, abandon: Option<CancellationToken>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let Some(mut signals) = StopSignals::listen() else {
         return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    signals.next().await;
     tracing::info!("Stopping.");
     shutdown.cancel();
     if let Some(abandon) = abandon {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
+        signals.next().await;
         tracing::warn!("Second stop signal: handing back the steps still running.");
         abandon.cancel();
     }

@@ -7,6 +7,7 @@ mod inspect;
 mod progress;
 mod run;
 mod secrets;
+mod signals;
 mod validate;
 
 use std::path::PathBuf;

@@ -2,6 +2,7 @@
 //! the in-memory queue and local processes, so one machine needs nothing but this binary.
 
 use super::secrets::SecretKeyArg;
+use super::signals::StopSignals;
 use sluice_worker::secrets::SecretKey;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -385,27 +386,21 @@ fn queues_of(pipeline: &Pipeline) -> Vec<String> {
     queues
 }
 
-/// Ctrl-C or SIGTERM cancels the run cleanly; a second Ctrl-C leaves at once.
+/// Ctrl-C or SIGTERM cancels the run cleanly; a second one leaves at once.
 async fn cancel_on_signals(cancel: CancellationToken, docker: Option<Arc<DockerExecutor>>) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => return,
+    let Some(mut signals) = StopSignals::listen() else {
+        return;
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    signals.next().await;
     eprintln!("cancelling the run (press Ctrl-C again to leave at once)...");
     cancel.cancel();
-    if tokio::signal::ctrl_c().await.is_ok() {
-        // Leaving at once must not leave steps running behind.
-        kill_running_groups();
-        if let Some(docker) = docker {
-            let _ =
-                tokio::time::timeout(Duration::from_secs(5), docker.remove_own_containers()).await;
-        }
-        std::process::exit(i32::from(EXIT_CANCELLED));
+    signals.next().await;
+    // Leaving at once must not leave steps running behind.
+    kill_running_groups();
+    if let Some(docker) = docker {
+        let _ = tokio::time::timeout(Duration::from_secs(5), docker.remove_own_containers()).await;
     }
+    std::process::exit(i32::from(EXIT_CANCELLED));
 }
 
 fn print_summary(store: &Store, run: &RunRecord) {

@@ -1,0 +1,93 @@
+//! Step logs through Redis: workers append chunks of a running step's output to a stream per
+//! attempt, which the scheduler reads for `sluice logs` when the files are on another machine.
+
+use std::time::Duration;
+
+use super::*;
+
+impl RedisQueue {
+    /// `{prefix}logs:{run}:{step}:{attempt}`: a running step's output, in chunks.
+    pub fn log_stream(&self, key: &TaskKey) -> String {
+        format!(
+            "{}logs:{}:{}:{}",
+            self.config.prefix, key.run_id, key.step, key.attempt
+        )
+    }
+
+    /// Scheduler side: chunks of one output stream (`stdout`/`stderr`) of an attempt after
+    /// entry `after` (`0-0` for the start), waiting up to `block` for more when there are none.
+    /// Returns the chunks, the id to read on from, and whether the output is complete.
+    pub async fn read_log(
+        &self,
+        key: &TaskKey,
+        stream: &str,
+        after: &str,
+        block: Option<Duration>,
+    ) -> Result<(Vec<Vec<u8>>, String, bool), QueueError> {
+        let log = self.log_stream(key);
+        let mut command = redis::cmd("XREAD");
+        command.arg("COUNT").arg(256);
+        if let Some(block) = block {
+            command.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        command.arg("STREAMS").arg(&log).arg(after);
+        // Its own connection: a blocking read must not hold up the shared one.
+        let mut con = self
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(redis_error)?;
+        let reply: Option<StreamReadReply> =
+            command.query_async(&mut con).await.map_err(redis_error)?;
+        let mut chunks = Vec::new();
+        let mut last = after.to_string();
+        let mut complete = false;
+        for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+            last = entry.id.clone();
+            let which: Option<String> = entry.get("stream");
+            if which.as_deref() != Some(stream) {
+                continue;
+            }
+            if entry.map.contains_key("eof") {
+                complete = true;
+            } else if let Some(data) = entry.get::<Vec<u8>>("data") {
+                chunks.push(data);
+            }
+        }
+        Ok((chunks, last, complete))
+    }
+
+    /// Appends a chunk of `stream` (`stdout`/`stderr`) of an attempt, or its end (`None`).
+    pub(super) async fn append_log(
+        &self,
+        key: &TaskKey,
+        stream: &str,
+        chunk: Option<&[u8]>,
+    ) -> Result<(), QueueError> {
+        let log = self.log_stream(key);
+        let mut con = self.commands.clone();
+        let mut command = redis::cmd("XADD");
+        command
+            .arg(&log)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(LOG_MAX_CHUNKS)
+            .arg("*")
+            .arg("stream")
+            .arg(stream);
+        match chunk {
+            Some(bytes) => command.arg("data").arg(bytes),
+            None => command.arg("eof").arg(1),
+        };
+        redis::pipe()
+            .add_command(command)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&log)
+            .arg(LOG_TTL_SECS)
+            .ignore()
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(redis_error)
+    }
+}

@@ -1,0 +1,257 @@
+//! Tasks: the scheduler adds them to a stream per queue; a worker takes, accepts and claims
+//! each once, and settles it (done, handed back, or buried in the dead-letter stream).
+
+use std::time::Duration;
+
+use super::*;
+
+impl RedisQueue {
+    /// Adds tasks to their queues' streams, creating each stream's workers group first.
+    pub(super) async fn add_tasks(&self, tasks: &[TaskSpec]) -> Result<(), QueueError> {
+        // The workers' group is created with a stream's first task, so the group sees every
+        // task (a group created later would start after the entries already there).
+        for queue in tasks.iter().map(|t| t.queue.as_str()) {
+            let stream = self.task_stream(queue);
+            let known = self
+                .known_groups
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&stream);
+            if !known {
+                self.ensure_group(&stream, WORKERS_GROUP).await?;
+                self.known_groups
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(stream);
+            }
+        }
+        let mut con = self.commands.clone();
+        // One round trip for many tasks: a wide fan-out queues thousands at once.
+        for chunk in tasks.chunks(512) {
+            let mut pipe = redis::pipe();
+            for task in chunk {
+                let json = serde_json::to_string(task).unwrap_or_default();
+                pipe.cmd("XADD")
+                    .arg(self.task_stream(&task.queue))
+                    .arg("*")
+                    .arg("task")
+                    .arg(json)
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut con)
+                .await
+                .map_err(redis_error)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the next task this worker may run.
+    pub(super) async fn take_task(&self, queues: &[String]) -> Result<TaskSpec, QueueError> {
+        let mut entries = self.task_entries.lock().await;
+        if entries.is_none() {
+            let streams: Vec<String> = queues.iter().map(|q| self.task_stream(q)).collect();
+            // One task read ahead at most: the rest stay in Redis for workers with free slots.
+            *entries =
+                Some(self.spawn_reader(streams, WORKERS_GROUP, false, 1, Some(self.held.clone())));
+        }
+        let Some(receiver) = entries.as_mut() else {
+            return Err(QueueError::Closed);
+        };
+        loop {
+            let (stream, entry) = tokio::select! {
+                received = receiver.recv() => received.ok_or(QueueError::Closed)?,
+                _ = self.closed.cancelled() => return Err(QueueError::Closed),
+            };
+            // An entry received is this worker's to settle: a Redis error while accepting it
+            // is retried, so it is neither dropped nor left pending unseen.
+            let mut backoff = Backoff::new(Duration::from_millis(100));
+            loop {
+                match self.accept(&stream, &entry).await {
+                    Ok(Some(task)) => return Ok(task),
+                    Ok(None) => {
+                        self.release(&stream, &entry.id);
+                        break;
+                    }
+                    Err(QueueError::Closed) => return Err(QueueError::Closed),
+                    Err(err) => self.back_off(&err, &mut backoff).await?,
+                }
+            }
+        }
+    }
+
+    /// Decides what to do with a task entry this worker read: `Some` to run it, `None` when it
+    /// is not to run here (taken back, undecodable, its run cancelled, claimed by another).
+    pub(super) async fn accept(
+        &self,
+        stream: &str,
+        entry: &StreamId,
+    ) -> Result<Option<TaskSpec>, QueueError> {
+        let task: TaskSpec = match decode(stream, entry, "task") {
+            Ok(task) => task,
+            Err(err) => {
+                tracing::error!(error = %err, "Moved an undecodable task to the dead-letter stream.");
+                self.bury(stream, &entry.id, "undecodable").await;
+                return Ok(None);
+            }
+        };
+        // One round trip: is the entry still this worker's (the janitor may have given it to
+        // another while it waited here), and was its run cancelled before it started?
+        let mut con = self.commands.clone();
+        let (pending, cancelled): (StreamPendingCountReply, bool) = redis::pipe()
+            .cmd("XPENDING")
+            .arg(stream)
+            .arg(WORKERS_GROUP)
+            .arg(&entry.id)
+            .arg(&entry.id)
+            .arg(1)
+            .cmd("SISMEMBER")
+            .arg(self.key("cancelled"))
+            .arg(&task.key.run_id)
+            .query_async(&mut con)
+            .await
+            .map_err(redis_error)?;
+        if !pending
+            .ids
+            .iter()
+            .any(|p| p.consumer == self.config.consumer)
+        {
+            return Ok(None);
+        }
+        if cancelled {
+            // Its run was cancelled before any worker took it: it never starts, and the
+            // scheduler hears so (an attempt it still thinks queued ends).
+            let mut result = TaskResult::error(
+                task.key.clone(),
+                "the run was cancelled before the step started",
+            );
+            result.outcome = Outcome::Cancelled;
+            self.report(WorkerEvent::Finished(result)).await?;
+            self.forget(stream, &entry.id).await?;
+            return Ok(None);
+        }
+        if !self.claim(&task.key).await? {
+            // A restarted scheduler queued an attempt again that a worker already has.
+            tracing::info!(task = %task.key, "Skipped a task another worker already took.");
+            self.forget(stream, &entry.id).await?;
+            return Ok(None);
+        }
+        self.taken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(task.key.clone(), (stream.to_string(), entry.id.clone()));
+        Ok(Some(task))
+    }
+
+    /// Claims an attempt for this worker: the first taker of a `(run, step, attempt)` wins, so
+    /// an attempt queued twice (the scheduler restarted between its commit and its dispatch
+    /// and could not know whether the dispatch happened) still runs once.
+    pub(super) async fn claim(&self, key: &TaskKey) -> Result<bool, QueueError> {
+        let mut con = self.commands.clone();
+        let claim = format!(
+            "{}claim:{}:{}:{}",
+            self.config.prefix, key.run_id, key.step, key.attempt
+        );
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&claim)
+            .arg(&self.config.consumer)
+            .arg("NX")
+            .arg("EX")
+            .arg(CLAIM_TTL_SECS)
+            .query_async(&mut con)
+            .await
+            .map_err(redis_error)?;
+        Ok(set.is_some())
+    }
+
+    /// Stops holding a task unreported (the worker could not keep its lease).
+    pub(super) fn hand_back_task(&self, task: &TaskSpec) {
+        let entry = self
+            .taken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&task.key);
+        if let Some((stream, id)) = entry {
+            self.release(&stream, &id);
+        }
+    }
+
+    /// Acknowledges a finished task, retrying; on failure its lease stays held.
+    pub(super) async fn settle_task(&self, task: &TaskSpec) -> Result<(), QueueError> {
+        let entry = self
+            .taken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&task.key)
+            .cloned();
+        let Some((stream, id)) = entry else {
+            return Ok(());
+        };
+        // Out of `taken` first: a heartbeat that finds the entry gone meanwhile must not take
+        // a finished task for a lost one.
+        self.taken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&task.key);
+        let mut backoff = Backoff::new(Duration::from_millis(100));
+        for _ in 0..5 {
+            match self.forget(&stream, &id).await {
+                Ok(()) => {
+                    self.release(&stream, &id);
+                    return Ok(());
+                }
+                Err(err) => self.back_off(&err, &mut backoff).await?,
+            }
+        }
+        self.taken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(task.key.clone(), (stream, id));
+        // Still held in `taken`: heartbeats keep its lease until a later call succeeds.
+        Err(QueueError::Redis("could not acknowledge the task".into()))
+    }
+
+    /// Records a task given up on in the dead-letter stream.
+    pub(super) async fn bury_task(&self, task: &TaskSpec, reason: &str) -> Result<(), QueueError> {
+        let mut con = self.commands.clone();
+        let json = serde_json::to_string(task).unwrap_or_default();
+        let _: String = con
+            .xadd(
+                self.key("dead"),
+                "*",
+                &[("task", json.as_str()), ("reason", reason)],
+            )
+            .await
+            .map_err(redis_error)?;
+        Ok(())
+    }
+
+    /// Stops holding a task entry: it is settled, or it was never this worker's to run.
+    pub(super) fn release(&self, stream: &str, id: &str) {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(stream.to_string(), id.to_string()));
+    }
+
+    /// Acknowledges and deletes a task entry.
+    pub(super) async fn forget(&self, stream: &str, id: &str) -> Result<(), QueueError> {
+        let mut con = self.commands.clone();
+        ack_and_delete(&mut redis::pipe(), stream, WORKERS_GROUP, id)
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(redis_error)
+    }
+
+    /// Moves a task entry to the dead-letter stream with a reason.
+    pub(super) async fn bury(&self, stream: &str, id: &str, reason: &str) {
+        let mut con = self.commands.clone();
+        let _: redis::RedisResult<String> = con
+            .xadd(
+                self.key("dead"),
+                "*",
+                &[("stream", stream), ("entry", id), ("reason", reason)],
+            )
+            .await;
+        let _ = self.forget(stream, id).await;
+    }
+}

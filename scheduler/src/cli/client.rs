@@ -9,24 +9,13 @@ use clap::Args;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use super::inspect::{print_run, print_runs, timestamp, LogsArgs, RunsArgs, ShowArgs};
+use super::inspect::{LogsArgs, RunsArgs, ShowArgs};
+use super::printers::{print_run, print_runs, timestamp};
 use super::{EXIT_FAILED, EXIT_INVALID};
 use crate::store::{RunRecord, RunStatus, StepRecord};
 
 /// How often `trigger --wait` asks how the run stands.
 const WAIT_POLL: Duration = Duration::from_millis(300);
-
-/// Where the scheduler's API is.
-#[derive(Debug, Clone, Args)]
-pub struct RemoteArgs {
-    /// The scheduler's URL, e.g. `http://127.0.0.1:8080` (without it `runs`, `show` and `logs`
-    /// read the local data dir).
-    #[arg(long, env = "SLUICE_SERVER")]
-    pub server: Option<String>,
-    /// API token, sent as a bearer token (needed by every call when the scheduler has tokens).
-    #[arg(long, env = "SLUICE_API_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-}
 
 /// Arguments of `sluice trigger`.
 #[derive(Debug, Args)]

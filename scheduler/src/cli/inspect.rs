@@ -2,12 +2,12 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, UNIX_EPOCH};
 
 use clap::Args;
 
-use super::{human_ms, DataDirArg, EXIT_INVALID};
-use crate::store::{RunLookup, RunRecord, StepRecord, Store};
+use super::printers::{print_run, print_runs};
+use super::{DataDirArg, EXIT_INVALID};
+use crate::store::{RunLookup, RunRecord, Store};
 
 /// Arguments of `sluice runs`.
 #[derive(Debug, Args)]
@@ -22,7 +22,7 @@ pub struct RunsArgs {
     #[arg(long)]
     pub before: Option<String>,
     #[command(flatten)]
-    pub remote: super::client::RemoteArgs,
+    pub remote: super::RemoteArgs,
     #[command(flatten)]
     pub data: DataDirArg,
 }
@@ -36,7 +36,7 @@ pub struct ShowArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub remote: super::client::RemoteArgs,
+    pub remote: super::RemoteArgs,
     #[command(flatten)]
     pub data: DataDirArg,
 }
@@ -61,7 +61,7 @@ pub struct LogsArgs {
     #[arg(short, long, requires = "server")]
     pub follow: bool,
     #[command(flatten)]
-    pub remote: super::client::RemoteArgs,
+    pub remote: super::RemoteArgs,
     #[command(flatten)]
     pub data: DataDirArg,
 }
@@ -91,50 +91,13 @@ fn open_run(data: &DataDirArg, id: &str) -> anyhow::Result<Result<(Store, RunRec
 
 /// Lists runs, newest first.
 pub fn runs(args: RunsArgs) -> anyhow::Result<u8> {
-    if args.remote.server.is_some() {
-        return super::client::runs(&args);
-    }
     let store = open_store(&args.data)?;
     let runs = store.list_runs(args.limit, args.before.as_deref())?;
     print_runs(&runs, args.json)
 }
 
-/// Prints runs as a table, or as JSON.
-pub(super) fn print_runs(runs: &[RunRecord], json: bool) -> anyhow::Result<u8> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(&runs)?);
-        return Ok(0);
-    }
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{:<26}  {:<20}  {:<9}  {:<20}  {:>8}  STEPS",
-        "RUN", "PIPELINE", "STATUS", "STARTED", "TOOK"
-    )?;
-    for run in runs {
-        let took = run
-            .finished_ms
-            .map(|f| human_ms(f.saturating_sub(run.created_ms)))
-            .unwrap_or_else(|| "-".into());
-        writeln!(
-            out,
-            "{:<26}  {:<20}  {:<9}  {:<20}  {:>8}  {}",
-            run.id,
-            run.pipeline,
-            run.status.as_str(),
-            timestamp(run.created_ms),
-            took,
-            run.step_count
-        )?;
-    }
-    Ok(0)
-}
-
 /// Shows one run in full.
 pub fn show(args: ShowArgs) -> anyhow::Result<u8> {
-    if args.remote.server.is_some() {
-        return super::client::show(&args);
-    }
     let (store, run) = match open_run(&args.data, &args.run_id)? {
         Ok(found) => found,
         Err(code) => return Ok(code),
@@ -149,120 +112,8 @@ pub fn show(args: ShowArgs) -> anyhow::Result<u8> {
     print_run(&run, &steps, true)
 }
 
-/// Prints a run and its steps as text; `local` when read from the store directly (then an
-/// unfinished run has no runner: this process could open the store).
-pub(super) fn print_run(run: &RunRecord, steps: &[StepRecord], local: bool) -> anyhow::Result<u8> {
-    let mut out = std::io::stdout().lock();
-    let took = run
-        .finished_ms
-        .map(|f| format!(" in {}", human_ms(f.saturating_sub(run.created_ms))))
-        .unwrap_or_default();
-    writeln!(out, "run       {}", run.id)?;
-    writeln!(
-        out,
-        "pipeline  {} (definition {})",
-        run.pipeline,
-        &run.definition_hash[..12.min(run.definition_hash.len())]
-    )?;
-    writeln!(out, "status    {}{took}", run.status.as_str())?;
-    if local && !run.status.is_terminal() {
-        // This process could open the store, so no runner holds it: the run's runner is gone.
-        writeln!(
-            out,
-            "          no runner is driving it (its runner stopped); finish it with `sluice run --resume {}`",
-            run.id
-        )?;
-    }
-    writeln!(
-        out,
-        "started   {} by {}",
-        timestamp(run.created_ms),
-        run.trigger
-    )?;
-    if !run.params.is_empty() {
-        let params: Vec<String> = run.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        writeln!(out, "params    {}", params.join(" "))?;
-    }
-    writeln!(out)?;
-    let width = steps.iter().map(|s| s.name.len()).max().unwrap_or(4).max(4);
-    writeln!(
-        out,
-        "{:<width$}  {:<9}  {:>8}  {:>4}  {:>8}  DETAIL",
-        "STEP", "STATUS", "ATTEMPTS", "EXIT", "TOOK"
-    )?;
-    for step in steps {
-        write_step(&mut out, step, width)?;
-    }
-    Ok(0)
-}
-
-fn write_step(out: &mut impl Write, step: &StepRecord, width: usize) -> std::io::Result<()> {
-    let last = step.last_attempt();
-    let exit = last
-        .and_then(|a| {
-            a.exit_code
-                .map(|c| c.to_string())
-                .or(a.signal.map(|s| format!("sig{s}")))
-        })
-        .unwrap_or_else(|| "-".into());
-    let took = step
-        .duration_ms()
-        .map(human_ms)
-        .unwrap_or_else(|| "-".into());
-    let detail = step
-        .reason
-        .clone()
-        .or_else(|| last.and_then(|a| a.message.clone()))
-        .unwrap_or_default();
-    writeln!(
-        out,
-        "{:<width$}  {:<9}  {:>8}  {:>4}  {:>8}  {detail}",
-        step.name,
-        step.status.as_str(),
-        step.attempts.len(),
-        exit,
-        took
-    )?;
-    if !step.outputs.is_empty() {
-        let outputs: Vec<String> = step
-            .outputs
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        writeln!(out, "{:<width$}  outputs: {}", "", outputs.join(" "))?;
-    }
-    if !step.metrics.is_empty() {
-        let metrics: Vec<String> = step
-            .metrics
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        writeln!(out, "{:<width$}  metrics: {}", "", metrics.join(" "))?;
-    }
-    if step.attempts.len() > 1 {
-        for attempt in &step.attempts {
-            let exit = attempt
-                .exit_code
-                .map(|c| format!("exit {c}"))
-                .unwrap_or_default();
-            writeln!(
-                out,
-                "{:<width$}  attempt {}: {} {exit} {}",
-                "",
-                attempt.number,
-                attempt.status.as_str(),
-                attempt.message.as_deref().unwrap_or("")
-            )?;
-        }
-    }
-    Ok(())
-}
-
 /// Prints an attempt's logs: stdout to stdout and stderr to stderr, so redirection keeps them apart.
 pub fn logs(args: LogsArgs) -> anyhow::Result<u8> {
-    if args.remote.server.is_some() {
-        return super::client::logs(&args);
-    }
     let (store, run) = match open_run(&args.data, &args.run_id)? {
         Ok(found) => found,
         Err(code) => return Ok(code),
@@ -317,9 +168,4 @@ fn copy_file(path: &Path, out: &mut impl Write) -> anyhow::Result<()> {
         Ok(None) => Ok(()),
         Err(err) => Err(anyhow::anyhow!("cannot read {}: it {err}", path.display())),
     }
-}
-
-pub(super) fn timestamp(ms: u64) -> String {
-    let time = UNIX_EPOCH + Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(time).to_string()
 }

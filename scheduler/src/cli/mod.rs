@@ -4,6 +4,7 @@ mod client;
 mod daemon;
 mod graph;
 mod inspect;
+mod printers;
 mod progress;
 mod run;
 mod secrets;
@@ -50,6 +51,18 @@ pub struct DataDirArg {
     /// Folder for the store, step outputs and logs.
     #[arg(long, env = "SLUICE_DATA_DIR", default_value = ".sluice")]
     pub data_dir: PathBuf,
+}
+
+/// Where the scheduler's API is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RemoteArgs {
+    /// The scheduler's URL, e.g. `http://127.0.0.1:8080` (without it `runs`, `show` and `logs`
+    /// read the local data dir).
+    #[arg(long, env = "SLUICE_SERVER")]
+    pub server: Option<String>,
+    /// API token, sent as a bearer token (needed by every call when the scheduler has tokens).
+    #[arg(long, env = "SLUICE_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// The subcommands.
@@ -127,8 +140,12 @@ pub fn main(cli: Cli) -> ExitCode {
             Ok(0)
         }
         Command::Graph(args) => graph::graph(args),
+        // The same printers either way: the data dir here, or a scheduler's API.
+        Command::Runs(args) if args.remote.server.is_some() => client::runs(&args),
         Command::Runs(args) => inspect::runs(args),
+        Command::Show(args) if args.remote.server.is_some() => client::show(&args),
         Command::Show(args) => inspect::show(args),
+        Command::Logs(args) if args.remote.server.is_some() => client::logs(&args),
         Command::Logs(args) => inspect::logs(args),
         Command::Scheduler(args) => daemon::scheduler(args),
         Command::Worker(args) => daemon::worker(args),

@@ -10,4 +10,5 @@ pub mod pool;
 pub mod queue;
 pub mod safe_fs;
 pub mod secrets;
+pub mod service;
 pub mod task;

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,11 +9,11 @@ use anyhow::Context;
 use clap::Args;
 use sluice_worker::executor::{DockerExecutor, StepExecutor};
 use sluice_worker::gpu::parse_gpus_flag;
-use sluice_worker::pool::{run_worker, run_worker_with, WorkerConfig, WorkerHooks};
+use sluice_worker::pool::{run_worker, WorkerConfig};
 use sluice_worker::queue::{MemoryQueue, RedisQueue, RedisQueueConfig, TaskQueue, WorkerInfo};
 use sluice_worker::secrets::SecretKey;
+use sluice_worker::service::{self, ServiceConfig};
 use sluice_worker::task::now_ms;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::run::{hostname, prepare_data_dir};
@@ -472,130 +471,20 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
         let executor = executor(&name, secret_key)
             .await
             .with_group_registry(state_dir);
-        let busy = Arc::new(AtomicUsize::new(0));
-        let (lost_tx, lost_rx) = mpsc::unbounded_channel();
-        let info = WorkerInfo {
-            name: name.clone(),
-            queues: args.queues.clone(),
-            slots,
-            gpus: gpus.clone(),
-            running: 0,
-            docker: executor.has_docker(),
-            heartbeat_ms: 0,
-        };
-        let beating = CancellationToken::new();
-        let heartbeats = tokio::spawn(heartbeat(
-            redis.clone(),
-            info,
-            busy.clone(),
-            lost_tx,
-            (args.heartbeat, args.lease),
-            beating.clone(),
-        ));
         println!(
             "sluice worker {name}: queues {}, {slots} slots",
             args.queues.join(",")
         );
-        // Stop taking work at once on SIGTERM; the grace period starts then.
-        let grace = args.grace;
-        let abandon_after_grace = abandon.clone();
-        let draining = shutdown.clone();
-        tokio::spawn(async move {
-            draining.cancelled().await;
-            tokio::time::sleep(grace).await;
-            abandon_after_grace.cancel();
-        });
-        // Once steps are handed back, nothing more is reported: close the queue so that a
-        // report still retrying an unreachable Redis gives up instead of holding the exit.
-        let closing = (abandon.clone(), redis.clone());
-        tokio::spawn(async move {
-            closing.0.cancelled().await;
-            closing.1.close();
-        });
-        let queue: Arc<dyn TaskQueue> = redis.clone();
-        let outcome = run_worker_with(
-            queue,
-            Arc::new(executor),
-            WorkerConfig {
-                name: name.clone(),
-                queues: args.queues.clone(),
-                slots,
-                gpus,
-            },
-            shutdown,
-            WorkerHooks {
-                lost: Some(lost_rx),
-                abandon,
-                busy,
-            },
-        )
-        .await;
-        beating.cancel();
-        let _ = heartbeats.await;
-        // Best effort: a Redis that is away must not keep a stopping worker alive.
-        match tokio::time::timeout(Duration::from_secs(3), redis.unregister(&name)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, "Could not remove this worker from the registry.")
-            }
-            Err(_) => tracing::warn!("Redis did not answer; left this worker in the registry."),
-        }
-        redis.close();
-        outcome?;
+        let config = ServiceConfig {
+            name,
+            queues: args.queues.clone(),
+            slots,
+            gpus,
+            heartbeat: args.heartbeat,
+            lease: args.lease,
+            grace: args.grace,
+        };
+        service::serve(redis, executor, config, shutdown, abandon).await?;
         Ok(0)
     })
-}
-
-/// Heartbeats until `stop`: advertises the worker and renews its leases; tasks whose lease
-/// was lost are passed on to be stopped.
-async fn heartbeat(
-    redis: Arc<RedisQueue>,
-    mut info: WorkerInfo,
-    busy: Arc<AtomicUsize>,
-    lost: mpsc::UnboundedSender<sluice_worker::task::TaskKey>,
-    (every, lease): (Duration, Duration),
-    stop: CancellationToken,
-) {
-    // Cut off from Redis (a partition, not a crash), this worker's steps go on while the
-    // janitor gives them to others once their lease runs out. Stopping them a quarter lease
-    // before that keeps a step from running twice at once.
-    let fence_after = lease * 3 / 4;
-    let mut last_renewed = tokio::time::Instant::now();
-    let mut fenced = false;
-    loop {
-        info.running = busy.load(Ordering::Relaxed);
-        info.heartbeat_ms = now_ms();
-        let beat = tokio::select! {
-            beat = redis.heartbeat(&info) => beat,
-            _ = stop.cancelled() => return,
-        };
-        match beat {
-            Ok(keys) => {
-                last_renewed = tokio::time::Instant::now();
-                fenced = false;
-                for key in keys {
-                    let _ = lost.send(key);
-                }
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "Heartbeat failed; retrying.");
-                if !fenced && last_renewed.elapsed() >= fence_after {
-                    let held = redis.held_tasks();
-                    tracing::error!(
-                        steps = held.len(),
-                        silent = ?last_renewed.elapsed(),
-                        "Could not renew leases for most of a lease; stopping this worker's steps and handing them back."
-                    );
-                    for key in held {
-                        let _ = lost.send(key);
-                    }
-                    fenced = true;
-                }
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.cancelled() => return,
-        }
-    }
 }

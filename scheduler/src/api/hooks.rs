@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 use super::{ApiError, ApiState};
 use crate::daemon::{Origin, Started, TriggerError};
 use crate::spec::Trigger;
+use crate::store::TriggerOrigin;
 
 /// Largest body accepted; more is answered 413.
 pub const MAX_BODY: usize = 1 << 20;
@@ -109,7 +110,7 @@ pub(super) async fn hook(
     let dedupe =
         identity.map(|digest| format!("delivery/{pipeline}/{name}/{}", hex::encode(&digest[..16])));
     let origin = Origin {
-        trigger: format!("webhook:{name}"),
+        trigger: TriggerOrigin::Webhook { name: name.clone() },
         dedupe,
         dedupe_window_ms: Some(DEDUPE_WINDOW_MS),
         ..Origin::default()

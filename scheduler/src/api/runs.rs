@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use super::auth::Caller;
 use super::{ApiError, ApiState};
 use crate::daemon::{CancelError, Origin, Started, TriggerError};
+use crate::store::TriggerOrigin;
 use crate::store::{RunLookup, RunRecord};
 
 /// Most runs in one page.
@@ -85,9 +86,8 @@ pub(super) async fn trigger(
     let daemon = state.daemon.clone();
     // Creating a run commits (and flushes) the store: off the async threads.
     // Who started it, when the API knows: `api by ci-bot`.
-    let trigger = match &caller.0 {
-        Some(name) => format!("api by {name}"),
-        None => "api".into(),
+    let trigger = TriggerOrigin::Api {
+        by: caller.0.clone(),
     };
     let origin = Origin {
         trigger,

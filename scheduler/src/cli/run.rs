@@ -23,6 +23,7 @@ use super::progress::Progress;
 use super::{human_ms, DataDirArg, EXIT_CANCELLED, EXIT_FAILED, EXIT_INVALID};
 use crate::engine::{Engine, EngineError, RunDriver, RunRequest};
 use crate::spec::{self, Pipeline};
+use crate::store::TriggerOrigin;
 use crate::store::{RunLookup, RunRecord, RunStatus, StepStatus, Store};
 
 /// Arguments of `sluice run`.
@@ -121,7 +122,7 @@ fn prepare_request(file: &Path, args: &RunArgs) -> Result<RunRequest, u8> {
     Ok(RunRequest {
         loaded,
         overrides,
-        trigger: "manual".into(),
+        trigger: TriggerOrigin::Manual,
         parallelism: args.parallelism.map(|p| p as usize),
         commit: crate::spec::git_commit(&base_dir),
         base_dir,

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use super::{base_dir_of, Catalog, Daemon, Origin, Started};
 use crate::spec::Trigger;
 use crate::store::Changes;
+use crate::store::TriggerOrigin;
 use crate::triggers::cron::{self, Schedule};
 
 /// How often cron triggers and watched folders are looked at.
@@ -147,7 +148,10 @@ pub(super) fn fire_due_crons(daemon: &Arc<Daemon>, now: DateTime<Utc>) {
         }
         for instant in &due.fire {
             let origin = Origin {
-                trigger: format!("cron {expr} @ {}", instant.to_rfc3339()),
+                trigger: TriggerOrigin::Cron {
+                    schedule: expr.to_string(),
+                    instant: instant.to_rfc3339(),
+                },
                 run_id: Some(cron::run_id(&pipeline, &key, *instant)),
                 marks: vec![(
                     key.clone(),
@@ -237,7 +241,9 @@ fn start_for_new_files(daemon: &Arc<Daemon>, seen: &mut Seen) {
                 continue;
             }
             let origin = Origin {
-                trigger: format!("watch {}", file.display()),
+                trigger: TriggerOrigin::Watch {
+                    path: file.display().to_string(),
+                },
                 dedupe: Some(key.clone()),
                 ..Origin::default()
             };

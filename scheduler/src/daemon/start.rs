@@ -11,13 +11,13 @@ use tokio_util::sync::CancellationToken;
 use super::{base_dir_of, Daemon, TriggerError};
 use crate::engine::{EngineError, RunDriver, RunRequest, Silent};
 use crate::spec::Overlap;
-use crate::store::{Changes, RunRecord};
+use crate::store::{Changes, RunRecord, TriggerOrigin};
 
 /// Who asks for a run, and what it brings along.
 #[derive(Debug, Clone, Default)]
 pub struct Origin {
-    /// Recorded as the run's trigger: `api`, `cron`, `webhook:NAME`, `watch:PATH`.
-    pub trigger: String,
+    /// Recorded as the run's trigger.
+    pub trigger: TriggerOrigin,
     /// The run's id when the trigger derives it (a cron instant): a run with that id already
     /// there means this trigger already fired.
     pub run_id: Option<String>,
@@ -32,6 +32,8 @@ pub struct Origin {
 
 /// What a trigger led to.
 #[derive(Debug, Clone)]
+// Returned once per trigger, never kept in bulk: boxing the run would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Started {
     /// A new run, committed.
     New(RunRecord),
@@ -96,7 +98,7 @@ impl Daemon {
                             active.len(),
                             concurrency.limit
                         );
-                        self.record_skip(pipeline, &origin.trigger, &reason)
+                        self.record_skip(pipeline, &origin.trigger.to_string(), &reason)
                             .map_err(engine_error)?;
                         tracing::info!(pipeline, trigger = %origin.trigger, "Trigger skipped: {reason}.");
                         return Ok(Started::Skipped(reason));

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use sluice_worker::queue::TaskQueue;
 
 use crate::spec::{LoadedPipeline, Pipeline};
+use crate::store::TriggerOrigin;
 use crate::store::{RunRecord, StepRecord, Store, StoreError};
 
 pub use driver::{RoutedEvent, RunDriver};
@@ -90,7 +91,7 @@ pub struct RunRequest {
     /// `-p key=value` overrides, checked against the declarations by [`resolve_params`].
     pub overrides: BTreeMap<String, String>,
     /// What started it.
-    pub trigger: String,
+    pub trigger: TriggerOrigin,
     /// Overrides the pipeline's `parallelism`.
     pub parallelism: Option<usize>,
     /// Folder relative workdirs resolve against.

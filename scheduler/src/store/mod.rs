@@ -437,7 +437,7 @@ mod tests {
             id: id.to_string(),
             pipeline: "p".into(),
             definition_hash: "h".into(),
-            trigger: "manual".into(),
+            trigger: TriggerOrigin::Manual,
             params: Default::default(),
             base_dir: "/".into(),
             parallelism: 1,

@@ -112,7 +112,7 @@ pub struct RunRecord {
     /// Hash of the definition it runs; the text is in the pipeline record.
     pub definition_hash: String,
     /// What started it: `manual`, `resume`, a trigger's name.
-    pub trigger: String,
+    pub trigger: TriggerOrigin,
     /// Parameter values after defaults and overrides.
     pub params: BTreeMap<String, String>,
     /// Folder relative `workdir`s resolve against: the pipeline file's folder at start.
@@ -215,6 +215,97 @@ pub struct EventRecord {
     /// Details for people.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+}
+
+/// What started a run. Stored and shown as the text runs have always recorded (`manual`,
+/// `api`, `api by NAME`, `cron EXPR @ INSTANT`, `webhook:NAME`, `watch PATH`), so older stores
+/// read the same; text this version cannot parse reads as [`TriggerOrigin::Other`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum TriggerOrigin {
+    /// `sluice run` on the command line.
+    #[default]
+    Manual,
+    /// `POST /api/v1/pipelines/{p}/runs`, by the named token when there are tokens.
+    Api {
+        /// The API token's name.
+        by: Option<String>,
+    },
+    /// A cron schedule's instant.
+    Cron {
+        /// The schedule as written.
+        schedule: String,
+        /// The instant it fired for (RFC 3339).
+        instant: String,
+    },
+    /// A signed (or `insecure`) webhook delivery.
+    Webhook {
+        /// The webhook's name in the pipeline.
+        name: String,
+    },
+    /// A new file in a watched folder.
+    Watch {
+        /// The file.
+        path: String,
+    },
+    /// Text this version does not know (written by another one).
+    Other(String),
+}
+
+impl From<String> for TriggerOrigin {
+    fn from(text: String) -> TriggerOrigin {
+        if text == "manual" {
+            return TriggerOrigin::Manual;
+        }
+        if text == "api" {
+            return TriggerOrigin::Api { by: None };
+        }
+        if let Some(by) = text.strip_prefix("api by ") {
+            return TriggerOrigin::Api {
+                by: Some(by.to_string()),
+            };
+        }
+        if let Some((schedule, instant)) = text
+            .strip_prefix("cron ")
+            .and_then(|rest| rest.rsplit_once(" @ "))
+        {
+            return TriggerOrigin::Cron {
+                schedule: schedule.to_string(),
+                instant: instant.to_string(),
+            };
+        }
+        if let Some(name) = text.strip_prefix("webhook:") {
+            return TriggerOrigin::Webhook {
+                name: name.to_string(),
+            };
+        }
+        if let Some(path) = text.strip_prefix("watch ") {
+            return TriggerOrigin::Watch {
+                path: path.to_string(),
+            };
+        }
+        TriggerOrigin::Other(text)
+    }
+}
+
+impl std::fmt::Display for TriggerOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TriggerOrigin::Manual => f.write_str("manual"),
+            TriggerOrigin::Api { by: None } => f.write_str("api"),
+            TriggerOrigin::Api { by: Some(by) } => write!(f, "api by {by}"),
+            TriggerOrigin::Cron { schedule, instant } => write!(f, "cron {schedule} @ {instant}"),
+            TriggerOrigin::Webhook { name } => write!(f, "webhook:{name}"),
+            TriggerOrigin::Watch { path } => write!(f, "watch {path}"),
+            TriggerOrigin::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+impl From<TriggerOrigin> for String {
+    fn from(origin: TriggerOrigin) -> String {
+        origin.to_string()
+    }
 }
 
 /// What a history entry records. Stored as its dotted name (`step.failed`), the form stores
@@ -339,6 +430,35 @@ mod tests {
         assert_eq!(
             EventKind::run_ended(RunStatus::Failed),
             EventKind::RunFailed
+        );
+    }
+
+    #[test]
+    fn trigger_origins_read_and_write_the_text_runs_always_recorded() {
+        for text in [
+            "manual",
+            "api",
+            "api by ci-bot",
+            "cron 0 3 * * MON-FRI @ 2026-12-03T03:00:00+00:00",
+            "webhook:s3-put",
+            "watch /data/landing/a b.csv",
+            "something newer",
+        ] {
+            let origin: TriggerOrigin = serde_json::from_str(&format!("{text:?}")).unwrap();
+            assert_eq!(serde_json::to_string(&origin).unwrap(), format!("{text:?}"));
+            assert_eq!(
+                matches!(origin, TriggerOrigin::Other(_)),
+                text == "something newer"
+            );
+        }
+        let cron =
+            TriggerOrigin::from("cron 0 3 * * MON-FRI @ 2026-12-03T03:00:00+00:00".to_string());
+        assert_eq!(
+            cron,
+            TriggerOrigin::Cron {
+                schedule: "0 3 * * MON-FRI".into(),
+                instant: "2026-12-03T03:00:00+00:00".into()
+            }
         );
     }
 

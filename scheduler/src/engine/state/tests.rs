@@ -21,7 +21,7 @@ fn run_record(pipeline: &Pipeline) -> RunRecord {
         id: "run1".into(),
         pipeline: pipeline.name.clone(),
         definition_hash: "hash".into(),
-        trigger: "test".into(),
+        trigger: TriggerOrigin::Manual,
         params: BTreeMap::new(),
         base_dir: "/pipelines".into(),
         parallelism: 100,

@@ -91,7 +91,8 @@ pub(super) async fn run(daemon: Arc<Daemon>) {
 
 /// Starts a run for every cron instant that came due, and records how far each trigger got.
 pub(super) fn fire_due_crons(daemon: &Arc<Daemon>, now: DateTime<Utc>) {
-    let crons: Vec<(String, String, String, crate::spec::Catchup)> = daemon.with_catalog(|c| {
+    type Cron = (String, String, String, crate::spec::Catchup, Schedule);
+    let crons: Vec<Cron> = daemon.with_catalog(|c| {
         c.pipelines
             .values()
             .flat_map(|loaded| {
@@ -100,25 +101,20 @@ pub(super) fn fire_due_crons(daemon: &Arc<Daemon>, now: DateTime<Utc>) {
                         schedule,
                         timezone,
                         catchup,
+                        parsed,
                     } => Some((
                         loaded.pipeline.name.clone(),
                         schedule.clone(),
                         timezone.clone(),
                         *catchup,
+                        parsed.as_ref().clone(),
                     )),
                     _ => None,
                 })
             })
             .collect()
     });
-    for (pipeline, expr, timezone, catchup) in crons {
-        let schedule = match Schedule::new(&expr, &timezone) {
-            Ok(schedule) => schedule,
-            Err(message) => {
-                tracing::error!(pipeline, message, "Skipping a cron trigger.");
-                continue;
-            }
-        };
+    for (pipeline, expr, timezone, catchup, schedule) in crons {
         let key = cron::state_key(&pipeline, &expr, &timezone);
         let store = &daemon.engine.store;
         let last = match store.mark(&key) {

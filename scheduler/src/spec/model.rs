@@ -257,6 +257,8 @@ pub enum Trigger {
         timezone: String,
         /// What to do with instants missed while the scheduler was down.
         catchup: Catchup,
+        /// `schedule` in `timezone`, parsed when the pipeline was read.
+        parsed: Box<crate::triggers::cron::Schedule>,
     },
     /// `POST /hooks/{pipeline}/{name}`.
     Webhook {

@@ -277,6 +277,9 @@ fn triggers_of_every_kind_are_read() {
                 schedule: "0 3 * * *".into(),
                 timezone: "Europe/Belgrade".into(),
                 catchup: Catchup::None,
+                parsed: Box::new(
+                    crate::triggers::cron::Schedule::new("0 3 * * *", "Europe/Belgrade").unwrap()
+                ),
             },
             Trigger::Webhook {
                 name: "new-data".into(),

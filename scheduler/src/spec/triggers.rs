@@ -10,6 +10,7 @@ use super::parse::cron_expression;
 use super::reader::{join, Reader};
 use super::values;
 use super::yaml::{Node, Value};
+use crate::triggers::cron::Schedule;
 
 const CRON_KEYS: &[&str] = &["cron", "timezone", "catchup"];
 const WEBHOOK_KEYS: &[&str] = &["webhook", "secret_env", "params", "insecure"];
@@ -101,10 +102,12 @@ fn cron(r: &mut Reader, node: &Node, path: &str) -> Option<Trigger> {
         )?,
         None => Catchup::Latest,
     };
+    let parsed = Box::new(Schedule::new(&schedule, &timezone).ok()?);
     schedule_ok.then_some(Trigger::Cron {
         schedule,
         timezone,
         catchup,
+        parsed,
     })
 }
 

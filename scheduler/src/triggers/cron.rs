@@ -16,15 +16,23 @@ use crate::spec::Catchup;
 /// Most missed instants `catchup: all` starts at once; older ones are dropped and logged.
 pub const CATCHUP_CAP: usize = 100;
 
-/// A parsed schedule in its time zone.
+/// A parsed schedule in its time zone, made once when the pipeline is loaded.
 #[derive(Debug, Clone)]
 pub struct Schedule {
     cron: Cron,
     tz: Tz,
+    expr: String,
+}
+
+/// Two schedules are the same when they were written the same.
+impl PartialEq for Schedule {
+    fn eq(&self, other: &Schedule) -> bool {
+        self.expr == other.expr && self.tz == other.tz
+    }
 }
 
 impl Schedule {
-    /// Parses `expr` for time zone `tz` (both were validated with the pipeline).
+    /// Parses `expr` for time zone `tz`.
     pub fn new(expr: &str, tz: &str) -> Result<Schedule, String> {
         let cron = expr
             .parse::<Cron>()
@@ -32,7 +40,11 @@ impl Schedule {
         let tz = tz
             .parse::<Tz>()
             .map_err(|_| format!("`{tz}` is not an IANA time zone"))?;
-        Ok(Schedule { cron, tz })
+        Ok(Schedule {
+            cron,
+            tz,
+            expr: expr.to_string(),
+        })
     }
 
     /// The first scheduled instant strictly after `after`.

@@ -9,7 +9,7 @@ use sluice_tests::{process_alive, sluice_bin, step, text, wait_until, Scratch};
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 #[test]
-fn api_answers_with_fitting_status_codes_and_guards_writes_with_the_token() {
+fn the_flags_tokens_guard_a_real_scheduler_and_an_accepted_run_reaches_a_worker() {
     let Some(mut cluster) = Cluster::new() else {
         return;
     };
@@ -49,11 +49,6 @@ fn api_answers_with_fitting_status_codes_and_guards_writes_with_the_token() {
 
     assert_eq!(http("GET", &format!("{api}/healthz"), None, None).0, 200);
     assert_eq!(http("GET", &format!("{api}/readyz"), None, None).0, 200);
-    // Reads need a token too: runs carry params, outputs and logs.
-    for path in ["pipelines", "runs", "workers"] {
-        let (status, body) = http("GET", &format!("{api}/api/v1/{path}"), None, None);
-        assert_eq!(status, 401, "{path} without a token: {body}");
-    }
     let (status, body) = http(
         "POST",
         &format!("{api}/api/v1/pipelines/good/runs"),
@@ -77,33 +72,9 @@ fn api_answers_with_fitting_status_codes_and_guards_writes_with_the_token() {
         "a broken file is reported with its line and field: {problems}"
     );
 
+    // Every status code is checked in process (scheduler/src/api/tests.rs); here, that the
+    // flags' tokens guard a real scheduler and a run it accepts reaches a worker.
     let trigger = format!("{api}/api/v1/pipelines/good/runs");
-    assert_eq!(http("POST", &trigger, None, None).0, 401, "no token");
-    assert_eq!(
-        http("POST", &trigger, Some("s3cre"), None).0,
-        401,
-        "wrong token"
-    );
-    let (status, body) = http(
-        "POST",
-        &trigger,
-        token,
-        Some(r#"{"params": {"epochs": "many"}}"#),
-    );
-    assert_eq!(status, 422, "{body}");
-    assert!(body.contains("epochs"), "the error names the param: {body}");
-    let (status, body) = http("POST", &trigger, token, Some(r#"{"params": {"epoch": 3}}"#));
-    assert_eq!(status, 422, "{body}");
-    assert!(body.contains("did you mean `epochs`"), "{body}");
-    let (status, body) = http("POST", &trigger, token, Some("{not json"));
-    assert_eq!(status, 422, "{body}");
-    let (status, _) = http(
-        "POST",
-        &format!("{api}/api/v1/pipelines/nope/runs"),
-        token,
-        None,
-    );
-    assert_eq!(status, 404);
     let (status, body) = http(
         "POST",
         &trigger,
@@ -131,16 +102,6 @@ fn api_answers_with_fitting_status_codes_and_guards_writes_with_the_token() {
         None,
     );
     assert_eq!(status, 409, "a finished run cannot be cancelled: {body}");
-    let (status, _) = http("GET", &format!("{api}/api/v1/runs/01NOPE"), token, None);
-    assert_eq!(status, 404);
-    for query in ["limit=abc", "status=done"] {
-        let (status, body) = http("GET", &format!("{api}/api/v1/runs?{query}"), token, None);
-        assert_eq!(status, 422, "{query}: {body}");
-        assert!(body.contains("\"error\""), "{body}");
-    }
-    let (status, body) = http("GET", &format!("{api}/api/v1/nothing"), token, None);
-    assert_eq!(status, 404);
-    assert!(body.contains("\"error\""), "errors are JSON: {body}");
 
     // The CLI says what went wrong and exits 2 on the user's mistakes.
     let out = cluster.client(&["trigger", "good", "--token", "wrong"]);

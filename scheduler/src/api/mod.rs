@@ -10,6 +10,8 @@ pub mod hooks;
 mod logs;
 mod runs;
 pub mod serve;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 

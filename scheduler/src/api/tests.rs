@@ -1,0 +1,238 @@
+//! The API's status codes, answered by the router in this process (no socket, no worker): what
+//! each caller mistake gets, and which token may do what.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use sluice_worker::queue::MemoryQueue;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use super::auth::{new_token, Tokens};
+use super::{router, ApiState};
+use crate::daemon::{Daemon, DaemonConfig, Workers};
+use crate::engine::Engine;
+use crate::store::Store;
+
+/// A daemon over a scratch folder with pipelines `good` (an integer param) and `broken`, no
+/// workers, the admin token `s3cret` and the read token `viewer` returns.
+struct Api {
+    router: axum::Router,
+    viewer: String,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+const ADMIN: &str = "s3cret";
+
+impl Api {
+    async fn start() -> Api {
+        let dir = tempfile::tempdir().unwrap();
+        let pipelines = dir.path().join("pipelines");
+        std::fs::create_dir(&pipelines).unwrap();
+        std::fs::write(
+            pipelines.join("good.yaml"),
+            "name: good\nparams:\n  epochs: {type: integer, default: 1}\nsteps:\n  only: {run: 'true'}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            pipelines.join("broken.yaml"),
+            "name: broken\nsteps:\n  x:\n    rum: true\n",
+        )
+        .unwrap();
+        let (viewer, line) = new_token("viewer", "read").unwrap();
+        let tokens_file = dir.path().join("tokens");
+        std::fs::write(&tokens_file, format!("{line}\n")).unwrap();
+        let data_dir = dir.path().join("data");
+        let engine = Engine {
+            store: Store::open(&data_dir).unwrap(),
+            queue: Arc::new(MemoryQueue::default()),
+            data_dir,
+        };
+        let config = DaemonConfig {
+            pipelines_dir: pipelines,
+            watch_allowed: Vec::new(),
+            lease_holder: None,
+            lease: Duration::from_secs(30),
+        };
+        let shutdown = CancellationToken::new();
+        let daemon = Daemon::start(
+            engine,
+            config,
+            Workers::InProcess(Vec::new()),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let state = ApiState {
+            daemon,
+            tokens: Arc::new(Tokens::new(Some(ADMIN), Some(&tokens_file)).unwrap()),
+            require_webhook_timestamp: false,
+        };
+        Api {
+            router: router(state),
+            viewer,
+            shutdown,
+            _dir: dir,
+        }
+    }
+
+    /// The status and body of one request.
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (StatusCode, String) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request.body(Body::from(body.to_string())).unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn callers_mistakes_get_the_status_that_names_them() {
+    let api = Api::start().await;
+    let admin = Some(ADMIN);
+    let trigger = "/api/v1/pipelines/good/runs";
+    // (method, path, token, body, status, a word the answer must contain)
+    type Row<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, u16, &'a str);
+    let table: &[Row] = &[
+        ("GET", "/healthz", None, "", 200, "ok"),
+        ("GET", "/api/v1/runs", None, "", 401, "token"),
+        ("GET", "/api/v1/pipelines", None, "", 401, "token"),
+        ("GET", "/api/v1/workers", Some("wrong"), "", 401, "token"),
+        ("POST", trigger, None, "", 401, "token"),
+        ("POST", trigger, Some("wrong"), "", 401, "token"),
+        (
+            "POST",
+            trigger,
+            Some(&api.viewer),
+            "",
+            403,
+            "`viewer` has role `read`",
+        ),
+        (
+            "POST",
+            "/api/v1/reload",
+            Some(&api.viewer),
+            "",
+            403,
+            "admin",
+        ),
+        (
+            "GET",
+            "/api/v1/pipelines",
+            Some(&api.viewer),
+            "",
+            200,
+            "broken.yaml:4:5",
+        ),
+        (
+            "POST",
+            trigger,
+            admin,
+            r#"{"params": {"epochs": "many"}}"#,
+            422,
+            "epochs",
+        ),
+        (
+            "POST",
+            trigger,
+            admin,
+            r#"{"params": {"epoch": 3}}"#,
+            422,
+            "did you mean `epochs`",
+        ),
+        ("POST", trigger, admin, "{not json", 422, "error"),
+        (
+            "POST",
+            trigger,
+            admin,
+            "{\"params\": {\"epochs\": \"a\\u0000b\"}}",
+            422,
+            "NUL",
+        ),
+        (
+            "POST",
+            "/api/v1/pipelines/nope/runs",
+            admin,
+            "",
+            404,
+            "nope",
+        ),
+        ("GET", "/api/v1/runs/nope", admin, "", 404, "nope"),
+        ("GET", "/api/v1/runs?limit=many", admin, "", 422, "query"),
+        (
+            "GET",
+            "/api/v1/runs?status=done",
+            admin,
+            "",
+            422,
+            "not `done`",
+        ),
+        ("GET", "/api/v1/nothing", admin, "", 404, "\"error\""),
+        ("POST", "/api/v1/runs/nope/cancel", admin, "", 404, "nope"),
+    ];
+    for (method, path, token, body, status, says) in table {
+        let (got, answer) = api.call(method, path, *token, body).await;
+        assert_eq!(got.as_u16(), *status, "{method} {path} {body}: {answer}");
+        assert!(answer.contains(says), "{method} {path} {body}: {answer}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_is_created_by_its_caller_and_a_finished_one_cannot_be_cancelled() {
+    let api = Api::start().await;
+    let (status, body) = api
+        .call(
+            "POST",
+            "/api/v1/pipelines/good/runs",
+            Some(ADMIN),
+            r#"{"params": {"epochs": 7}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(created["run"]["params"]["epochs"], "7");
+    assert_eq!(created["run"]["trigger"], "api by api-token");
+    let run = created["run"]["id"].as_str().unwrap().to_string();
+    // No worker here: the run waits until it is cancelled, then a second cancel is too late.
+    let cancel = format!("/api/v1/runs/{run}/cancel");
+    let (status, body) = api.call("POST", &cancel, Some(ADMIN), "").await;
+    assert!(status.is_success(), "{status} {body}");
+    let mut finished = false;
+    for _ in 0..200 {
+        let (_, body) = api
+            .call("GET", &format!("/api/v1/runs/{run}"), Some(ADMIN), "")
+            .await;
+        if body.contains("\"status\":\"cancelled\"") {
+            finished = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(finished, "the run ends cancelled");
+    let (status, body) = api.call("POST", &cancel, Some(ADMIN), "").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+}

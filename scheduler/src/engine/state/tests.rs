@@ -90,6 +90,14 @@ impl Sim {
         self.feed(result);
     }
 
+    /// A worker starts the current attempt of `step`.
+    fn start(&mut self, step: &str, worker: &str) {
+        let key = self.key(step);
+        let (worker, at_ms) = (worker.to_string(), self.now);
+        self.state
+            .apply(WorkerEvent::Started { key, worker, at_ms }, self.now);
+    }
+
     fn feed(&mut self, result: TaskResult) {
         self.state.apply(WorkerEvent::Finished(result), self.now);
     }
@@ -339,21 +347,13 @@ fn a_start_is_recorded_but_is_not_urgent() {
     let mut sim = Sim::new("name: p\nsteps:\n  a: {run: x}\n");
     sim.tick();
     assert!(!sim.state.is_dirty());
-    let key = sim.key("a");
-    sim.state.apply(
-        WorkerEvent::Started {
-            key,
-            worker: "w1".into(),
-            at_ms: 5,
-        },
-        sim.now,
-    );
+    sim.start("a", "w1");
     assert_eq!(sim.status("a"), StepStatus::Running);
     assert!(sim.state.is_dirty() && !sim.state.is_urgent());
     let attempt = &sim.state.step("a").unwrap().attempts[0];
     assert_eq!(
         (attempt.worker.as_deref(), attempt.started_ms),
-        (Some("w1"), Some(5))
+        (Some("w1"), Some(sim.now))
     );
 }
 
@@ -363,15 +363,7 @@ fn cancel_ends_what_has_not_started_and_waits_for_running_steps() {
         "name: p\nsteps:\n  running: {run: x}\n  queued: {run: x}\n  later: {run: x, depends: [running]}\n  retrying: {run: x, retry: {limit: 3, delay: 1h}}\n",
     );
     sim.tick();
-    let key = sim.key("running");
-    sim.state.apply(
-        WorkerEvent::Started {
-            key,
-            worker: "w".into(),
-            at_ms: 1,
-        },
-        sim.now,
-    );
+    sim.start("running", "w");
     sim.end("retrying", Outcome::Failed, Some(1));
     sim.state.cancel(sim.now);
     for step in ["queued", "later", "retrying"] {
@@ -388,15 +380,7 @@ fn cancel_ends_what_has_not_started_and_waits_for_running_steps() {
 fn a_cancel_nobody_confirms_is_recorded_on_the_attempt_too() {
     let mut sim = Sim::new("name: p\nsteps:\n  a: {run: x}\n");
     sim.tick();
-    let key = sim.key("a");
-    sim.state.apply(
-        WorkerEvent::Started {
-            key,
-            worker: "w".into(),
-            at_ms: 1,
-        },
-        sim.now,
-    );
+    sim.start("a", "w");
     sim.state.cancel(sim.now);
     sim.state.abandon_in_flight(sim.now);
     let attempt = &sim.state.step("a").unwrap().attempts[0];
@@ -409,15 +393,7 @@ fn a_cancel_nobody_confirms_is_recorded_on_the_attempt_too() {
 fn a_failure_during_a_cancel_is_not_retried() {
     let mut sim = Sim::new("name: p\nsteps:\n  a: {run: x, retry: 5}\n");
     sim.tick();
-    let key = sim.key("a");
-    sim.state.apply(
-        WorkerEvent::Started {
-            key,
-            worker: "w".into(),
-            at_ms: 1,
-        },
-        sim.now,
-    );
+    sim.start("a", "w");
     sim.state.cancel(sim.now);
     sim.end("a", Outcome::Failed, Some(143));
     assert_eq!(sim.status("a"), StepStatus::Failed);
@@ -456,15 +432,7 @@ fn resume_keeps_what_succeeded_and_reruns_the_rest_with_new_attempt_numbers() {
 fn reattach_requeues_queued_attempts_as_they_were_and_leaves_running_ones_alone() {
     let mut sim = Sim::new("name: p\nsteps:\n  queued: {run: x}\n  running: {run: x}\n");
     sim.tick();
-    let key = sim.key("running");
-    sim.state.apply(
-        WorkerEvent::Started {
-            key,
-            worker: "w".into(),
-            at_ms: 1,
-        },
-        sim.now,
-    );
+    sim.start("running", "w");
     let (run, steps) = records(&sim);
     let yaml = "name: p\nsteps:\n  queued: {run: x}\n  running: {run: x}\n";
     let (mut state, redispatch) = RunState::reattached(

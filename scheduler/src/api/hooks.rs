@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 use super::{ApiError, ApiState};
 use crate::daemon::{Origin, Started, TriggerError};
 use crate::spec::Trigger;
+use crate::store::marks;
 use crate::store::TriggerOrigin;
 
 /// Largest body accepted; more is answered 413.
@@ -107,8 +108,7 @@ pub(super) async fn hook(
         ),
         None => delivery_id(&headers).map(|id| Sha256::digest(id.as_bytes())),
     };
-    let dedupe =
-        identity.map(|digest| format!("delivery/{pipeline}/{name}/{}", hex::encode(&digest[..16])));
+    let dedupe = identity.map(|digest| marks::delivery_key(&pipeline, &name, &digest));
     let origin = Origin {
         trigger: TriggerOrigin::Webhook { name: name.clone() },
         dedupe,

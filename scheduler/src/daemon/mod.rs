@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engine::{Engine, EngineError, RoutedEvent, RunDriver, Silent};
+use crate::store::marks::{self, CancelMark};
 use crate::store::{RunLookup, RunRecord};
 
 pub use catalog::{Catalog, LoadError};
@@ -164,8 +165,12 @@ impl Daemon {
             match RunDriver::reattach(self.engine.clone(), &id, Box::new(Silent), redis_lost_data) {
                 Ok(driver) => {
                     tracing::info!(run = %id, pipeline = %driver.run().pipeline, "Picked up a run in flight.");
-                    let cancel_requested =
-                        matches!(self.engine.store.mark(&cancel_mark(&id)), Ok(Some(_)));
+                    let cancel_requested = matches!(
+                        self.engine
+                            .store
+                            .mark::<CancelMark>(&marks::cancel_key(&id)),
+                        Ok(Some(_))
+                    );
                     self.spawn_driver(driver, cancel_requested);
                 }
                 Err(err) => {
@@ -268,10 +273,11 @@ impl Daemon {
         // Recorded before it is acknowledged: a scheduler restarted before the run ended
         // cancels it again.
         let mut changes = crate::store::Changes::default();
-        changes.put_mark(
-            &cancel_mark(&run.id),
-            &serde_json::json!({ "at_ms": sluice_worker::task::now_ms(), "by": by }),
-        );
+        let mark = CancelMark {
+            at_ms: sluice_worker::task::now_ms(),
+            by: by.to_string(),
+        };
+        changes.put_mark(&marks::cancel_key(&run.id), &mark);
         self.engine.store.commit(&changes)?;
         if let Some(handle) = self.lock_runs().get(&run.id) {
             handle.cancel.cancel();
@@ -341,11 +347,6 @@ impl Daemon {
     fn lock_runs(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunHandle>> {
         self.runs.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// The mark that records a cancel request for a run.
-fn cancel_mark(run_id: &str) -> String {
-    format!("cancel/{run_id}")
 }
 
 /// Folder that relative workdirs of a pipeline resolve against: its file's folder.

@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use super::{base_dir_of, Catalog, Daemon, Origin, Started};
 use crate::spec::Trigger;
-use crate::store::Changes;
-use crate::store::TriggerOrigin;
+use crate::store::marks::{self, CronMark, SeenMark};
+use crate::store::{Changes, TriggerOrigin};
 use crate::triggers::cron::{self, Schedule};
 
 /// How often cron triggers and watched folders are looked at.
@@ -115,12 +114,10 @@ pub(super) fn fire_due_crons(daemon: &Arc<Daemon>, now: DateTime<Utc>) {
             .collect()
     });
     for (pipeline, expr, timezone, catchup, schedule) in crons {
-        let key = cron::state_key(&pipeline, &expr, &timezone);
+        let key = marks::cron_key(&pipeline, &expr, &timezone);
         let store = &daemon.engine.store;
-        let last = match store.mark(&key) {
-            Ok(Some(mark)) => mark["through_ms"]
-                .as_i64()
-                .and_then(DateTime::<Utc>::from_timestamp_millis),
+        let last = match store.mark::<CronMark>(&key) {
+            Ok(Some(mark)) => DateTime::<Utc>::from_timestamp_millis(mark.through_ms),
             Ok(None) => None,
             Err(err) => {
                 tracing::error!(pipeline, error = %err, "Cannot read a cron trigger's state.");
@@ -151,7 +148,9 @@ pub(super) fn fire_due_crons(daemon: &Arc<Daemon>, now: DateTime<Utc>) {
                 run_id: Some(cron::run_id(&pipeline, &key, *instant)),
                 marks: vec![(
                     key.clone(),
-                    json!({ "through_ms": instant.timestamp_millis() }),
+                    json!(CronMark {
+                        through_ms: instant.timestamp_millis()
+                    }),
                 )],
                 ..Origin::default()
             };
@@ -173,7 +172,12 @@ pub(super) fn fire_due_crons(daemon: &Arc<Daemon>, now: DateTime<Utc>) {
 
 fn record_through(daemon: &Daemon, key: &str, through: DateTime<Utc>) {
     let mut changes = Changes::default();
-    changes.put_mark(key, &json!({ "through_ms": through.timestamp_millis() }));
+    changes.put_mark(
+        key,
+        &CronMark {
+            through_ms: through.timestamp_millis(),
+        },
+    );
     if let Err(err) = daemon.engine.store.commit(&changes) {
         tracing::error!(key, error = %err, "Cannot record a cron trigger's state.");
     }
@@ -231,9 +235,8 @@ fn start_for_new_files(daemon: &Arc<Daemon>, seen: &mut Seen) {
             if !stable {
                 continue; // New or still being written: look again next tick.
             }
-            let digest = Sha256::digest(file.display().to_string().as_bytes());
-            let key = format!("watch/{pipeline}/{}", hex::encode(&digest[..12]));
-            if matches!(daemon.engine.store.mark(&key), Ok(Some(_))) {
+            let key = marks::watch_key(&pipeline, &file);
+            if matches!(daemon.engine.store.mark::<SeenMark>(&key), Ok(Some(_))) {
                 continue;
             }
             let origin = Origin {
@@ -251,7 +254,11 @@ fn start_for_new_files(daemon: &Arc<Daemon>, seen: &mut Seen) {
                 Ok(Started::Skipped(reason)) => {
                     // Skipped is this file's turn: it is not offered again every tick.
                     let mut changes = Changes::default();
-                    changes.put_mark(&key, &json!({ "skipped": reason }));
+                    let seen = SeenMark {
+                        skipped: Some(reason),
+                        ..SeenMark::default()
+                    };
+                    changes.put_mark(&key, &seen);
                     let _ = daemon.engine.store.commit(&changes);
                 }
                 Ok(Started::Existing(_)) => {}

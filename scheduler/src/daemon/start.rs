@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::{base_dir_of, Daemon, TriggerError};
 use crate::engine::{EngineError, RunDriver, RunRequest, Silent};
 use crate::spec::Overlap;
+use crate::store::marks::{self, SeenMark, SkipMark};
 use crate::store::{Changes, RunRecord, TriggerOrigin};
 
 /// Who asks for a run, and what it brings along.
@@ -70,12 +71,12 @@ impl Daemon {
             }
         }
         if let Some(key) = &origin.dedupe {
-            if let Some(mark) = store.mark(key).map_err(engine_error)? {
-                let fresh = origin.dedupe_window_ms.is_none_or(|window| {
-                    now_ms().saturating_sub(mark["at_ms"].as_u64().unwrap_or(0)) < window
-                });
-                if let (true, Some(run)) = (fresh, mark["run"].as_str()) {
-                    return Ok(Started::Existing(run.to_string()));
+            if let Some(mark) = store.mark::<SeenMark>(key).map_err(engine_error)? {
+                let fresh = origin
+                    .dedupe_window_ms
+                    .is_none_or(|window| now_ms().saturating_sub(mark.at_ms) < window);
+                if let (true, Some(run)) = (fresh, mark.run) {
+                    return Ok(Started::Existing(run));
                 }
             }
         }
@@ -112,7 +113,12 @@ impl Daemon {
             .unwrap_or_else(|| ulid::Ulid::new().to_string());
         let mut marks = origin.marks;
         if let Some(key) = origin.dedupe {
-            marks.push((key, json!({ "run": id, "at_ms": now_ms() })));
+            let seen = SeenMark {
+                run: Some(id.clone()),
+                at_ms: now_ms(),
+                skipped: None,
+            };
+            marks.push((key, json!(seen)));
         }
         let request = RunRequest {
             base_dir: base_dir_of(&loaded.path),
@@ -157,23 +163,24 @@ impl Daemon {
         reason: &str,
     ) -> Result<(), crate::store::StoreError> {
         let mut changes = Changes::default();
-        let key = format!("skipped/{pipeline}/{}", ulid::Ulid::new());
-        changes.put_mark(
-            &key,
-            &json!({ "trigger": trigger, "reason": reason, "at_ms": now_ms() }),
-        );
+        let skip = SkipMark {
+            trigger: trigger.to_string(),
+            reason: reason.to_string(),
+            at_ms: now_ms(),
+        };
+        changes.put_mark(&marks::skip_key(pipeline), &skip);
         self.engine.store.commit(&changes)
     }
 
     /// Triggers skipped by the concurrency policy, newest first (at most `limit`).
-    pub fn skipped(&self, pipeline: &str, limit: usize) -> Vec<Value> {
-        let mut marks = self
+    pub fn skipped(&self, pipeline: &str, limit: usize) -> Vec<SkipMark> {
+        let mut skips = self
             .engine
             .store
-            .marks(&format!("skipped/{pipeline}/"))
+            .marks::<SkipMark>(&marks::skips_of(pipeline))
             .unwrap_or_default();
-        marks.reverse();
-        marks.into_iter().take(limit).map(|(_, v)| v).collect()
+        skips.reverse();
+        skips.into_iter().take(limit).map(|(_, v)| v).collect()
     }
 
     /// Waits until the run may start under its pipeline's concurrency limit (oldest waiting

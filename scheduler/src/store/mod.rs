@@ -6,6 +6,7 @@
 //!
 //! Keys: `p/<hash>` pipeline, `r/<run>` run, `s/<run>/<step>` step, `e/<run>/<seq>` event.
 
+pub mod marks;
 pub mod records;
 pub mod secrets;
 
@@ -127,7 +128,7 @@ impl Changes {
 
     /// Records a trigger's bookkeeping (a cron trigger's last instant, a webhook delivery id,
     /// a watched file) with the run it started, in the same commit.
-    pub fn put_mark(&mut self, key: &str, value: &serde_json::Value) {
+    pub fn put_mark(&mut self, key: &str, value: &impl Serialize) {
         self.put(format!("m/{key}"), value);
     }
 
@@ -335,13 +336,13 @@ impl Store {
         Ok(runs)
     }
 
-    /// A trigger's mark, see [`Changes::put_mark`].
-    pub fn mark(&self, key: &str) -> Result<Option<serde_json::Value>, StoreError> {
+    /// A trigger's mark (see [`marks`] for the kinds), `None` when there is none.
+    pub fn mark<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
         self.get(&format!("m/{key}"))
     }
 
     /// Marks whose key starts with `prefix`, in key order.
-    pub fn marks(&self, prefix: &str) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+    pub fn marks<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>, StoreError> {
         self.db()?
             .scan_prefix(format!("m/{prefix}").as_bytes())
             .map(|entry| {

@@ -129,13 +129,6 @@ pub fn run_id(pipeline: &str, trigger: &str, instant: DateTime<Utc>) -> String {
     ulid::Ulid::from_parts(ms, random).to_string()
 }
 
-/// The key a cron trigger's state is kept under: the schedule and zone are part of it, so a
-/// changed schedule starts afresh instead of firing the old one's missed instants.
-pub fn state_key(pipeline: &str, schedule: &str, timezone: &str) -> String {
-    let digest = Sha256::digest(format!("{schedule}\0{timezone}").as_bytes());
-    format!("cron/{pipeline}/{}", hex::encode(&digest[..8]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,9 +17,14 @@ pub enum QueueError {
     /// The queue was shut down; no more tasks or events will flow.
     #[error("the queue is closed")]
     Closed,
-    /// Redis failed or is unreachable; callers retry with backoff.
+    /// Redis failed or is unreachable; callers retry with backoff. Redis's own error is kept
+    /// (its kind says whether it was a connection, a timeout or a refused command).
     #[error("redis: {0}")]
-    Redis(String),
+    Redis(#[from] ::redis::RedisError),
+    /// Redis answered, but the queue cannot go on as asked: another scheduler holds the prefix,
+    /// a CA file cannot be read, an acknowledgement kept failing.
+    #[error("{0}")]
+    Refused(String),
     /// A message in the queue could not be decoded (written by another version?).
     #[error("undecodable message {id} in {stream}: {reason}")]
     Undecodable {

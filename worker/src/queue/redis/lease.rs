@@ -52,7 +52,7 @@ impl RedisQueue {
             }
             let current = self.lease_holder().await?;
             if tokio::time::Instant::now() >= deadline {
-                return Err(QueueError::Redis(format!(
+                return Err(QueueError::Refused(format!(
                     "another scheduler ({current}) is live on Redis prefix `{}`: stop it, or give this one another --redis-prefix",
                     self.config.prefix
                 )));

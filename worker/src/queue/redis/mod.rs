@@ -121,7 +121,7 @@ impl RedisQueue {
             None => redis::Client::open(config.url.as_str()).map_err(redis_error)?,
             Some(file) => {
                 let pem = std::fs::read(file).map_err(|err| {
-                    QueueError::Redis(format!(
+                    QueueError::Refused(format!(
                         "cannot read the Redis CA {}: {err}",
                         file.display()
                     ))
@@ -372,7 +372,7 @@ pub fn redacted(url: &str) -> String {
 }
 
 fn redis_error(err: redis::RedisError) -> QueueError {
-    QueueError::Redis(err.to_string())
+    QueueError::Redis(err)
 }
 
 /// Creates a stream's consumer group (and the stream) unless it exists: after Redis lost its

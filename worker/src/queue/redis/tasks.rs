@@ -207,7 +207,9 @@ impl RedisQueue {
             .unwrap_or_else(|e| e.into_inner())
             .insert(task.key.clone(), (stream, id));
         // Still held in `taken`: heartbeats keep its lease until a later call succeeds.
-        Err(QueueError::Redis("could not acknowledge the task".into()))
+        Err(QueueError::Refused(
+            "could not acknowledge the task; its lease stays held".into(),
+        ))
     }
 
     /// Records a task given up on in the dead-letter stream.

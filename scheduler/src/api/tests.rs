@@ -226,7 +226,8 @@ async fn a_run_is_created_by_its_caller_and_a_finished_one_cannot_be_cancelled()
         let (_, body) = api
             .call("GET", &format!("/api/v1/runs/{run}"), Some(ADMIN), "")
             .await;
-        if body.contains("\"status\":\"cancelled\"") {
+        let shown: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if shown["run"]["status"] == "cancelled" {
             finished = true;
             break;
         }

@@ -118,6 +118,10 @@ fn a_full_disk_holds_runs_and_readiness_until_it_is_freed() {
         "a run that cannot be recorded is refused: {body}\n{}",
         server.log_text()
     );
+    // The probe is reused for a second, so readiness may lag the refusal by that much.
+    wait_until("readiness to go", Duration::from_secs(10), || {
+        http("GET", &readyz, None, None).0 == 503
+    });
     let (status, body) = http("GET", &readyz, None, None);
     assert_eq!(
         status, 503,

@@ -60,11 +60,8 @@ impl ApiError {
     /// try again later, nothing was started), 500 otherwise.
     fn engine(err: crate::engine::EngineError) -> ApiError {
         use crate::engine::EngineError;
-        use crate::store::StoreError;
         match err {
-            EngineError::Store(
-                store @ (StoreError::Io(_) | StoreError::Unavailable(_) | StoreError::Open { .. }),
-            ) => {
+            EngineError::Store(store) if store.may_pass() => {
                 tracing::error!(error = %store, "A run could not be recorded: the store cannot write.");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -149,9 +149,13 @@ pub fn secrets(command: SecretsCommand) -> anyhow::Result<u8> {
 /// Standard input, less one trailing newline; `None` when it is over the cap or not UTF-8.
 fn read_value() -> std::io::Result<Option<Zeroizing<String>>> {
     let mut bytes = Zeroizing::new(Vec::new());
-    std::io::stdin()
-        .take(MAX_SECRET_BYTES as u64 + 2)
-        .read_to_end(&mut bytes)?;
+    // One byte past the largest value with its line ending: reaching it means too long, even
+    // when the cut happens to end in a newline.
+    let cap = MAX_SECRET_BYTES + 3;
+    std::io::stdin().take(cap as u64).read_to_end(&mut bytes)?;
+    if bytes.len() == cap {
+        return Ok(None);
+    }
     if bytes.ends_with(b"\n") {
         bytes.pop();
         if bytes.ends_with(b"\r") {

@@ -113,6 +113,9 @@ pub struct Daemon {
     trigger_lock: Mutex<()>,
     /// Wakes runs waiting for a concurrency slot.
     slot_freed: tokio::sync::Notify,
+    /// The last store probe of `/readyz` and when it ran: reused for a second, so that an
+    /// unauthenticated caller cannot make the store flush (or reopen) at will.
+    store_probe: Mutex<Option<(std::time::Instant, Result<(), String>)>>,
 }
 
 impl Daemon {
@@ -142,6 +145,7 @@ impl Daemon {
             drivers: TaskTracker::new(),
             trigger_lock: Mutex::new(()),
             slot_freed: tokio::sync::Notify::new(),
+            store_probe: Mutex::new(None),
         });
         // Before picking runs up: what an empty Redis lost must be queued again.
         let redis_lost_data = match &daemon.workers {
@@ -244,16 +248,33 @@ impl Daemon {
     /// Whether the daemon can take work: its store can write (a probe record, flushed) and its
     /// queue answers.
     pub async fn ready(&self) -> Result<(), String> {
-        let store = self.engine.store.clone();
-        match tokio::task::spawn_blocking(move || store.probe_write()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => return Err(format!("the store cannot write: {err}")),
-            Err(err) => return Err(format!("the store check did not finish: {err}")),
-        }
+        self.store_writes().await?;
         match &self.workers {
             Workers::Redis(redis) => redis.ping().await.map_err(|e| e.to_string()),
             Workers::InProcess(_) => Ok(()),
         }
+    }
+
+    /// Whether the store can write, probed at most once a second.
+    async fn store_writes(&self) -> Result<(), String> {
+        const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+        let last = self
+            .store_probe
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some((_, result)) = last.filter(|(at, _)| at.elapsed() < FRESH) {
+            return result;
+        }
+        let store = self.engine.store.clone();
+        let result = match tokio::task::spawn_blocking(move || store.probe_write()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(format!("the store cannot write: {err}")),
+            Err(err) => Err(format!("the store check did not finish: {err}")),
+        };
+        *self.store_probe.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((std::time::Instant::now(), result.clone()));
+        result
     }
 
     /// Asks a run to stop: queued steps are withdrawn, running ones killed on their workers.

@@ -823,6 +823,17 @@ fn secrets(r: &mut Reader, node: &Node, path: &str) -> Option<Vec<String>> {
         values::variable_name(&name)
             .map_err(|m| r.error(mark, path, m))
             .ok()?;
+        if name.starts_with("SLUICE_") {
+            // `SLUICE_SECRET_KEY` would hand the step the key that opens every stored secret.
+            r.error(
+                mark,
+                path,
+                format!(
+                    "`{name}` cannot be a step's secret: `SLUICE_*` variables are Sluice's own"
+                ),
+            );
+            return None;
+        }
         out.push(name);
     }
     Some(out)

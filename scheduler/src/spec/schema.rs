@@ -66,7 +66,7 @@ pub fn pipeline_schema() -> Value {
             "with": {"type": "object"},
             "image": {"type": "string"},
             "env": env,
-            "secrets": {"type": "array", "items": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"}},
+            "secrets": {"type": "array", "items": {"type": "string", "pattern": "^(?!SLUICE_)[A-Za-z_][A-Za-z0-9_]*$"}},
             "workdir": {"type": "string"},
             "retry": retry,
             "timeout": duration,

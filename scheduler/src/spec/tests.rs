@@ -1608,3 +1608,16 @@ fn a_webhook_without_a_secret_must_say_it_is_insecure() {
         ",
     ));
 }
+
+#[test]
+fn sluices_own_variables_cannot_be_a_steps_secrets() {
+    let d = one_error(
+        "name: p\nsteps:\n  a:\n    run: echo\n    secrets: [TOKEN, SLUICE_SECRET_KEY]\n",
+    );
+    assert_eq!((d.line, d.field.as_str()), (5, "steps.a.secrets"), "{d}");
+    assert!(
+        d.message
+            .contains("`SLUICE_SECRET_KEY` cannot be a step's secret"),
+        "{d}"
+    );
+}

@@ -52,6 +52,23 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether trying again later may succeed: the disk failed or filled up, or the database is
+    /// being reopened. Corruption, a bug report from sled or a bad record will not pass.
+    pub fn may_pass(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Io(sled::Error::Io(_))
+                | StoreError::Open {
+                    cause: sled::Error::Io(_),
+                    ..
+                }
+                | StoreError::Unavailable(_)
+                | StoreError::Locked { .. }
+        )
+    }
+}
+
 /// What looking a run up by id or prefix found.
 #[derive(Debug)]
 // Returned once per lookup, never kept in bulk: boxing the record would buy nothing.
@@ -194,9 +211,7 @@ impl Store {
         let mut backoff = Backoff::new(std::time::Duration::from_millis(50));
         loop {
             match self.commit(changes) {
-                Err(StoreError::Io(_) | StoreError::Unavailable(_) | StoreError::Open { .. }) => {
-                    std::thread::sleep(backoff.step());
-                }
+                Err(err) if err.may_pass() => std::thread::sleep(backoff.step()),
                 done => return done,
             }
         }
@@ -245,6 +260,12 @@ impl Store {
                     tracing::error!(path = %self.inner.path.display(), error = %err, "The store cannot write; retrying.");
                 }
                 *failure = Some(err.to_string());
+                drop(failure);
+                // At once, not at the next write: the failed batch was applied in memory, and
+                // until the database is reopened readers would see it (a retried webhook told
+                // of a run that was never written). While the disk stays full the reopen fails
+                // and reads fail with it, which is the truth.
+                let _ = self.reopen();
             }
         }
         result

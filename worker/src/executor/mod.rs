@@ -207,6 +207,12 @@ pub fn resolve_secrets(
     task.secrets
         .iter()
         .map(|name| {
+            // Never the worker's own settings (its secret key above all), whatever a task says.
+            if name.starts_with("SLUICE_") {
+                return Err(format!(
+                    "`{name}` cannot be a step's secret: `SLUICE_*` variables are Sluice's own"
+                ));
+            }
             if let Some(sealed) = task.sealed_secrets.get(name) {
                 let key = key.ok_or_else(|| {
                     format!(
@@ -232,11 +238,13 @@ pub fn resolve_secrets(
 /// Replaces secret values everywhere a result can carry text a step chose: output names and
 /// values, metric names and values, and the message (which may quote a bad output line).
 pub fn mask_result(result: &mut TaskResult, secrets: &[(String, String)]) {
-    let secrets: Vec<&str> = secrets
+    let mut secrets: Vec<&str> = secrets
         .iter()
         .map(|(_, s)| s.as_str())
         .filter(|s| !s.is_empty())
         .collect();
+    // Longest first, as the log masker does: `tok` must not leave `***-long` of `tok-long`.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     if secrets.is_empty() {
         return;
     }
@@ -317,6 +325,38 @@ pub fn parse_outputs(text: &str) -> Result<BTreeMap<String, String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_cannot_ask_for_the_workers_own_settings_as_secrets() {
+        let key = crate::task::TaskKey {
+            run_id: "r".into(),
+            step: "s".into(),
+            attempt: 1,
+        };
+        let mut task = TaskSpec::new(
+            key,
+            crate::task::StepCommand::Shell("true".into()),
+            "/t".into(),
+        );
+        task.secrets = vec![KEY_ENV.to_string()];
+        let err = resolve_secrets(&task, None).unwrap_err();
+        assert!(err.contains("cannot be a step's secret"), "{err}");
+    }
+
+    #[test]
+    fn the_longer_of_two_overlapping_secrets_is_masked_whole() {
+        let mut result = TaskResult::error(
+            crate::task::TaskKey {
+                run_id: "r".into(),
+                step: "s".into(),
+                attempt: 1,
+            },
+            "got tok-long",
+        );
+        let secrets = [("A".into(), "tok".into()), ("B".into(), "tok-long".into())];
+        mask_result(&mut result, &secrets);
+        assert_eq!(result.message.as_deref(), Some("got ***"));
+    }
 
     #[test]
     fn outputs_are_key_value_lines() {

@@ -132,7 +132,7 @@ async fn a_step_that_swaps_its_log_for_a_link_leaves_the_captured_log_intact() {
 
 #[tokio::test]
 async fn secrets_are_masked_in_output_and_metric_names_and_in_messages() {
-    let name = format!("SLUICE_TEST_SECRET_{}", std::process::id());
+    let name = format!("TEST_SECRET_{}", std::process::id());
     let value = "s3cr3t-value";
     std::env::set_var(&name, value);
     let dir = tempfile::tempdir().unwrap();

@@ -73,7 +73,7 @@ fn read_pid(path: &Path) -> i32 {
 
 /// A variable name no other test (or test binary) uses.
 fn unique_var(tag: &str) -> String {
-    format!("SLUICE_LOCAL_EXECUTOR_TEST_{tag}_{}", std::process::id())
+    format!("LOCAL_EXECUTOR_TEST_{tag}_{}", std::process::id())
 }
 
 // ---------------------------------------------------------------------------------------------

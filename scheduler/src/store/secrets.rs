@@ -153,8 +153,15 @@ impl SecretStore {
             if !is_secret_name(&name) {
                 continue;
             }
-            let Some(sealed) = self.sealed(&name)? else {
-                continue;
+            // A link, FIFO or unreadable file under a secret's name is never read; it is left
+            // out (and said so) rather than making every `ls` and `set` fail.
+            let sealed = match self.sealed(&name) {
+                Ok(Some(sealed)) => sealed,
+                Ok(None) => continue,
+                Err(err) => {
+                    tracing::warn!(secret = %name, error = %err, "Skipped a secret file that is not a regular file Sluice wrote.");
+                    continue;
+                }
             };
             let updated_ms = entry
                 .metadata()
@@ -243,5 +250,9 @@ mod tests {
         std::fs::create_dir(data.path().join("secrets")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", data.path().join("secrets/A")).unwrap();
         assert!(store.sealed("A").is_err());
+        // It does not stop the store from listing or taking the others.
+        assert!(store.list().unwrap().is_empty());
+        store.set(&SecretKey::generate(), "B", "two").unwrap();
+        assert_eq!(store.list().unwrap().len(), 1);
     }
 }

@@ -296,10 +296,11 @@ impl RunDriver {
 
     /// Group commit: when what was just applied must be committed and other steps are still in
     /// flight, their results that arrive within [`GATHER`] are applied first and share the
-    /// commit. A chain (nothing else in flight) commits at once.
+    /// commit. A chain (nothing else in flight) commits at once, and so does a run at its
+    /// `parallelism` with a step waiting for the slot just freed: waiting would leave it idle.
     async fn gather(&mut self) -> Result<(), EngineError> {
         let until = tokio::time::Instant::now() + GATHER;
-        while self.state.is_urgent() && self.state.in_flight() > 0 {
+        while self.state.is_urgent() && self.state.in_flight() > 0 && !self.state.has_ready() {
             tokio::select! {
                 applied = self.next_events() => applied?,
                 _ = tokio::time::sleep_until(until) => break,

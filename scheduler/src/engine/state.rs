@@ -290,6 +290,11 @@ impl RunState {
         self.in_flight
     }
 
+    /// Whether a step is ready and waits only for its turn (a free slot under `parallelism`).
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
     /// When the next retry is due, in ms since the epoch.
     pub fn next_retry_at(&self) -> Option<u64> {
         self.retries.peek().map(|Reverse((at, _))| *at)

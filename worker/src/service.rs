@@ -14,17 +14,11 @@ use crate::pool::{run_worker_with, WorkerConfig, WorkerHooks};
 use crate::queue::{QueueError, RedisQueue, TaskQueue, WorkerInfo};
 use crate::task::{now_ms, TaskKey};
 
-/// How a worker process runs.
+/// How a worker process runs: its worker loop, and the timings around it.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
-    /// Its name, as listed and as its containers are labelled.
-    pub name: String,
-    /// Queues to take steps from, in order of preference.
-    pub queues: Vec<String>,
-    /// Most steps at once.
-    pub slots: usize,
-    /// GPU device ids it hands to steps.
-    pub gpus: Vec<String>,
+    /// Name, queues, slots and GPUs, as the worker loop takes them.
+    pub worker: WorkerConfig,
     /// How often it says it is alive and renews its leases.
     pub heartbeat: Duration,
     /// The scheduler's lease: cut off from Redis for three quarters of it, the worker stops
@@ -45,11 +39,12 @@ pub async fn serve(
 ) -> Result<(), QueueError> {
     let busy = Arc::new(AtomicUsize::new(0));
     let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+    let name = config.worker.name.clone();
     let info = WorkerInfo {
-        name: config.name.clone(),
-        queues: config.queues.clone(),
-        slots: config.slots,
-        gpus: config.gpus.clone(),
+        name: name.clone(),
+        queues: config.worker.queues.clone(),
+        slots: config.worker.slots,
+        gpus: config.worker.gpus.clone(),
         running: 0,
         docker: executor.has_docker(),
         heartbeat_ms: 0,
@@ -81,12 +76,7 @@ pub async fn serve(
     let outcome = run_worker_with(
         queue,
         Arc::new(executor),
-        WorkerConfig {
-            name: config.name.clone(),
-            queues: config.queues,
-            slots: config.slots,
-            gpus: config.gpus,
-        },
+        config.worker,
         shutdown,
         WorkerHooks {
             lost: Some(lost_rx),
@@ -98,7 +88,7 @@ pub async fn serve(
     beating.cancel();
     let _ = heartbeats.await;
     // Best effort: a Redis that is away must not keep a stopping worker alive.
-    match tokio::time::timeout(Duration::from_secs(3), redis.unregister(&config.name)).await {
+    match tokio::time::timeout(Duration::from_secs(3), redis.unregister(&name)).await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "Could not remove this worker from the registry.")

@@ -476,10 +476,12 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
             args.queues.join(",")
         );
         let config = ServiceConfig {
-            name,
-            queues: args.queues.clone(),
-            slots,
-            gpus,
+            worker: WorkerConfig {
+                name,
+                queues: args.queues.clone(),
+                slots,
+                gpus,
+            },
             heartbeat: args.heartbeat,
             lease: args.lease,
             grace: args.grace,

@@ -1,6 +1,7 @@
 //! Sluice's worker side: the task contract, the queues that carry tasks, the executors that run
 //! them and the loop that ties them together. It knows nothing of pipeline files or the store.
 
+pub mod artifacts;
 pub mod backoff;
 pub mod executor;
 pub mod gpu;

@@ -27,6 +27,9 @@ pub struct WorkerConfig {
     pub slots: usize,
     /// The GPUs this worker owns (device ids); GPU steps lease them one attempt at a time.
     pub gpus: Vec<String>,
+    /// A data dir of this worker's own, where it keeps attempt folders (`runs/...`) instead of
+    /// the scheduler's paths: a worker on another machine shares no folder with the scheduler.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 /// Runs cancellations just received, remembered briefly so a task taken in the same instant as
@@ -127,8 +130,16 @@ pub async fn run_worker_with(
         let busy = busy.clone();
         busy.fetch_add(1, Ordering::Relaxed);
         let mut task = task;
+        let relocated = match &config.data_dir {
+            Some(dir) => task.relocate(dir),
+            None => Ok(()),
+        };
         tasks.spawn(async move {
-            let result = match lease_gpus(&gpus, &mut task, &token).await {
+            let leased = match relocated {
+                Ok(()) => lease_gpus(&gpus, &mut task, &token).await,
+                Err(message) => Err(message),
+            };
+            let result = match leased {
                 Err(message) => TaskResult::error(task.key.clone(), message),
                 Ok(lease) => {
                     // Started once the step has what it needs: a wait for a free GPU is not run time.

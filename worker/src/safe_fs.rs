@@ -123,6 +123,21 @@ pub fn entry_kind(root: &Path, relative: &Path) -> Result<Option<EntryKind>, Uns
     }))
 }
 
+/// Opens the folder at `relative` beneath `root` without following a link; `None` when it does
+/// not exist.
+pub fn open_dir_beneath(root: &Path, relative: &Path) -> Result<Option<OwnedFd>, UnsafeFile> {
+    let Some((parent, name)) = walk_to_parent(root, relative)? else {
+        return Ok(None);
+    };
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    match openat(&parent, name, flags, Mode::empty()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(Errno::ELOOP | Errno::ENOTDIR) => Err(UnsafeFile::Link),
+        Err(errno) => Err(io::Error::from(errno).into()),
+    }
+}
+
 fn read_capped(file: File, cap: u64) -> Result<Vec<u8>, UnsafeFile> {
     let size = file.metadata()?.len();
     if size > cap {

@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::artifacts::{ArtifactKind, ArtifactRef, TaskInput};
+
 /// Which attempt of which step of which run: the fencing token of the queue protocol.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TaskKey {
@@ -112,18 +114,20 @@ pub struct TaskSpec {
     /// Working directory of the process. For an image step: a path inside the container, or
     /// empty for the image's own.
     pub workdir: PathBuf,
-    /// Folder of this attempt: the logs, and `step/` with `out/`, `in/`, outputs and metrics.
+    /// Folder of this attempt: the logs, `in/` with the inputs, and `step/` with `out/`,
+    /// outputs and metrics. A worker with its own data dir moves it there ([`TaskSpec::relocate`]).
     pub attempt_dir: PathBuf,
-    /// Upstream step name to the folder holding its outputs, linked as `in/<step>`.
-    pub inputs: Vec<(String, PathBuf)>,
+    /// The artifacts of upstream steps, materialised as `in/<step>/` from the artifact store.
+    #[serde(default)]
+    pub inputs: Vec<TaskInput>,
     /// Files or folders (ending in `/`) the step must leave in `out/`.
     pub outputs: Vec<String>,
     /// Longest the attempt may run.
     pub timeout: Option<Duration>,
 }
 
-/// The folder inside an attempt's folder that the step may write: `out/`, `in/`, the outputs
-/// and metrics files. Logs and the process record sit beside it, out of a container's reach.
+/// The folder inside an attempt's folder that the step may write: `out/`, the outputs and
+/// metrics files. Logs, inputs and the process record sit beside it, out of a container's reach.
 pub const STEP_DIR: &str = "step";
 
 /// Where the outputs of the attempt whose folder is `attempt_dir` are: its `$SLUICE_OUT`.
@@ -168,9 +172,9 @@ impl TaskSpec {
     pub fn out_dir(&self) -> PathBuf {
         out_dir_of(&self.attempt_dir)
     }
-    /// `$SLUICE_IN`.
+    /// `$SLUICE_IN`: written by the worker before the step starts, read-only to a container.
     pub fn in_dir(&self) -> PathBuf {
-        self.step_dir().join("in")
+        self.attempt_dir.join("in")
     }
     /// `$SLUICE_OUTPUTS`.
     pub fn outputs_file(&self) -> PathBuf {
@@ -180,6 +184,35 @@ impl TaskSpec {
     pub fn metrics_file(&self) -> PathBuf {
         self.step_dir().join(METRICS_FILE)
     }
+    /// The variables that say where the attempt's files are, set by the worker that runs it
+    /// (after the step's own env, so a step cannot move them by accident).
+    pub fn path_env(&self) -> [(&'static str, String); 4] {
+        let path = |p: PathBuf| p.display().to_string();
+        [
+            ("SLUICE_OUT", path(self.out_dir())),
+            ("SLUICE_IN", path(self.in_dir())),
+            ("SLUICE_OUTPUTS", path(self.outputs_file())),
+            ("SLUICE_METRICS", path(self.metrics_file())),
+        ]
+    }
+
+    /// Moves the attempt's folder under `data_dir` (`runs/<run>/<step>/<attempt>`): a worker
+    /// with a data dir of its own keeps its files there, whatever folder the scheduler uses.
+    /// A run id or step name that is not one plain path component is refused.
+    pub fn relocate(&mut self, data_dir: &std::path::Path) -> Result<(), String> {
+        for part in [&self.key.run_id, &self.key.step] {
+            if !crate::artifacts::manifest::is_safe_relative(part) || part.contains('/') {
+                return Err(format!("`{part}` cannot name a folder"));
+            }
+        }
+        self.attempt_dir = data_dir
+            .join("runs")
+            .join(&self.key.run_id)
+            .join(&self.key.step)
+            .join(self.key.attempt.to_string());
+        Ok(())
+    }
+
     /// Captured standard output: written by Sluice, outside the step's folder.
     pub fn stdout_log(&self) -> PathBuf {
         self.attempt_dir.join(STDOUT_LOG)
@@ -253,6 +286,9 @@ pub struct TaskResult {
     pub outputs: BTreeMap<String, String>,
     /// The JSON object the step wrote to `$SLUICE_METRICS`.
     pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// The declared outputs, stored in the artifact store, in the order declared.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<ArtifactRef>,
 }
 
 impl TaskResult {
@@ -269,6 +305,7 @@ impl TaskResult {
             message: Some(message.into()),
             outputs: BTreeMap::new(),
             metrics: serde_json::Map::new(),
+            artifacts: Vec::new(),
         }
     }
 }

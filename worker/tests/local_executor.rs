@@ -774,16 +774,3 @@ async fn a_failing_step_is_not_turned_into_a_report_failure() {
     assert_eq!(result.outcome, Outcome::Failed);
     assert_eq!(result.exit_code, Some(4));
 }
-
-#[tokio::test]
-async fn inputs_are_readable_under_sluice_in() {
-    let dir = tempfile::tempdir().unwrap();
-    let upstream: PathBuf = dir.path().join("upstream-out");
-    std::fs::create_dir(&upstream).unwrap();
-    std::fs::write(upstream.join("data.csv"), "a,b\n1,2\n").unwrap();
-    let mut t = with_sluice_env(task(dir.path(), sh("cat \"$SLUICE_IN/ingest/data.csv\"")));
-    t.inputs = vec![("ingest".to_string(), upstream)];
-    let result = run(&t).await;
-    assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}");
-    assert_eq!(read(t.stdout_log()), "a,b\n1,2\n");
-}

@@ -44,6 +44,7 @@ impl Worker {
             queues: queues.iter().map(|q| q.to_string()).collect(),
             slots,
             gpus: Vec::new(),
+            data_dir: None,
         };
         let handle = tokio::spawn(run_worker(
             queue.clone() as Arc<dyn TaskQueue>,

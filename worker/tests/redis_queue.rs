@@ -326,6 +326,7 @@ async fn a_cancel_reaches_a_running_worker_and_stops_its_task() {
             queues: vec!["default".into()],
             slots: 2,
             gpus: vec![],
+            data_dir: None,
         },
         shutdown.clone(),
     ));

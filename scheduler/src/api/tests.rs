@@ -46,10 +46,18 @@ impl Api {
         let tokens_file = dir.path().join("tokens");
         std::fs::write(&tokens_file, format!("{line}\n")).unwrap();
         let data_dir = dir.path().join("data");
+        let store = sluice_worker::artifacts::ArtifactStore::open(
+            &sluice_worker::artifacts::StoreUrl::Local(data_dir.join("artifacts")),
+        )
+        .unwrap();
+        let artifacts =
+            sluice_worker::artifacts::Artifacts::new(store, &data_dir.join("cache"), 1 << 30)
+                .unwrap();
         let engine = Engine {
             store: Store::open(&data_dir).unwrap(),
             queue: Arc::new(MemoryQueue::default()),
             data_dir,
+            artifacts: Arc::new(artifacts),
         };
         let config = DaemonConfig {
             pipelines_dir: pipelines,

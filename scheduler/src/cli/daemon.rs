@@ -16,6 +16,7 @@ use sluice_worker::service::{self, ServiceConfig};
 use sluice_worker::task::now_ms;
 use tokio_util::sync::CancellationToken;
 
+use super::artifact_args::ArtifactArgs;
 use super::run::{hostname, prepare_data_dir};
 use super::secrets::SecretKeyArg;
 use super::signals::StopSignals;
@@ -63,6 +64,8 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub allow_watch: Vec<PathBuf>,
+    #[command(flatten)]
+    pub artifacts: ArtifactArgs,
     #[command(flatten)]
     pub data: DataDirArg,
 }
@@ -163,6 +166,13 @@ pub struct WorkerArgs {
     /// handed back to run elsewhere.
     #[arg(long, env = "SLUICE_GRACE", default_value = "60s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
+    /// This worker's own folder: attempt folders (`runs/`) and the cache of artifacts it
+    /// fetched. It shares nothing with the scheduler's (default: `data` in the worker's state
+    /// folder, see `--state-dir`).
+    #[arg(long, env = "SLUICE_WORKER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub artifacts: ArtifactArgs,
     #[command(flatten)]
     pub secret_key: SecretKeyArg,
 }
@@ -180,6 +190,13 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<u8> {
     let tokens = match api_tokens(&args.serve) {
         Ok(tokens) => tokens,
         Err(code) => return Ok(code),
+    };
+    let artifacts = match args.serve.artifacts.open(&data_dir) {
+        Ok(artifacts) => artifacts,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(EXIT_INVALID);
+        }
     };
     runtime()?.block_on(async move {
         let shutdown = CancellationToken::new();
@@ -210,6 +227,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<u8> {
             store,
             queue: queue.clone(),
             data_dir,
+            artifacts: artifacts.clone(),
         };
         let daemon = start_daemon(
             engine,
@@ -236,6 +254,13 @@ pub fn server(args: ServerArgs) -> anyhow::Result<u8> {
         Ok(tokens) => tokens,
         Err(code) => return Ok(code),
     };
+    let artifacts = match args.serve.artifacts.open(&data_dir) {
+        Ok(artifacts) => artifacts,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(EXIT_INVALID);
+        }
+    };
     let gpus = match parse_gpus_flag(&args.gpus) {
         Ok(gpus) => gpus,
         Err(message) => {
@@ -250,7 +275,9 @@ pub fn server(args: ServerArgs) -> anyhow::Result<u8> {
     runtime()?.block_on(async move {
         let shutdown = CancellationToken::new();
         let name = format!("server:{}:{}", hostname(), std::process::id());
-        let executor = executor(&name, secret_key).await;
+        let executor = executor(&name, secret_key)
+            .await
+            .with_artifacts(artifacts.clone());
         tokio::spawn(stop_on_signals(shutdown.clone(), None));
         let listener = bind(args.serve.listen).await?;
         let store = Store::open(&data_dir)?;
@@ -272,6 +299,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<u8> {
             store,
             queue: queue.clone(),
             data_dir,
+            artifacts: artifacts.clone(),
         };
         let workers_stop = CancellationToken::new();
         // The lease only matters with Redis (there is no janitor in-process).
@@ -294,6 +322,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<u8> {
                 queues,
                 slots,
                 gpus,
+                data_dir: None,
             },
             workers_stop.clone(),
         ));
@@ -468,9 +497,22 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
             .state_dir
             .clone()
             .unwrap_or_else(|| default_state_dir(&name));
+        let data_dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| state_dir.join("data"));
+        let data_dir = prepare_data_dir(&data_dir)?;
+        let artifacts = match args.artifacts.open(&data_dir) {
+            Ok(artifacts) => artifacts,
+            Err(message) => {
+                eprintln!("error: {message}");
+                return Ok(EXIT_INVALID);
+            }
+        };
         let executor = executor(&name, secret_key)
             .await
-            .with_group_registry(state_dir);
+            .with_group_registry(state_dir)
+            .with_artifacts(artifacts);
         println!(
             "sluice worker {name}: queues {}, {slots} slots",
             args.queues.join(",")
@@ -481,6 +523,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
                 queues: args.queues.clone(),
                 slots,
                 gpus,
+                data_dir: Some(data_dir),
             },
             heartbeat: args.heartbeat,
             lease: args.lease,

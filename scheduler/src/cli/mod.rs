@@ -1,5 +1,6 @@
 //! The `sluice` command line: flags, subcommands, and what each exit code means.
 
+mod artifact_args;
 mod client;
 mod daemon;
 mod graph;

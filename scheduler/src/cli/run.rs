@@ -1,6 +1,7 @@
 //! `sluice run`: the embedded mode. The same engine, store and worker loop as the daemons, with
 //! the in-memory queue and local processes, so one machine needs nothing but this binary.
 
+use super::artifact_args::ArtifactArgs;
 use super::secrets::SecretKeyArg;
 use super::signals::StopSignals;
 use sluice_worker::secrets::SecretKey;
@@ -49,6 +50,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub secret_key: SecretKeyArg,
     #[command(flatten)]
+    pub artifacts: ArtifactArgs,
+    #[command(flatten)]
     pub data: DataDirArg,
 }
 
@@ -83,10 +86,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         Ok(key) => key,
         Err(code) => return Ok(code),
     };
+    let artifacts = match args.artifacts.open(&data_dir) {
+        Ok(artifacts) => artifacts,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(EXIT_INVALID);
+        }
+    };
     let resume = args
         .resume
         .map(|id| (id, args.parallelism.map(|p| p as usize)));
-    runtime.block_on(run_embedded(data_dir, request, resume, gpus, secret_key))
+    let embedded = Embedded {
+        data_dir,
+        gpus,
+        secret_key,
+        artifacts,
+    };
+    runtime.block_on(run_embedded(embedded, request, resume))
 }
 
 pub(super) fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -244,13 +260,25 @@ async fn executor_for(
     Ok(StepExecutor::with_docker(Arc::new(docker)).with_secret_key(secret_key))
 }
 
-async fn run_embedded(
+/// What an embedded run uses of this machine.
+struct Embedded {
     data_dir: PathBuf,
-    request: Option<RunRequest>,
-    resume: Option<(String, Option<usize>)>,
     gpus: Vec<String>,
     secret_key: Option<SecretKey>,
+    artifacts: Arc<sluice_worker::artifacts::Artifacts>,
+}
+
+async fn run_embedded(
+    embedded: Embedded,
+    request: Option<RunRequest>,
+    resume: Option<(String, Option<usize>)>,
 ) -> anyhow::Result<u8> {
+    let Embedded {
+        data_dir,
+        gpus,
+        secret_key,
+        artifacts,
+    } = embedded;
     let worker_name = embedded_worker_name();
     let mut executor = None;
     if let Some(request) = &request {
@@ -269,6 +297,7 @@ async fn run_embedded(
         store: store.clone(),
         queue: queue.clone(),
         data_dir: data_dir.clone(),
+        artifacts: artifacts.clone(),
     };
 
     let driver = match (request, resume) {
@@ -323,6 +352,7 @@ async fn run_embedded(
         data_dir.display()
     );
 
+    let executor = executor.with_artifacts(artifacts);
     let docker = executor.docker();
     let workers = tokio::spawn(run_worker(
         queue.clone(),
@@ -332,6 +362,7 @@ async fn run_embedded(
             queues: queues_of(driver.pipeline()),
             slots: started.parallelism,
             gpus: gpus.clone(),
+            data_dir: None,
         },
         shutdown.clone(),
     ));

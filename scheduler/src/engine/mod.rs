@@ -35,6 +35,9 @@ pub struct Engine {
     pub queue: Arc<dyn TaskQueue>,
     /// Absolute path of the data dir.
     pub data_dir: PathBuf,
+    /// The artifact store (and this process's cache of it): what `artifacts`, caching and `gc`
+    /// read; the workers write it.
+    pub artifacts: Arc<sluice_worker::artifacts::Artifacts>,
 }
 
 /// Why a run could not be started or driven.

@@ -144,6 +144,7 @@ impl RunState {
                     attempts: Vec::new(),
                     outputs: Default::default(),
                     metrics: Default::default(),
+                    artifacts: Vec::new(),
                     reason: None,
                     retry_at_ms: None,
                 };
@@ -508,6 +509,7 @@ impl RunState {
             StepStatus::Succeeded => {
                 record.outputs = result.outputs;
                 record.metrics = result.metrics;
+                record.artifacts = result.artifacts;
                 self.set_terminal(&key.step, StepStatus::Succeeded, None, now);
                 self.event(step, attempt, EventKind::StepSucceeded, None, now);
                 self.release_dependents(&key.step);

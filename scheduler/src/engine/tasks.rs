@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
-use sluice_worker::task::{StepCommand, TaskKey, TaskResources, TaskSpec};
+use sluice_worker::task::{StepCommand, TaskInput, TaskKey, TaskResources, TaskSpec};
 
 use crate::spec::{Action, Step};
 use crate::store::secrets::SecretStore;
@@ -44,12 +44,16 @@ pub fn build_task(
         Action::Exec(argv) => StepCommand::Exec(argv.clone()),
         Action::Uses { kind } => StepCommand::Builtin(kind.clone()),
     };
+    // Every upstream step gets its folder under `$SLUICE_IN`, empty when it declared nothing.
     let inputs = step
         .depends
         .iter()
-        .filter_map(|dep| {
-            let upstream = steps.get(dep)?.last_attempt()?;
-            Some((dep.clone(), sluice_worker::task::out_dir_of(&upstream.dir)))
+        .map(|dep| TaskInput {
+            step: dep.clone(),
+            artifacts: steps
+                .get(dep)
+                .map(|s| s.artifacts.clone())
+                .unwrap_or_default(),
         })
         .collect();
     let mut task = TaskSpec {
@@ -106,8 +110,8 @@ pub fn add_sealed_secrets(data_dir: &Path, tasks: &mut [TaskSpec]) {
     }
 }
 
-/// The step's own env first, then what Sluice sets, so a step cannot shadow `SLUICE_OUT` by
-/// accident. Params arrive only as variables, never spliced into command text.
+/// The step's own env first, then what Sluice sets, so a step cannot shadow `SLUICE_RUN_ID` by
+/// accident (the worker adds the paths, `SLUICE_OUT` and the others, after these). Params arrive only as variables, never spliced into command text.
 fn step_env(
     data_dir: &Path,
     run: &RunRecord,
@@ -123,10 +127,6 @@ fn step_env(
         ("SLUICE_PIPELINE".into(), run.pipeline.clone()),
         ("SLUICE_STEP".into(), task.key.step.clone()),
         ("SLUICE_ATTEMPT".into(), task.key.attempt.to_string()),
-        ("SLUICE_OUT".into(), path(task.out_dir())),
-        ("SLUICE_IN".into(), path(task.in_dir())),
-        ("SLUICE_OUTPUTS".into(), path(task.outputs_file())),
-        ("SLUICE_METRICS".into(), path(task.metrics_file())),
         ("SLUICE_DATA_DIR".into(), path(data_dir.to_path_buf())),
     ]);
     env

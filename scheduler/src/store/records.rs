@@ -177,6 +177,9 @@ pub struct StepRecord {
     pub outputs: BTreeMap<String, String>,
     /// Metrics of the successful attempt.
     pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// The declared outputs of the successful attempt, as stored in the artifact store.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<sluice_worker::task::ArtifactRef>,
     /// Why it was skipped or cancelled.
     pub reason: Option<String>,
     /// A retry waits until this time (ms since the epoch).

@@ -41,12 +41,6 @@ pub fn container_name(task: &TaskSpec) -> String {
     )
 }
 
-/// The folder of the whole run: mounted read-only so `$SLUICE_IN` links to upstream outputs
-/// resolve inside the container; the attempt's `step/` folder is mounted writable over it.
-fn run_dir(task: &TaskSpec) -> Option<&Path> {
-    task.attempt_dir.parent()?.parent()
-}
-
 /// The body of `POST /containers/create` for this attempt.
 pub fn container_body(
     task: &TaskSpec,
@@ -68,8 +62,9 @@ pub fn container_body(
     let env = task
         .env
         .iter()
-        .chain(secrets.iter())
         .map(|(k, v)| format!("{k}={v}"))
+        .chain(task.path_env().iter().map(|(k, v)| format!("{k}={v}")))
+        .chain(secrets.iter().map(|(k, v)| format!("{k}={v}")))
         .chain(visible_devices(task).map(|devices| format!("CUDA_VISIBLE_DEVICES={devices}")))
         .collect();
     let labels = HashMap::from([
@@ -96,7 +91,7 @@ pub fn container_body(
 }
 
 /// Limits, mounts and devices. Never privileged, no new privileges, the default bridge network,
-/// and nothing mounted but the run's folder.
+/// and nothing mounted but the attempt's inputs (read-only) and its `step/` folder.
 pub fn host_config(task: &TaskSpec, limits: &ContainerLimits) -> HostConfig {
     // Mounts rather than `binds` strings: a data dir whose path holds a `:` still works.
     let bind = |path: &Path, read_only: bool| Mount {
@@ -106,10 +101,9 @@ pub fn host_config(task: &TaskSpec, limits: &ContainerLimits) -> HostConfig {
         read_only: Some(read_only),
         ..Default::default()
     };
-    let mut mounts = Vec::new();
-    if let Some(run) = run_dir(task) {
-        mounts.push(bind(run, true));
-    }
+    // Inputs are hard links into the worker's blob cache: read-only, so a step cannot change
+    // what later steps get.
+    let mut mounts = vec![bind(&task.in_dir(), true)];
     // Only the step's part of the attempt's folder is writable: the logs beside it stay out of
     // the container's reach.
     mounts.push(bind(&task.step_dir(), false));
@@ -253,7 +247,7 @@ mod tests {
         assert_eq!(
             mounts,
             vec![
-                ("/data/runs/R1".to_string(), true),
+                ("/data/runs/R1/train/2/in".to_string(), true),
                 ("/data/runs/R1/train/2/step".to_string(), false)
             ]
         );

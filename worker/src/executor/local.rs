@@ -113,6 +113,7 @@ impl Executor for LocalExecutor {
                     .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
             )
             .envs(task.env.iter().map(|(k, v)| (k, v)))
+            .envs(task.path_env())
             .envs(secret_values.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -43,8 +43,8 @@ pub struct AttemptLogs {
     pub stderr: std::fs::File,
 }
 
-/// Creates the attempt's folder: `step/` with an empty `out/`, `in/` with a link per upstream
-/// step and an empty outputs file, and fresh log files beside `step/`. Whatever an earlier
+/// Creates the attempt's folder: `step/` with an empty `out/` and an empty outputs file, and
+/// fresh log files beside `step/` (`in/`, beside them too, is the worker's: [`StepExecutor`]). Whatever an earlier
 /// delivery (or its step) left there goes first and is never followed: a link where a log goes
 /// must not decide where Sluice writes. The file system work runs as one blocking job: a step is
 /// short, and a dozen separate hops to the blocking pool cost more than the work itself.
@@ -75,10 +75,10 @@ fn prepare_blocking(task: &TaskSpec) -> io::Result<AttemptLogs> {
     };
     dir(&task.step_dir(), 0o711)?;
     dir(&task.out_dir(), 0o755)?;
-    let inputs = task.in_dir();
-    dir(&inputs, 0o700)?;
-    for (step, path) in &task.inputs {
-        std::os::unix::fs::symlink(path, inputs.join(step))?;
+    // A container mounts `in/`; it exists (empty) even when nothing materialised inputs.
+    match std::fs::create_dir(task.in_dir()) {
+        Err(err) if err.kind() != io::ErrorKind::AlreadyExists => return Err(err),
+        _ => {}
     }
     safe_fs::write_new(&task.outputs_file(), b"", 0o600)?;
     Ok(AttemptLogs {

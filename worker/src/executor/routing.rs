@@ -7,13 +7,16 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use super::{DockerExecutor, Executor, LocalExecutor};
+use crate::artifacts::{ArtifactError, Artifacts};
 use crate::secrets::SecretKey;
-use crate::task::{StepCommand, TaskResult, TaskSpec};
+use crate::task::{Outcome, StepCommand, TaskResult, TaskSpec};
 
 /// The executor a worker runs: local processes always, containers when Docker was reachable.
 pub struct StepExecutor {
     local: LocalExecutor,
     docker: Result<Arc<DockerExecutor>, String>,
+    /// Where inputs come from and outputs go; without it a step with either fails.
+    artifacts: Option<Arc<Artifacts>>,
 }
 
 impl StepExecutor {
@@ -22,6 +25,7 @@ impl StepExecutor {
         StepExecutor {
             local: LocalExecutor::default(),
             docker: Err(why.into()),
+            artifacts: None,
         }
     }
 
@@ -30,6 +34,7 @@ impl StepExecutor {
         StepExecutor {
             local: LocalExecutor::default(),
             docker: Ok(docker),
+            artifacts: None,
         }
     }
 
@@ -56,6 +61,12 @@ impl StepExecutor {
         self
     }
 
+    /// Materialises inputs from, and stores declared outputs in, `artifacts`.
+    pub fn with_artifacts(mut self, artifacts: Arc<Artifacts>) -> StepExecutor {
+        self.artifacts = Some(artifacts);
+        self
+    }
+
     /// Whether image steps can run here.
     pub fn has_docker(&self) -> bool {
         self.docker.is_ok()
@@ -67,9 +78,58 @@ impl StepExecutor {
     }
 }
 
-#[async_trait]
-impl Executor for StepExecutor {
-    async fn run(&self, task: &TaskSpec, cancel: CancellationToken) -> TaskResult {
+impl StepExecutor {
+    /// `$SLUICE_IN/<step>/` from the store, in a fresh `in/` (a redelivered attempt's old one
+    /// goes first, never followed).
+    async fn materialise(&self, task: &TaskSpec) -> Result<(), String> {
+        let in_dir = task.in_dir();
+        let prepared = tokio::fs::create_dir_all(&task.attempt_dir)
+            .await
+            .and_then(|_| crate::safe_fs::remove_entry(&in_dir));
+        prepared.map_err(|err| format!("cannot prepare {}: {err}", in_dir.display()))?;
+        if task.inputs.iter().all(|input| input.artifacts.is_empty()) {
+            return Ok(());
+        }
+        let Some(artifacts) = &self.artifacts else {
+            return Err("the step has inputs, but this worker has no artifact store".into());
+        };
+        // A container sees `in/` read-only; a local process as root could write through a link.
+        let link = task.image.is_some() || !nix::unistd::geteuid().is_root();
+        artifacts
+            .materialise(&task.inputs, &in_dir, link)
+            .await
+            .map_err(|err| format!("cannot fetch the step's inputs: {err}"))
+    }
+
+    /// Stores the declared outputs of a successful attempt; a failure to do so fails it.
+    async fn publish(&self, task: &TaskSpec, result: &mut TaskResult) {
+        if result.outcome != Outcome::Succeeded || task.outputs.is_empty() {
+            return;
+        }
+        let Some(artifacts) = &self.artifacts else {
+            result.outcome = Outcome::Error;
+            result.message =
+                Some("the step declares outputs, but this worker has no artifact store".into());
+            return;
+        };
+        let out = std::path::Path::new(crate::task::STEP_DIR).join("out");
+        match artifacts
+            .publish(&task.attempt_dir, &out, &task.outputs)
+            .await
+        {
+            Ok(stored) => result.artifacts = stored,
+            Err(err) => {
+                // A step's own bad output is its failure; a store that cannot be reached is not.
+                result.outcome = match err {
+                    ArtifactError::BadOutput { .. } => Outcome::Failed,
+                    _ => Outcome::Error,
+                };
+                result.message = Some(format!("cannot store the outputs: {err}"));
+            }
+        }
+    }
+
+    async fn execute(&self, task: &TaskSpec, cancel: CancellationToken) -> TaskResult {
         if let StepCommand::Builtin(kind) = &task.command {
             return super::builtin::run(task, kind).await;
         }
@@ -81,5 +141,17 @@ impl Executor for StepExecutor {
                 format!("step needs image `{image}`, but this worker has no Docker: {why}"),
             ),
         }
+    }
+}
+
+#[async_trait]
+impl Executor for StepExecutor {
+    async fn run(&self, task: &TaskSpec, cancel: CancellationToken) -> TaskResult {
+        if let Err(message) = self.materialise(task).await {
+            return TaskResult::error(task.key.clone(), message);
+        }
+        let mut result = self.execute(task, cancel).await;
+        self.publish(task, &mut result).await;
+        result
     }
 }

@@ -81,6 +81,7 @@ impl Sim {
             message: None,
             outputs: BTreeMap::new(),
             metrics: Default::default(),
+            artifacts: Vec::new(),
         }
     }
 

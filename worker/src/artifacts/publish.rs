@@ -1,0 +1,128 @@
+//! Storing the declared outputs of a successful attempt.
+
+use std::fs::File;
+use std::io::Seek;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::manifest::{Manifest, ManifestEntry};
+use super::walk::{open_found, open_output, Output};
+use super::{ArtifactError, ArtifactKind, ArtifactRef, Artifacts};
+
+/// Files of a folder output hashed per trip to the blocking pool (and so open at once).
+const BATCH: usize = 64;
+
+impl Artifacts {
+    /// Hashes each declared output under `out_dir` (relative to `root`, the attempt's folder:
+    /// nothing is read through a link below it), uploads the blobs the store lacks, and returns
+    /// what was stored, in the order declared.
+    pub async fn publish(
+        self: &Arc<Self>,
+        root: &Path,
+        out_dir: &Path,
+        outputs: &[String],
+    ) -> Result<Vec<ArtifactRef>, ArtifactError> {
+        let mut refs = Vec::new();
+        for name in outputs {
+            let relative = out_dir.join(name.trim_end_matches('/'));
+            refs.push(self.publish_one(root, &relative, name).await?);
+        }
+        self.save();
+        Ok(refs)
+    }
+
+    async fn publish_one(
+        self: &Arc<Self>,
+        root: &Path,
+        relative: &Path,
+        name: &str,
+    ) -> Result<ArtifactRef, ArtifactError> {
+        let (r, rel, n) = (root.to_path_buf(), relative.to_path_buf(), name.to_string());
+        let output = blocking(move || open_output(&r, &rel, &n)).await?;
+        match output {
+            Output::File(file) => {
+                let me = self.clone();
+                let n = name.to_string();
+                let (id, size, file) = blocking(move || me.hash_open(file, &n)).await?;
+                self.upload_if_absent(&id, file).await?;
+                Ok(ArtifactRef {
+                    name: name.to_string(),
+                    id,
+                    kind: ArtifactKind::File,
+                    size,
+                    files: 1,
+                })
+            }
+            Output::Dir(found) => {
+                let mut entries = Vec::with_capacity(found.len());
+                let mut found = found.into_iter().peekable();
+                while found.peek().is_some() {
+                    let batch: Vec<_> = found.by_ref().take(BATCH).collect();
+                    let me = self.clone();
+                    let (r, rel, n) =
+                        (root.to_path_buf(), relative.to_path_buf(), name.to_string());
+                    let hashed = blocking(move || {
+                        batch
+                            .into_iter()
+                            .map(|f| {
+                                let file = open_found(&r, &rel, &n, &f.path)?;
+                                let (id, size, file) = me.hash_open(file, &n)?;
+                                let entry = ManifestEntry {
+                                    path: f.path,
+                                    mode: f.mode,
+                                    size,
+                                    id,
+                                };
+                                Ok((entry, file))
+                            })
+                            .collect::<Result<Vec<_>, ArtifactError>>()
+                    })
+                    .await?;
+                    for (entry, file) in hashed {
+                        self.upload_if_absent(&entry.id, file).await?;
+                        entries.push(entry);
+                    }
+                }
+                let manifest = Manifest::new(entries);
+                let id = manifest.id();
+                if !self.store().contains(&id).await? {
+                    self.store().put_bytes(&id, manifest.to_bytes()).await?;
+                }
+                Ok(ArtifactRef {
+                    name: name.to_string(),
+                    id,
+                    kind: ArtifactKind::Dir,
+                    size: manifest.size(),
+                    files: manifest.files.len() as u64,
+                })
+            }
+        }
+    }
+
+    /// Hashes an open output file and rewinds it for the upload.
+    fn hash_open(&self, mut file: File, name: &str) -> Result<(String, u64, File), ArtifactError> {
+        let what = || format!("hashing output `{name}`");
+        let (id, size) = self
+            .hashes
+            .hash_file(&mut file)
+            .map_err(ArtifactError::io(what()))?;
+        file.rewind().map_err(ArtifactError::io(what()))?;
+        Ok((id, size, file))
+    }
+
+    async fn upload_if_absent(&self, id: &str, file: File) -> Result<(), ArtifactError> {
+        if self.store().contains(id).await? {
+            return Ok(());
+        }
+        self.store().put_file(id, file).await
+    }
+}
+
+/// Runs `job` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    job: impl FnOnce() -> Result<T, ArtifactError> + Send + 'static,
+) -> Result<T, ArtifactError> {
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|err| ArtifactError::io("hashing outputs")(std::io::Error::other(err)))?
+}

@@ -1,6 +1,7 @@
 //! Sluice's scheduler side: pipeline files, the DAG, the run engine, the store and the CLI.
 
 pub mod api;
+pub mod artifacts;
 pub mod cli;
 pub mod daemon;
 pub mod engine;

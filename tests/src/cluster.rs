@@ -76,6 +76,11 @@ pub struct Cluster {
     /// Redis with a password and TLS: (password, CA file), see [`Cluster::new_secured`].
     secured: Option<(String, PathBuf)>,
     starts: usize,
+    /// The artifact store the scheduler and every worker get (`SLUICE_ARTIFACTS`): a shared
+    /// folder by default, or an S3 URL with [`Cluster::store_env`].
+    pub artifacts: String,
+    /// Extra variables for the scheduler and the workers (the `AWS_*` of an S3 store).
+    pub store_env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -93,6 +98,8 @@ impl Cluster {
             client_token: None,
             secured: None,
             starts: 0,
+            artifacts: String::new(),
+            store_env: Vec::new(),
         };
         std::fs::create_dir_all(cluster.scratch.path().join("pipelines")).expect("mkdir");
         Some(cluster)
@@ -281,6 +288,8 @@ impl Cluster {
             )
             .args(extra)
             .env("SLUICE_DATA_DIR", self.scratch.data_dir())
+            .env("SLUICE_ARTIFACTS", self.artifact_store())
+            .envs(self.store_env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .env_remove("SLUICE_API_TOKEN")
             .current_dir(self.scratch.path())
@@ -308,6 +317,28 @@ impl Cluster {
         if let Some(mut scheduler) = self.scheduler.take() {
             scheduler.kill9();
         }
+    }
+
+    /// The artifact store the scheduler and every worker share (a folder, as a mounted volume
+    /// or an S3 bucket would be); each keeps its own data dir beside it.
+    pub fn artifact_store(&self) -> String {
+        if self.artifacts.is_empty() {
+            self.scratch.path().join("artifacts").display().to_string()
+        } else {
+            self.artifacts.clone()
+        }
+    }
+
+    /// The folder where worker `name` kept attempt `attempt` of `step` in `run`: its own data
+    /// dir, not the scheduler's.
+    pub fn worker_attempt_dir(&self, name: &str, run: &str, step: &str, attempt: u32) -> PathBuf {
+        self.scratch
+            .path()
+            .join(format!("worker-state-{name}"))
+            .join("data/runs")
+            .join(run)
+            .join(step)
+            .join(attempt.to_string())
     }
 
     /// Starts a worker named `name` with `slots` slots.
@@ -339,6 +370,8 @@ impl Cluster {
             // Per test: a worker restarted kills what its namesake in this folder left.
             .arg("--state-dir")
             .arg(self.scratch.path().join(format!("worker-state-{name}")))
+            .env("SLUICE_ARTIFACTS", self.artifact_store())
+            .envs(self.store_env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .current_dir(self.scratch.path())
             .stdin(Stdio::null())

@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod redis;
+pub mod s3;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -399,12 +399,17 @@ fn step_logs_reach_the_scheduler_through_redis_when_the_worker_disk_is_elsewhere
     let run = cluster.trigger("talk");
     let show = cluster.wait_run(&run, RUN_TIMEOUT);
     assert_eq!(show["run"]["status"], "succeeded", "{show:#}");
-    // As if the worker had run on another machine: the scheduler cannot see its files.
+    // The worker kept its files in its own data dir: the scheduler's folder for the attempt
+    // does not exist, as on another machine.
     let dir = step(&show, "say")["attempts"][0]["dir"]
         .as_str()
         .unwrap()
         .to_string();
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!std::path::Path::new(&dir).exists(), "{dir}");
+    assert!(cluster
+        .worker_attempt_dir("remote", &run, "say", 1)
+        .join("stdout.log")
+        .is_file());
     let out = cluster.client(&["logs", &run, "say"]);
     assert!(out.status.success(), "{}", sluice_tests::text(&out.stderr));
     assert_eq!(sluice_tests::text(&out.stdout), "line 1\nline 2\nline 3\n");

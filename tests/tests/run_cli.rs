@@ -200,6 +200,7 @@ steps:
       echo "score=0.7" >> "$SLUICE_OUTPUTS"
       echo '{"loss": 0.25, "epochs": 3}' > "$SLUICE_METRICS"
       echo model > "$SLUICE_OUT/model.bin"
+    outputs: [model.bin]
   high:
     depends: [measure]
     when: steps.measure.outputs.score > 0.5

@@ -81,7 +81,11 @@ fn digest(value: &str) -> String {
 
 fn step_digest(show: &serde_json::Value) -> String {
     let dir = step(show, "call")["attempts"][0]["dir"].as_str().unwrap();
-    std::fs::read_to_string(format!("{dir}/step/out/digest"))
+    digest_in(std::path::Path::new(dir))
+}
+
+fn digest_in(attempt_dir: &std::path::Path) -> String {
+    std::fs::read_to_string(attempt_dir.join("step/out/digest"))
         .unwrap()
         .trim()
         .to_string()
@@ -197,7 +201,8 @@ fn through_redis_the_secret_travels_sealed_and_only_the_worker_holds_the_key() {
     let run = cluster.trigger("uses-secret");
     let show = cluster.wait_run(&run, Duration::from_secs(90));
     assert_eq!(show["run"]["status"], "succeeded", "{show:#}");
-    assert_eq!(step_digest(&show), digest(VALUE));
+    let worker_dir = cluster.worker_attempt_dir("w", &run, "call", 1);
+    assert_eq!(digest_in(&worker_dir), digest(VALUE));
     std::thread::sleep(Duration::from_millis(300));
     let _ = monitor.kill();
     let _ = monitor.wait();

@@ -289,6 +289,9 @@ pub struct TaskResult {
     /// The declared outputs, stored in the artifact store, in the order declared.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<ArtifactRef>,
+    /// The id of the image the step ran in (`sha256:...`), not its tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
 }
 
 impl TaskResult {
@@ -306,6 +309,7 @@ impl TaskResult {
             outputs: BTreeMap::new(),
             metrics: serde_json::Map::new(),
             artifacts: Vec::new(),
+            image_digest: None,
         }
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! With tokens configured (see [`auth`]) every route but `/healthz`, `/readyz` and the signed
 //! webhooks needs `Authorization: Bearer <token>` whose role allows it: `read` for every read,
-//! `trigger` to start and cancel runs, `admin` to reload. Errors are JSON `{"error": "..."}` with a status that fits: 404 for what
+//! `trigger` to start and cancel runs, `admin` to reload and collect garbage. Errors are JSON `{"error": "..."}` with a status that fits: 404 for what
 //! does not exist, 409 for a run already over, 422 for params that do not fit, 5xx for faults.
 
+mod artifacts;
 pub mod auth;
 pub mod hooks;
 mod logs;
@@ -97,6 +98,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/runs/{run}/steps/{step}/logs", get(logs::logs))
         .route("/api/v1/workers", get(runs::workers))
         .route("/api/v1/pipelines/{pipeline}/skipped", get(runs::skipped))
+        .route("/api/v1/artifacts", get(artifacts::list))
+        .route("/api/v1/artifacts/{id}", get(artifacts::show))
+        .route("/api/v1/artifacts/{id}/lineage", get(artifacts::lineage))
+        .route("/api/v1/artifacts/{id}/diff/{other}", get(artifacts::diff))
+        .route("/api/v1/artifacts/{id}/content", get(artifacts::content))
         .route_layer(needs(Role::Read));
     let triggers = Router::new()
         .route("/api/v1/pipelines/{pipeline}/runs", post(runs::trigger))
@@ -104,6 +110,7 @@ pub fn router(state: ApiState) -> Router {
         .route_layer(needs(Role::Trigger));
     let admin = Router::new()
         .route("/api/v1/reload", post(runs::reload))
+        .route("/api/v1/gc", post(artifacts::collect))
         .route_layer(needs(Role::Admin));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

@@ -64,7 +64,7 @@ pub struct WorkersArgs {
 
 /// An answer of the API that was not a success, or no answer.
 #[derive(Debug, thiserror::Error)]
-enum ApiFailure {
+pub(super) enum ApiFailure {
     #[error("{message} (HTTP {status})")]
     Status { status: u16, message: String },
     #[error("cannot reach the scheduler at {url}: {source}")]
@@ -85,14 +85,24 @@ impl ApiFailure {
     }
 }
 
-struct Api {
+pub(super) struct Api {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
 }
 
 impl Api {
-    fn new(server: &str, token: Option<&str>) -> Api {
+    /// The scheduler's URL, without a trailing `/`.
+    pub(super) fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The HTTP client, for requests that are not JSON.
+    pub(super) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub(super) fn new(server: &str, token: Option<&str>) -> Api {
         Api {
             base: server.trim_end_matches('/').to_string(),
             token: token.map(str::to_string),
@@ -100,7 +110,7 @@ impl Api {
         }
     }
 
-    async fn send(
+    pub(super) async fn send(
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ApiFailure> {
@@ -127,7 +137,7 @@ impl Api {
         Err(ApiFailure::Status { status, message })
     }
 
-    async fn get(&self, path: &str) -> Result<Value, ApiFailure> {
+    pub(super) async fn get(&self, path: &str) -> Result<Value, ApiFailure> {
         let response = self
             .send(self.http.get(format!("{}{path}", self.base)))
             .await?;
@@ -140,7 +150,7 @@ impl Api {
             })
     }
 
-    async fn post(&self, path: &str, body: Value) -> Result<Value, ApiFailure> {
+    pub(super) async fn post(&self, path: &str, body: Value) -> Result<Value, ApiFailure> {
         let request = self.http.post(format!("{}{path}", self.base)).json(&body);
         let response = self.send(request).await?;
         response
@@ -153,7 +163,9 @@ impl Api {
     }
 }
 
-fn block_on<F: std::future::Future<Output = anyhow::Result<u8>>>(f: F) -> anyhow::Result<u8> {
+pub(super) fn block_on<F: std::future::Future<Output = anyhow::Result<u8>>>(
+    f: F,
+) -> anyhow::Result<u8> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
@@ -161,13 +173,13 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<u8>>>(f: F) -> anyhow
 }
 
 /// Prints the failure and gives its exit code.
-fn failed(err: ApiFailure) -> u8 {
+pub(super) fn failed(err: ApiFailure) -> u8 {
     eprintln!("error: {err}");
     err.exit_code()
 }
 
 /// Encodes a path segment (run ids and names are plain, but a user can type anything).
-fn segment(text: &str) -> String {
+pub(super) fn segment(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),

@@ -66,7 +66,7 @@ pub struct LogsArgs {
     pub data: DataDirArg,
 }
 
-fn open_store(data: &DataDirArg) -> anyhow::Result<Store> {
+pub(super) fn open_store(data: &DataDirArg) -> anyhow::Result<Store> {
     if !data.data_dir.join("store").exists() {
         anyhow::bail!(
             "no Sluice data in {} (run a pipeline first, or pass --data-dir)",

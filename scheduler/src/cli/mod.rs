@@ -1,6 +1,7 @@
 //! The `sluice` command line: flags, subcommands, and what each exit code means.
 
 mod artifact_args;
+mod artifacts;
 mod client;
 mod daemon;
 mod graph;
@@ -98,6 +99,12 @@ pub enum Command {
     /// API tokens: `sluice token new NAME --role read|trigger|admin`.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Artifacts (declared outputs, by content id): `ls`, `show ID`, `get ID DEST`,
+    /// `diff ID1 ID2`, `lineage ID`.
+    #[command(subcommand)]
+    Artifacts(artifacts::ArtifactsCommand),
+    /// Remove old finished runs, then the artifact blobs nothing kept refers to.
+    Gc(artifacts::GcArgs),
     /// Secrets stored encrypted in the data dir: `keygen`, `set NAME`, `ls`, `rm NAME`.
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
@@ -155,6 +162,8 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Cancel(args) => client::cancel(args),
         Command::Workers(args) => client::workers(args),
         Command::Secrets(command) => secrets::secrets(command),
+        Command::Artifacts(command) => artifacts::artifacts(command),
+        Command::Gc(args) => artifacts::collect(args),
         Command::Token(TokenCommand::New { name, role }) => {
             match crate::api::auth::new_token(&name, &role) {
                 Ok((token, line)) => {

@@ -128,6 +128,17 @@ fn write_step(out: &mut impl Write, step: &StepRecord, width: usize) -> std::io:
             .collect();
         writeln!(out, "{:<width$}  metrics: {}", "", metrics.join(" "))?;
     }
+    for artifact in &step.artifacts {
+        writeln!(
+            out,
+            "{:<width$}  artifact: {}  {}  ({}, {} files)",
+            "",
+            &artifact.id[..artifact.id.len().min(12)],
+            artifact.name,
+            super::artifacts::human_bytes(artifact.size),
+            artifact.files
+        )?;
+    }
     if step.attempts.len() > 1 {
         for attempt in &step.attempts {
             let exit = attempt

@@ -145,6 +145,7 @@ impl RunState {
                     outputs: Default::default(),
                     metrics: Default::default(),
                     artifacts: Vec::new(),
+                    image_digest: None,
                     reason: None,
                     retry_at_ms: None,
                 };
@@ -510,6 +511,7 @@ impl RunState {
                 record.outputs = result.outputs;
                 record.metrics = result.metrics;
                 record.artifacts = result.artifacts;
+                record.image_digest = result.image_digest;
                 self.set_terminal(&key.step, StepStatus::Succeeded, None, now);
                 self.event(step, attempt, EventKind::StepSucceeded, None, now);
                 self.release_dependents(&key.step);

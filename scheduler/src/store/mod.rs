@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sluice_worker::backoff::Backoff;
 
+pub use crate::artifacts::IndexEntry;
 pub use records::*;
 
 /// Why the store could not do what was asked.
@@ -138,9 +139,28 @@ impl Changes {
         self.len += 1;
     }
 
-    /// Stores a step.
+    /// Stores a step; a succeeded one's artifacts go into the index of who made what
+    /// (`x/<id>/<run>/<step>`), in the same commit.
     pub fn put_step(&mut self, step: &StepRecord) {
         self.put(format!("s/{}/{}", step.run_id, step.name), step);
+        if step.status == StepStatus::Succeeded {
+            let attempt = step.last_attempt();
+            for artifact in &step.artifacts {
+                let entry = IndexEntry {
+                    name: artifact.name.clone(),
+                    kind: artifact.kind,
+                    size: artifact.size,
+                    files: artifact.files,
+                    attempt: attempt.map_or(0, |a| a.number),
+                    created_ms: attempt.and_then(|a| a.finished_ms).unwrap_or(0),
+                };
+                let key = format!(
+                    "x/{}/{}/{}/{}",
+                    artifact.id, step.run_id, step.name, artifact.name
+                );
+                self.put(key, &entry);
+            }
+        }
     }
 
     /// Records a trigger's bookkeeping (a cron trigger's last instant, a webhook delivery id,
@@ -355,6 +375,55 @@ impl Store {
             }
         }
         Ok(runs)
+    }
+
+    /// Index entries of artifacts whose id starts with `id_prefix`: (id, run, step, entry).
+    pub fn artifact_entries(
+        &self,
+        id_prefix: &str,
+    ) -> Result<Vec<(String, String, String, IndexEntry)>, StoreError> {
+        self.db()?
+            .scan_prefix(format!("x/{id_prefix}").as_bytes())
+            .map(|entry| {
+                let (key, value) = entry?;
+                let text = String::from_utf8_lossy(&key[2..]).into_owned();
+                let mut parts = text.splitn(4, '/');
+                let (id, run, step) = (parts.next(), parts.next(), parts.next());
+                let value: IndexEntry = decode(&key, &value)?;
+                Ok((
+                    id.unwrap_or_default().to_string(),
+                    run.unwrap_or_default().to_string(),
+                    step.unwrap_or_default().to_string(),
+                    value,
+                ))
+            })
+            .collect()
+    }
+
+    /// Removes a run with its steps, history and index entries, in one durable commit.
+    pub fn remove_run(&self, run_id: &str) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for step in self.steps(run_id)? {
+            for artifact in &step.artifacts {
+                let key = format!(
+                    "x/{}/{}/{}/{}",
+                    artifact.id, run_id, step.name, artifact.name
+                );
+                batch.remove(key.as_bytes());
+            }
+        }
+        for prefix in [format!("s/{run_id}/"), format!("e/{run_id}/")] {
+            for key in self.db()?.scan_prefix(prefix.as_bytes()).keys() {
+                batch.remove(key?);
+            }
+        }
+        batch.remove(format!("r/{run_id}").as_bytes());
+        batch.remove(format!("a/{run_id}").as_bytes());
+        self.write(|db| {
+            db.apply_batch(batch)?;
+            db.flush()?;
+            Ok(())
+        })
     }
 
     /// A trigger's mark (see [`marks`] for the kinds), `None` when there is none.

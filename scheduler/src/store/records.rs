@@ -180,6 +180,9 @@ pub struct StepRecord {
     /// The declared outputs of the successful attempt, as stored in the artifact store.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<sluice_worker::task::ArtifactRef>,
+    /// The id of the image the successful attempt ran in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
     /// Why it was skipped or cancelled.
     pub reason: Option<String>,
     /// A retry waits until this time (ms since the epoch).

@@ -135,6 +135,16 @@ impl DockerExecutor {
     }
 
     /// Makes sure the image is there, pulling it as the policy says.
+    /// The local id (`sha256:...`) of `image` as the engine has it now: what a step really
+    /// ran, where a tag may since have moved.
+    pub async fn image_id(&self, image: &str) -> Option<String> {
+        self.docker
+            .inspect_image(image)
+            .await
+            .ok()
+            .and_then(|i| i.id)
+    }
+
     async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), String> {
         let present = self.docker.inspect_image(image).await.is_ok();
         let pull = match policy {

@@ -135,7 +135,11 @@ impl StepExecutor {
         }
         match (&task.image, &self.docker) {
             (None, _) => self.local.run(task, cancel).await,
-            (Some(_), Ok(docker)) => docker.run(task, cancel).await,
+            (Some(image), Ok(docker)) => {
+                let mut result = docker.run(task, cancel).await;
+                result.image_digest = docker.image_id(image).await;
+                result
+            }
             (Some(image), Err(why)) => TaskResult::error(
                 task.key.clone(),
                 format!("step needs image `{image}`, but this worker has no Docker: {why}"),

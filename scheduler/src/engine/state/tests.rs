@@ -82,6 +82,7 @@ impl Sim {
             outputs: BTreeMap::new(),
             metrics: Default::default(),
             artifacts: Vec::new(),
+            image_digest: None,
         }
     }
 

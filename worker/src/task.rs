@@ -124,6 +124,25 @@ pub struct TaskSpec {
     pub outputs: Vec<String>,
     /// Longest the attempt may run.
     pub timeout: Option<Duration>,
+    /// An earlier attempt of an image step with the same cache key: reused instead of running
+    /// when the worker's image has the digest it ran in and its blobs are all in the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_probe: Option<CacheProbe>,
+}
+
+/// What [`TaskSpec::cache_probe`] offers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheProbe {
+    /// The image id the earlier attempt ran in.
+    pub image_digest: String,
+    /// Its run.
+    pub run_id: String,
+    /// Its declared outputs.
+    pub artifacts: Vec<ArtifactRef>,
+    /// Its recorded values.
+    pub outputs: BTreeMap<String, String>,
+    /// Its metrics.
+    pub metrics: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The folder inside an attempt's folder that the step may write: `out/`, the outputs and
@@ -158,6 +177,7 @@ impl TaskSpec {
             inputs: Vec::new(),
             outputs: Vec::new(),
             timeout: None,
+            cache_probe: None,
         }
     }
 }
@@ -292,6 +312,12 @@ pub struct TaskResult {
     /// The id of the image the step ran in (`sha256:...`), not its tag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_digest: Option<String>,
+    /// The run whose attempt was reused instead of running this one (a cache hit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_from: Option<String>,
+    /// Why the worker did not reuse the attempt [`TaskSpec::cache_probe`] offered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_miss: Option<String>,
 }
 
 impl TaskResult {
@@ -310,6 +336,8 @@ impl TaskResult {
             metrics: serde_json::Map::new(),
             artifacts: Vec::new(),
             image_digest: None,
+            cached_from: None,
+            cache_miss: None,
         }
     }
 }

@@ -43,12 +43,15 @@ pub(super) async fn pipelines(State(state): State<ApiState>) -> Json<Value> {
     })
 }
 
-/// Body of a trigger: `{"params": {"min_accuracy": 0.9}}` (all optional).
+/// Body of a trigger: `{"params": {"min_accuracy": 0.9}, "no_cache": true}` (all optional).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TriggerBody {
     #[serde(default)]
     params: BTreeMap<String, Value>,
+    /// Run every step, cached or not.
+    #[serde(default)]
+    no_cache: bool,
 }
 
 pub(super) async fn trigger(
@@ -69,7 +72,7 @@ pub(super) async fn trigger(
         })?
     };
     let mut overrides = BTreeMap::new();
-    for (name, value) in body.params {
+    for (name, value) in body.params.clone() {
         let text = match value {
             Value::String(s) => s,
             Value::Number(n) => n.to_string(),
@@ -91,6 +94,7 @@ pub(super) async fn trigger(
     };
     let origin = Origin {
         trigger,
+        no_cache: body.no_cache,
         ..Origin::default()
     };
     let created =

@@ -98,16 +98,25 @@ fn write_step(out: &mut impl Write, step: &StepRecord, width: usize) -> std::io:
         .duration_ms()
         .map(human_ms)
         .unwrap_or_else(|| "-".into());
-    let detail = step
+    let mut detail = step
         .reason
         .clone()
         .or_else(|| last.and_then(|a| a.message.clone()))
         .unwrap_or_default();
+    let cached = step.cache.as_ref().is_some_and(|n| n.hit_from.is_some());
+    if let Some(note) = step.cache.as_ref().filter(|n| !n.miss.is_empty()) {
+        detail = format!("cache miss: {}", note.miss.join(", "));
+    }
+    let status = if cached {
+        "cached"
+    } else {
+        step.status.as_str()
+    };
     writeln!(
         out,
         "{:<width$}  {:<9}  {:>8}  {:>4}  {:>8}  {detail}",
         step.name,
-        step.status.as_str(),
+        status,
         step.attempts.len(),
         exit,
         took

@@ -67,7 +67,18 @@ impl Progress {
                 } else {
                     format!("  {}", outputs.join(" "))
                 };
-                format!("  ✓ {name} succeeded {duration:>7}{attempts}{outputs}")
+                match step.cache.as_ref() {
+                    Some(note) if note.hit_from.is_some() => format!(
+                        "  ✓ {name} cached    {:>7}  from run {}{outputs}",
+                        "",
+                        note.hit_from.as_deref().unwrap_or_default()
+                    ),
+                    Some(note) if !note.miss.is_empty() => format!(
+                        "  ✓ {name} succeeded {duration:>7}{attempts}{outputs}  (cache miss: {})",
+                        note.miss.join(", ")
+                    ),
+                    _ => format!("  ✓ {name} succeeded {duration:>7}{attempts}{outputs}"),
+                }
             }
             StepStatus::Failed => {
                 let why = attempt

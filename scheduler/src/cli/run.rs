@@ -47,6 +47,10 @@ pub struct RunArgs {
     /// Each GPU step gets devices of its own.
     #[arg(long, env = "SLUICE_GPUS", default_value = "")]
     pub gpus: String,
+    /// Run every step, also those with `cache: true` and a hit (their results still refresh
+    /// the cache).
+    #[arg(long)]
+    pub no_cache: bool,
     #[command(flatten)]
     pub secret_key: SecretKeyArg,
     #[command(flatten)]
@@ -145,6 +149,7 @@ fn prepare_request(file: &Path, args: &RunArgs) -> Result<RunRequest, u8> {
         id: None,
         marks: Vec::new(),
         waiting: false,
+        no_cache: args.no_cache,
     })
 }
 

@@ -29,6 +29,8 @@ pub struct Origin {
     pub dedupe_window_ms: Option<u64>,
     /// More bookkeeping to commit with the run.
     pub marks: Vec<(String, Value)>,
+    /// Run every step even where the cache has a hit.
+    pub no_cache: bool,
 }
 
 /// What a trigger led to.
@@ -130,6 +132,7 @@ impl Daemon {
             marks,
             commit,
             waiting,
+            no_cache: origin.no_cache,
         };
         let driver =
             RunDriver::create(self.engine.clone(), request, Box::new(Silent)).map_err(|err| {

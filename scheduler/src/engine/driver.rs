@@ -11,6 +11,7 @@ use sluice_worker::task::{now_ms, TaskSpec, WorkerEvent};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::cache;
 use super::state::RunState;
 use super::tasks::add_sealed_secrets;
 use super::{default_parallelism, resolve_params, Engine, EngineError, RunObserver, RunRequest};
@@ -100,6 +101,7 @@ impl RunDriver {
             finished_ms: None,
             step_count: pipeline.steps.len(),
             commit: request.commit.clone(),
+            no_cache: request.no_cache,
         };
         let definition = PipelineRecord {
             name: pipeline.name.clone(),
@@ -247,9 +249,17 @@ impl RunDriver {
                 self.acknowledge_applied().await;
                 self.record_dead_letters().await;
             }
+            let mut hits = false;
+            if !tasks.is_empty() {
+                (tasks, hits) = self.consult_cache(tasks).await;
+            }
             if !tasks.is_empty() {
                 add_sealed_secrets(&self.engine.data_dir, &mut tasks);
                 dispatch(self.engine.queue.as_ref(), std::mem::take(&mut tasks)).await?;
+            }
+            if hits {
+                // A hit ended its step here: the steps after it may be ready at once.
+                continue;
             }
             if self.state.is_settled() {
                 break;
@@ -274,6 +284,90 @@ impl RunDriver {
         self.close_routed();
         self.acknowledge_applied().await;
         Ok(self.state.run().clone())
+    }
+
+    /// Steps with `cache:` whose key has a reusable success end here with its results (an
+    /// image step's hit goes to a worker as a probe, which checks the image digest); the rest
+    /// are returned to be queued, each with the reasons it missed.
+    async fn consult_cache(&mut self, tasks: Vec<TaskSpec>) -> (Vec<TaskSpec>, bool) {
+        let mut queued = Vec::with_capacity(tasks.len());
+        let mut hits = false;
+        for mut task in tasks {
+            let Some(step) = self.state.pipeline().steps.get(&task.key.step).cloned() else {
+                queued.push(task);
+                continue;
+            };
+            if step.cache.is_none() {
+                queued.push(task);
+                continue;
+            }
+            let run = self.state.run().clone();
+            let components = match cache::components(
+                &run,
+                &step,
+                self.state.steps(),
+                &self.engine.artifacts,
+            ) {
+                Ok(components) => components,
+                Err(why) => {
+                    tracing::warn!(run = %run.id, step = %step.name, %why, "Cannot compute a cache key; the step runs.");
+                    queued.push(task);
+                    continue;
+                }
+            };
+            let key = cache::key_of(&components);
+            let (entry, latest) =
+                cache::lookup(&self.engine.store, &run.pipeline, &step.name, &key).unwrap_or_else(
+                    |err| {
+                        tracing::warn!(error = %err, "Cannot read the cache; the step runs.");
+                        (None, None)
+                    },
+                );
+            let mut note = cache::CacheNote {
+                key,
+                pipeline: run.pipeline.clone(),
+                miss: Vec::new(),
+                hit_from: None,
+                components,
+            };
+            let reusable = match entry {
+                _ if run.no_cache => {
+                    note.miss = vec!["--no-cache".into()];
+                    None
+                }
+                Some(entry) if self.engine.artifacts.contains_all(&entry.artifacts).await => {
+                    Some(entry)
+                }
+                Some(_) => {
+                    note.miss = vec!["the cached outputs are gone from the store".into()];
+                    None
+                }
+                None => {
+                    note.miss = cache::reasons(latest.as_ref(), &note.components);
+                    None
+                }
+            };
+            match reusable {
+                Some(entry) if step.image.is_none() => {
+                    note.hit_from = Some(entry.run_id.clone());
+                    self.state.note_cache(&step.name, note);
+                    let result = cache::hit_result(&task, &entry);
+                    self.state
+                        .apply(sluice_worker::task::WorkerEvent::Finished(result), now_ms());
+                    hits = true;
+                }
+                Some(entry) => {
+                    task.cache_probe = cache::probe(&entry);
+                    self.state.note_cache(&step.name, note);
+                    queued.push(task);
+                }
+                None => {
+                    self.state.note_cache(&step.name, note);
+                    queued.push(task);
+                }
+            }
+        }
+        (queued, hits)
     }
 
     /// Waits for the next worker events (from the router or the queue) and applies them.

@@ -9,6 +9,7 @@
 //! matters: a wide fan-out finishes many steps at once and they share one flush instead of paying
 //! one each.
 
+pub mod cache;
 mod driver;
 pub mod state;
 pub mod tasks;
@@ -108,6 +109,8 @@ pub struct RunRequest {
     /// Created waiting for a concurrency slot (`overlap: queue`): no step starts until
     /// [`RunDriver::begin`].
     pub waiting: bool,
+    /// Run every step, cached or not (`--no-cache`); successes still refresh the cache.
+    pub no_cache: bool,
 }
 
 /// Largest value of one param: params travel in every task and every listing of runs.

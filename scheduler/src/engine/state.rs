@@ -146,6 +146,7 @@ impl RunState {
                     metrics: Default::default(),
                     artifacts: Vec::new(),
                     image_digest: None,
+                    cache: None,
                     reason: None,
                     retry_at_ms: None,
                 };
@@ -266,7 +267,12 @@ impl RunState {
         &self.pipeline
     }
 
-    /// A step's record.
+    /// Every step's record, in file order.
+    pub fn steps(&self) -> &IndexMap<String, StepRecord> {
+        &self.steps
+    }
+
+    /// One step's record.
     pub fn step(&self, name: &str) -> Option<&StepRecord> {
         self.steps.get(name)
     }
@@ -430,6 +436,14 @@ impl RunState {
         })
     }
 
+    /// Records what the cache decided for `step` (before its task is queued or its hit applied).
+    pub fn note_cache(&mut self, step: &str, note: super::cache::CacheNote) {
+        if let Some(record) = self.steps.get_mut(step) {
+            record.cache = Some(note);
+            self.touch_step(step);
+        }
+    }
+
     /// Applies one worker event; events for attempts that are not current change nothing
     /// (fencing).
     pub fn apply(&mut self, event: WorkerEvent, now: u64) {
@@ -488,6 +502,15 @@ impl RunState {
         let Some(record) = self.steps.get_mut(&key.step) else {
             return;
         };
+        if let Some(note) = record.cache.as_mut() {
+            if let Some(run) = &result.cached_from {
+                note.hit_from = Some(run.clone());
+                note.miss.clear();
+            }
+            if let Some(why) = &result.cache_miss {
+                note.miss = vec![why.clone()];
+            }
+        }
         let status = match result.outcome {
             Outcome::Succeeded => StepStatus::Succeeded,
             Outcome::Cancelled => StepStatus::Cancelled,

@@ -84,6 +84,7 @@ pub fn build_task(
         inputs,
         outputs: step.outputs.clone(),
         timeout: step.timeout,
+        cache_probe: None,
     };
     task.env = step_env(data_dir, run, &step.env, &run.params, &task);
     task

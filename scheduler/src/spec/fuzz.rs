@@ -757,6 +757,10 @@ fn step_value(g: &mut Gen, key: &str, upstream: &[String]) -> String {
             good: &["if_not_present", "always", "never"],
             bad: &["sometimes", "1", "[x]"],
         }),
+        "cache" => g.draw(&Pool {
+            good: &["true", "false", "{inputs: ['src/*.py']}", "{}"],
+            bad: &["sometimes", "{inputs: ['../x']}", "{input: [x]}"],
+        }),
         "user" => g.draw(&Pool {
             good: &["nobody", "'1000:1000'", "1000"],
             bad: &["[x]", "{a: 1}", "''"],

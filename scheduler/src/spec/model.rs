@@ -222,6 +222,15 @@ pub struct Step {
     pub pull: PullPolicy,
     /// User an image step's container runs as.
     pub user: Option<String>,
+    /// Reuse an earlier successful attempt with the same inputs instead of running.
+    pub cache: Option<CachePolicy>,
+}
+
+/// `cache:` of a step: what besides the step's definition, params and inputs decides a hit.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CachePolicy {
+    /// Globs of files under the pipeline's folder the step reads (its code), hashed into the key.
+    pub inputs: Vec<String>,
 }
 
 /// Limits on concurrent runs of one pipeline.

@@ -43,6 +43,7 @@ pub const STEP_KEYS: &[&str] = &[
     "outputs",
     "pull",
     "user",
+    "cache",
 ];
 /// Keys of `defaults`: the step settings that can have a pipeline-wide default.
 pub const DEFAULTS_KEYS: &[&str] = &[
@@ -54,7 +55,10 @@ pub const DEFAULTS_KEYS: &[&str] = &[
     "resources",
     "pull",
     "user",
+    "cache",
 ];
+/// Keys of `cache` written as a mapping.
+pub const CACHE_KEYS: &[&str] = &["inputs"];
 /// Keys of `retry`.
 pub const RETRY_KEYS: &[&str] = &[
     "limit",
@@ -113,6 +117,7 @@ struct StepDefaults {
     pull: Option<PullPolicy>,
     user: Option<String>,
     resources: Option<Resources>,
+    cache: Option<Option<CachePolicy>>,
 }
 
 /// Where whole-file problems are reported: a mapping's own mark points inside it, not at its start.
@@ -330,6 +335,7 @@ fn defaults(r: &mut Reader, node: &Node) -> Option<StepDefaults> {
             "pull" => pull_policy(r, value, &path).map(|p| out.pull = Some(p)),
             "user" => r.text(value, &path).map(|u| out.user = Some(u)),
             "resources" => resources(r, value, &path).map(|res| out.resources = Some(res)),
+            "cache" => cache(r, value, &path).map(|c| out.cache = Some(c)),
             _ => Some(()),
         };
         ok &= read.is_some();
@@ -649,6 +655,10 @@ fn step(
         None if has_image => Some(defaults.user.clone()),
         None => Some(None),
     };
+    let cache = match get("cache") {
+        Some(n) => cache(r, n, &join(path, "cache")),
+        None => Some(defaults.cache.clone().unwrap_or_default()),
+    };
     let is_image_step = matches!(image, Some(Some(_)));
     ok &= container_only(r, path, name, is_image_step, &get, &workdir);
     parsed.depends = depends.clone();
@@ -677,6 +687,7 @@ fn step(
             outputs: outputs?,
             pull: pull?,
             user: user?,
+            cache: cache?,
         })
     })();
     parsed
@@ -719,6 +730,39 @@ fn container_only<'n>(
         }
     }
     ok
+}
+
+/// `cache: true | false | {inputs: [globs]}`.
+fn cache(r: &mut Reader, node: &Node, path: &str) -> Option<Option<CachePolicy>> {
+    if let Value::Map(_) = &node.value {
+        let fields = r.mapping(node, path, "`cache`", CACHE_KEYS)?;
+        let inputs = match fields.get("inputs") {
+            Some((_, list)) => {
+                let field = join(path, "inputs");
+                let mut globs = Vec::new();
+                for (glob, mark) in r.text_list(list, &field)? {
+                    if let Err(err) = glob::Pattern::new(&glob) {
+                        r.error(mark, &field, format!("`{glob}` is not a glob: {err}"));
+                        return None;
+                    }
+                    if glob.starts_with('/') || glob.split('/').any(|part| part == "..") {
+                        r.error(
+                            mark,
+                            &field,
+                            format!("`{glob}` must stay inside the pipeline's folder"),
+                        );
+                        return None;
+                    }
+                    globs.push(glob);
+                }
+                globs
+            }
+            None => Vec::new(),
+        };
+        return Some(Some(CachePolicy { inputs }));
+    }
+    let on = r.boolean(node, path)?;
+    Some(on.then(CachePolicy::default))
 }
 
 fn pull_policy(r: &mut Reader, node: &Node, path: &str) -> Option<PullPolicy> {

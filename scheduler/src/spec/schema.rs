@@ -13,6 +13,15 @@ use super::parse::{
 
 /// The JSON Schema (draft 2020-12) of a pipeline file.
 pub fn pipeline_schema() -> Value {
+    let cache = json!({
+        "description": "Reuse an earlier successful attempt with the same definition, image digest, params and inputs.",
+        "oneOf": [
+            {"type": "boolean"},
+            {"type": "object", "additionalProperties": false, "properties": {
+                "inputs": {"type": "array", "items": {"type": "string"}, "description": "Globs of files the step reads, under the pipeline's folder."}
+            }}
+        ]
+    });
     let duration = json!({
         "type": "string",
         "pattern": "^\\s*([0-9]+(\\.[0-9]+)?\\s*[a-zA-Zµ]+\\s*)+$",
@@ -74,7 +83,8 @@ pub fn pipeline_schema() -> Value {
             "queue": {"type": "string"},
             "outputs": string_or_list,
             "pull": {"enum": ["if_not_present", "always", "never"]},
-            "user": {"type": ["string", "integer"], "description": "uid[:gid] or a user name the image knows."}
+            "user": {"type": ["string", "integer"], "description": "uid[:gid] or a user name the image knows."},
+            "cache": cache
         }),
     );
     let param = json!({
@@ -117,7 +127,8 @@ pub fn pipeline_schema() -> Value {
                 "timeout": duration, "retry": retry, "workdir": {"type": "string"},
                 "image": {"type": "string"}, "queue": {"type": "string"}, "resources": resources,
                 "pull": {"enum": ["if_not_present", "always", "never"]},
-                "user": {"type": ["string", "integer"]}
+                "user": {"type": ["string", "integer"]},
+                "cache": cache
             })),
             "parallelism": {"type": "integer", "minimum": 1},
             "concurrency": object(CONCURRENCY_KEYS, json!({

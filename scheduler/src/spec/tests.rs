@@ -329,6 +329,7 @@ fn a_step_without_settings_of_its_own_gets_the_pipeline_defaults() {
             outputs: strings(&["raw.csv", "stats/"]),
             pull: PullPolicy::IfNotPresent,
             user: None,
+            cache: None,
         }
     );
 }
@@ -1620,4 +1621,35 @@ fn sluices_own_variables_cannot_be_a_steps_secrets() {
             .contains("`SLUICE_SECRET_KEY` cannot be a step's secret"),
         "{d}"
     );
+}
+
+#[test]
+fn cache_is_a_flag_or_the_globs_of_code_a_step_reads() {
+    let p = valid(&doc("
+        name: p
+        defaults: {cache: true}
+        steps:
+          a: {run: 'true'}
+          b: {run: 'true', cache: false}
+          c: {run: 'true', cache: {inputs: ['src/*.py', 'conf/**']}}
+        "));
+    assert_eq!(step(&p, "a").cache, Some(CachePolicy::default()));
+    assert_eq!(step(&p, "b").cache, None);
+    assert_eq!(
+        step(&p, "c").cache.as_ref().unwrap().inputs,
+        strings(&["src/*.py", "conf/**"])
+    );
+    let outside = one_error(&with_steps(
+        "  a: {run: 'true', cache: {inputs: ['../secrets/*']}}\n",
+    ));
+    assert_eq!(outside.field, "steps.a.cache.inputs");
+    assert!(
+        outside.message.contains("inside the pipeline's folder"),
+        "{}",
+        outside.message
+    );
+    let unknown = one_error(&with_steps("  a: {run: 'true', cache: {input: ['x']}}\n"));
+    assert!(unknown.message.contains("`input`"), "{}", unknown.message);
+    let not_bool = one_error(&with_steps("  a: {run: 'true', cache: sometimes}\n"));
+    assert_eq!(not_bool.field, "steps.a.cache");
 }

@@ -160,6 +160,18 @@ impl Changes {
                 );
                 self.put(key, &entry);
             }
+            // A fresh success is what later runs with the same key reuse (a hit reused one).
+            if let Some(note) = step.cache.as_ref().filter(|n| n.hit_from.is_none()) {
+                let entry = crate::engine::cache::CacheEntry::of(step);
+                self.put(
+                    format!("k/{}/{}/{}", note.pipeline, step.name, note.key),
+                    &entry,
+                );
+                self.put(
+                    format!("kl/{}/{}", note.pipeline, step.name),
+                    &note.components,
+                );
+            }
         }
     }
 
@@ -398,6 +410,25 @@ impl Store {
                 ))
             })
             .collect()
+    }
+
+    /// The cache entry of `step` of `pipeline` for `key`.
+    pub fn cache_entry(
+        &self,
+        pipeline: &str,
+        step: &str,
+        key: &str,
+    ) -> Result<Option<crate::engine::cache::CacheEntry>, StoreError> {
+        self.get(&format!("k/{pipeline}/{step}/{key}"))
+    }
+
+    /// The key components of the newest success of `step` of `pipeline` that had `cache:`.
+    pub fn cache_latest(
+        &self,
+        pipeline: &str,
+        step: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, String>>, StoreError> {
+        self.get(&format!("kl/{pipeline}/{step}"))
     }
 
     /// Removes a run with its steps, history and index entries, in one durable commit.

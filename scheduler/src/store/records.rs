@@ -127,6 +127,9 @@ pub struct RunRecord {
     pub finished_ms: Option<u64>,
     /// Number of steps, for listings.
     pub step_count: usize,
+    /// Every step runs, cache or not (`--no-cache`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_cache: bool,
     /// The git commit of the pipelines folder when the definition was loaded, if it is in a
     /// git work tree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -183,6 +186,9 @@ pub struct StepRecord {
     /// The id of the image the successful attempt ran in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_digest: Option<String>,
+    /// What the cache decided (steps with `cache:`): the key, a hit's run, a miss's reasons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::engine::cache::CacheNote>,
     /// Why it was skipped or cancelled.
     pub reason: Option<String>,
     /// A retry waits until this time (ms since the epoch).

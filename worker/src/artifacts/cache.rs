@@ -237,6 +237,13 @@ impl Artifacts {
         }
     }
 
+    /// The BLAKE3 of the file at `path` (through the hash cache).
+    pub fn hash_path(&self, path: &Path) -> std::io::Result<String> {
+        let mut file = std::fs::File::open(path)?;
+        let (id, _) = self.hashes.hash_file(&mut file)?;
+        Ok(id)
+    }
+
     /// Writes the hash cache to disk.
     pub fn save(&self) {
         self.hashes.save();
@@ -306,4 +313,27 @@ fn walk_cache(blobs: &Path) -> Vec<(String, u64, std::time::SystemTime)> {
         }
     }
     found
+}
+
+impl Artifacts {
+    /// Whether every blob of `refs` (the files of folders too) is in the store: a cache hit
+    /// whose outputs are gone is a miss, never a broken step.
+    pub async fn contains_all(&self, refs: &[super::ArtifactRef]) -> bool {
+        for artifact in refs {
+            if !self.store.contains(&artifact.id).await.unwrap_or(false) {
+                return false;
+            }
+            if artifact.kind == super::ArtifactKind::Dir {
+                let Ok(manifest) = self.manifest(&artifact.id).await else {
+                    return false;
+                };
+                for file in manifest.files {
+                    if !self.store.contains(&file.id).await.unwrap_or(false) {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
 }

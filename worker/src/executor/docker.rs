@@ -145,7 +145,7 @@ impl DockerExecutor {
             .and_then(|i| i.id)
     }
 
-    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), String> {
+    pub(crate) async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), String> {
         let present = self.docker.inspect_image(image).await.is_ok();
         let pull = match policy {
             PullPolicy::Always => true,

@@ -129,6 +129,43 @@ impl StepExecutor {
         }
     }
 
+    /// The earlier attempt `probe` offers, when this worker's `image` (pulled as the step's
+    /// policy says) is the one it ran in and its blobs are all in the store; else why not.
+    async fn reuse(
+        &self,
+        task: &TaskSpec,
+        probe: &crate::task::CacheProbe,
+        docker: &DockerExecutor,
+        image: &str,
+    ) -> Result<TaskResult, String> {
+        docker.ensure_image(image, task.pull).await?;
+        let digest = docker.image_id(image).await.unwrap_or_default();
+        if digest != probe.image_digest {
+            return Err(format!(
+                "image digest changed ({} was {})",
+                short(&digest),
+                short(&probe.image_digest)
+            ));
+        }
+        let Some(artifacts) = &self.artifacts else {
+            return Err("this worker has no artifact store".into());
+        };
+        if !artifacts.contains_all(&probe.artifacts).await {
+            return Err("the cached outputs are gone from the store".into());
+        }
+        let mut result = TaskResult::error(
+            task.key.clone(),
+            format!("cached from run {}", probe.run_id),
+        );
+        result.outcome = Outcome::Succeeded;
+        result.outputs = probe.outputs.clone();
+        result.metrics = probe.metrics.clone();
+        result.artifacts = probe.artifacts.clone();
+        result.image_digest = Some(digest);
+        result.cached_from = Some(probe.run_id.clone());
+        Ok(result)
+    }
+
     async fn execute(&self, task: &TaskSpec, cancel: CancellationToken) -> TaskResult {
         if let StepCommand::Builtin(kind) = &task.command {
             return super::builtin::run(task, kind).await;
@@ -136,8 +173,16 @@ impl StepExecutor {
         match (&task.image, &self.docker) {
             (None, _) => self.local.run(task, cancel).await,
             (Some(image), Ok(docker)) => {
+                let miss = match &task.cache_probe {
+                    Some(probe) => match self.reuse(task, probe, docker, image).await {
+                        Ok(hit) => return hit,
+                        Err(why) => Some(why),
+                    },
+                    None => None,
+                };
                 let mut result = docker.run(task, cancel).await;
                 result.image_digest = docker.image_id(image).await;
+                result.cache_miss = miss;
                 result
             }
             (Some(image), Err(why)) => TaskResult::error(
@@ -155,7 +200,15 @@ impl Executor for StepExecutor {
             return TaskResult::error(task.key.clone(), message);
         }
         let mut result = self.execute(task, cancel).await;
-        self.publish(task, &mut result).await;
+        if result.cached_from.is_none() {
+            self.publish(task, &mut result).await;
+        }
         result
     }
+}
+
+/// The first 12 characters of an image id after its `sha256:`.
+fn short(digest: &str) -> &str {
+    let digest = digest.strip_prefix("sha256:").unwrap_or(digest);
+    &digest[..digest.len().min(12)]
 }

@@ -181,13 +181,16 @@ pub fn reasons(
     reasons
 }
 
+/// Named key components.
+pub type Components = BTreeMap<String, String>;
+
 /// The entry for `key`, and the components of the newest success of this step (for reasons).
 pub fn lookup(
     store: &Store,
     pipeline: &str,
     step: &str,
     key: &str,
-) -> Result<(Option<CacheEntry>, Option<BTreeMap<String, String>>), StoreError> {
+) -> Result<(Option<CacheEntry>, Option<Components>), StoreError> {
     Ok((
         store.cache_entry(pipeline, step, key)?,
         store.cache_latest(pipeline, step)?,

@@ -568,6 +568,7 @@ mod tests {
             finished_ms: None,
             step_count: 0,
             commit: None,
+            no_cache: false,
         }
     }
 

@@ -30,6 +30,7 @@ fn run_record(pipeline: &Pipeline) -> RunRecord {
         finished_ms: None,
         step_count: pipeline.steps.len(),
         commit: None,
+        no_cache: false,
     }
 }
 
@@ -83,6 +84,8 @@ impl Sim {
             metrics: Default::default(),
             artifacts: Vec::new(),
             image_digest: None,
+            cached_from: None,
+            cache_miss: None,
         }
     }
 

@@ -150,6 +150,9 @@ fn the_cli_lists_shows_gets_diffs_and_traces_artifacts() {
         .run(&["artifacts", "get", id2, dest.to_str().unwrap()])
         .status
         .success());
+    // What was written hashes to the id it came from (the same files, the same modes).
+    let hashed = json(s.run(&["artifacts", "hash", dest.to_str().unwrap(), "--json"]));
+    assert_eq!(hashed["id"], id2, "{hashed:#}");
     let missing = s.run(&["artifacts", "show", "abcdef"]);
     assert_eq!(missing.status.code(), Some(2));
     assert!(text(&missing.stderr).contains("no artifact `abcdef`"));
@@ -320,4 +323,82 @@ steps:
     let listed = cluster.client(&["artifacts", "ls", "--pipeline", "split", "--json"]);
     let listed = json(listed);
     assert_eq!(listed["artifacts"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn kill_9_during_an_upload_leaves_no_partial_blob_and_the_resumed_run_stores_it_whole() {
+    let s = Scratch::new();
+    let file = s.write(
+        "p.yaml",
+        r#"name: upload
+steps:
+  make:
+    run: head -c 600000000 /dev/zero > $SLUICE_OUT/big
+    outputs: [big]
+  use:
+    depends: [make]
+    run: test "$(wc -c < $SLUICE_IN/make/big)" -eq 600000000
+"#,
+    );
+    let blobs = s.data_dir().join("artifacts/blobs");
+    // (temporary files, finished blobs) in the store now.
+    let scan = || -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>) {
+        let mut found = (Vec::new(), Vec::new());
+        for folder in std::fs::read_dir(&blobs).into_iter().flatten().flatten() {
+            for entry in std::fs::read_dir(folder.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let temporary = entry.file_name().to_string_lossy().starts_with('.');
+                if temporary {
+                    &mut found.0
+                } else {
+                    &mut found.1
+                }
+                .push(entry.path());
+            }
+        }
+        found
+    };
+    let mut child = s
+        .sluice()
+        .args(["run", file.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    sluice_tests::wait_until("the upload to start", Duration::from_secs(60), || {
+        !scan().0.is_empty()
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Whatever is visible under an id is whole: nothing half-written has a blob's name.
+    for blob in scan().1 {
+        let bytes = std::fs::read(&blob).unwrap();
+        let name = blob.file_name().unwrap().to_string_lossy().to_string();
+        assert_eq!(
+            blake3::hash(&bytes).to_hex().to_string(),
+            name,
+            "{}",
+            blob.display()
+        );
+    }
+    let run = s.latest_run_id();
+    let out = s.run(&["run", "--resume", &run]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let show = s.show(&run);
+    assert_eq!(step(&show, "use")["status"], "succeeded");
+    let id = artifact(&show, "make", "big")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stored = std::fs::read(blobs.join(&id[..2]).join(&id)).unwrap();
+    assert_eq!(stored.len(), 600_000_000);
+    assert_eq!(blake3::hash(&stored).to_hex().to_string(), id);
 }

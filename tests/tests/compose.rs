@@ -147,4 +147,44 @@ fn the_compose_file_is_valid_and_deploys_redis_a_scheduler_and_workers() {
         workers.iter().any(|(_, service)| reserves_gpus(service)),
         "no worker service reserves GPUs (deploy.resources.reservations.devices with [gpu])"
     );
+    // Artifacts travel through an S3-compatible store, and no folder is shared between the
+    // scheduler and the workers.
+    assert!(services.contains_key("minio"), "no S3-compatible service");
+    let sources = |service: &Value| -> Vec<String> {
+        service["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| match v {
+                Value::String(s) => s.split(':').next().map(str::to_string),
+                v if v["type"] == "volume" => v["source"].as_str().map(str::to_string),
+                _ => None,
+            })
+            .filter(|source| !source.starts_with('.') && !source.starts_with('/'))
+            .collect()
+    };
+    let scheduler = &services["scheduler"];
+    for (name, service) in workers
+        .iter()
+        .map(|(n, s)| (n.as_str(), *s))
+        .chain([("scheduler", scheduler)])
+    {
+        let store = service["environment"]["SLUICE_ARTIFACTS"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            store.starts_with("s3://"),
+            "`{name}` keeps artifacts in `{store}`"
+        );
+    }
+    for (name, service) in &workers {
+        let shared: Vec<String> = sources(service)
+            .into_iter()
+            .filter(|v| sources(scheduler).contains(v))
+            .collect();
+        assert!(
+            shared.is_empty(),
+            "`{name}` shares {shared:?} with the scheduler"
+        );
+    }
 }

@@ -19,6 +19,26 @@ use crate::artifacts::{Catalog, CatalogError};
 /// What `sluice artifacts` does.
 #[derive(Debug, Subcommand)]
 pub enum ArtifactsCommand {
+    #[command(flatten)]
+    Catalog(CatalogCommand),
+    /// The id a file or folder has (or would have) as an artifact, as Sluice hashes it (BLAKE3;
+    /// unchanged files are answered from the data dir's hash cache).
+    Hash {
+        /// A file or folder.
+        path: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        artifacts: ArtifactArgs,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+}
+
+/// The questions answered from the records and the store, locally or by a scheduler.
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
     /// Every artifact made, newest first: id, size, files, the run and step that made it.
     Ls {
         /// Only this pipeline's.
@@ -94,20 +114,29 @@ pub struct GcArgs {
     pub common: Common,
 }
 
-impl ArtifactsCommand {
+impl CatalogCommand {
     fn common(&self) -> &Common {
         match self {
-            ArtifactsCommand::Ls { common, .. }
-            | ArtifactsCommand::Show { common, .. }
-            | ArtifactsCommand::Get { common, .. }
-            | ArtifactsCommand::Diff { common, .. }
-            | ArtifactsCommand::Lineage { common, .. } => common,
+            CatalogCommand::Ls { common, .. }
+            | CatalogCommand::Show { common, .. }
+            | CatalogCommand::Get { common, .. }
+            | CatalogCommand::Diff { common, .. }
+            | CatalogCommand::Lineage { common, .. } => common,
         }
     }
 }
 
 /// `sluice artifacts ...`.
 pub fn artifacts(command: ArtifactsCommand) -> anyhow::Result<u8> {
+    let command = match command {
+        ArtifactsCommand::Catalog(command) => command,
+        ArtifactsCommand::Hash {
+            path,
+            json,
+            artifacts,
+            data,
+        } => return hash(&path, json, &artifacts, &data),
+    };
     block_on(async move {
         let common = command.common();
         let json = common.json;
@@ -131,7 +160,7 @@ pub fn artifacts(command: ArtifactsCommand) -> anyhow::Result<u8> {
 }
 
 /// The answer from the data dir, as the API would give it.
-async fn local(command: &ArtifactsCommand) -> Result<Value, u8> {
+async fn local(command: &CatalogCommand) -> Result<Value, u8> {
     let common = command.common();
     let store = open_store(&common.data).map_err(|err| {
         eprintln!("error: {err:#}");
@@ -150,18 +179,18 @@ async fn local(command: &ArtifactsCommand) -> Result<Value, u8> {
     };
     let answer: Result<Value, CatalogError> = async {
         Ok(match command {
-            ArtifactsCommand::Ls { pipeline, step, .. } => {
+            CatalogCommand::Ls { pipeline, step, .. } => {
                 json!({"artifacts": catalog.list(pipeline.as_deref(), step.as_deref())?})
             }
-            ArtifactsCommand::Show { id, .. } => to_value(catalog.show(id).await?),
-            ArtifactsCommand::Get { id, dest, .. } => {
+            CatalogCommand::Show { id, .. } => to_value(catalog.show(id).await?),
+            CatalogCommand::Get { id, dest, .. } => {
                 let (id, bytes) = catalog.get(id, dest).await?;
                 json!({"id": id, "dest": dest, "bytes": bytes})
             }
-            ArtifactsCommand::Diff { old, new, .. } => {
+            CatalogCommand::Diff { old, new, .. } => {
                 json!({"changes": catalog.diff(old, new).await?})
             }
-            ArtifactsCommand::Lineage { id, .. } => json!({"lineage": catalog.lineage(id)?}),
+            CatalogCommand::Lineage { id, .. } => json!({"lineage": catalog.lineage(id)?}),
         })
     }
     .await;
@@ -179,9 +208,9 @@ fn to_value(value: impl serde::Serialize) -> Value {
 }
 
 /// The answer from a scheduler's API.
-async fn remote(command: &ArtifactsCommand, api: &Api) -> Result<Value, u8> {
+async fn remote(command: &CatalogCommand, api: &Api) -> Result<Value, u8> {
     let answer = match command {
-        ArtifactsCommand::Ls { pipeline, step, .. } => {
+        CatalogCommand::Ls { pipeline, step, .. } => {
             let mut query = Vec::new();
             if let Some(p) = pipeline {
                 query.push(format!("pipeline={}", segment(p)));
@@ -192,10 +221,10 @@ async fn remote(command: &ArtifactsCommand, api: &Api) -> Result<Value, u8> {
             api.get(&format!("/api/v1/artifacts?{}", query.join("&")))
                 .await
         }
-        ArtifactsCommand::Show { id, .. } => {
+        CatalogCommand::Show { id, .. } => {
             api.get(&format!("/api/v1/artifacts/{}", segment(id))).await
         }
-        ArtifactsCommand::Diff { old, new, .. } => {
+        CatalogCommand::Diff { old, new, .. } => {
             api.get(&format!(
                 "/api/v1/artifacts/{}/diff/{}",
                 segment(old),
@@ -203,11 +232,11 @@ async fn remote(command: &ArtifactsCommand, api: &Api) -> Result<Value, u8> {
             ))
             .await
         }
-        ArtifactsCommand::Lineage { id, .. } => {
+        CatalogCommand::Lineage { id, .. } => {
             api.get(&format!("/api/v1/artifacts/{}/lineage", segment(id)))
                 .await
         }
-        ArtifactsCommand::Get { id, dest, .. } => return download(api, id, dest).await,
+        CatalogCommand::Get { id, dest, .. } => return download(api, id, dest).await,
     };
     answer.map_err(failed)
 }
@@ -301,10 +330,10 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
-fn print(command: &ArtifactsCommand, answer: &Value) {
+fn print(command: &CatalogCommand, answer: &Value) {
     let empty = Vec::new();
     match command {
-        ArtifactsCommand::Ls { .. } => {
+        CatalogCommand::Ls { .. } => {
             let rows = answer["artifacts"].as_array().unwrap_or(&empty);
             if rows.is_empty() {
                 println!("no artifacts");
@@ -329,7 +358,7 @@ fn print(command: &ArtifactsCommand, answer: &Value) {
                 );
             }
         }
-        ArtifactsCommand::Show { .. } => {
+        CatalogCommand::Show { .. } => {
             println!(
                 "artifact {} ({}, {})",
                 answer["id"].as_str().unwrap_or_default(),
@@ -352,7 +381,7 @@ fn print(command: &ArtifactsCommand, answer: &Value) {
                 }
             }
         }
-        ArtifactsCommand::Get { .. } => {
+        CatalogCommand::Get { .. } => {
             println!(
                 "artifact {} written to {} ({})",
                 answer["id"].as_str().unwrap_or_default(),
@@ -360,7 +389,7 @@ fn print(command: &ArtifactsCommand, answer: &Value) {
                 size(&answer["bytes"])
             );
         }
-        ArtifactsCommand::Diff { .. } => {
+        CatalogCommand::Diff { .. } => {
             let changes = answer["changes"].as_array().unwrap_or(&empty);
             if changes.is_empty() {
                 println!("no differences");
@@ -385,7 +414,7 @@ fn print(command: &ArtifactsCommand, answer: &Value) {
                 );
             }
         }
-        ArtifactsCommand::Lineage { .. } => {
+        CatalogCommand::Lineage { .. } => {
             for node in answer["lineage"].as_array().unwrap_or(&empty) {
                 let indent = "  ".repeat(node["depth"].as_u64().unwrap_or(0) as usize);
                 let producer = &node["producer"];
@@ -444,6 +473,38 @@ fn print_producer(producer: &Value, indent: &str) {
             short(&input["id"])
         );
     }
+}
+
+/// `sluice artifacts hash`: needs no store of records, only the data dir's hash cache.
+fn hash(
+    path: &std::path::Path,
+    json: bool,
+    artifacts: &ArtifactArgs,
+    data: &DataDirArg,
+) -> anyhow::Result<u8> {
+    std::fs::create_dir_all(&data.data_dir)?;
+    let artifacts = match artifacts.open(&data.data_dir) {
+        Ok(artifacts) => artifacts,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    match artifacts.identify(path) {
+        Ok(found) if json => println!("{}", serde_json::to_string_pretty(&found)?),
+        Ok(found) => println!(
+            "{}  {} ({}, {} files)",
+            found.id,
+            path.display(),
+            human_bytes(found.size),
+            found.files
+        ),
+        Err(err) => {
+            eprintln!("error: {err}");
+            return Ok(EXIT_INVALID);
+        }
+    }
+    Ok(0)
 }
 
 /// `sluice gc`.

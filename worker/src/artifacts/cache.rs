@@ -244,6 +244,13 @@ impl Artifacts {
         Ok(id)
     }
 
+    /// The artifact `path` would be (see [`super::publish::identify`]), through the hash cache.
+    pub fn identify(&self, path: &Path) -> Result<super::ArtifactRef, ArtifactError> {
+        let identified = super::publish::identify(path, &self.hashes);
+        self.save();
+        identified
+    }
+
     /// Writes the hash cache to disk.
     pub fn save(&self) {
         self.hashes.save();

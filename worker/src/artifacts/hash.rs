@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 /// Bytes read at a time: large enough that BLAKE3 spreads each chunk over every core.
-const CHUNK: usize = 4 * 1024 * 1024;
+const CHUNK: usize = 8 * 1024 * 1024;
 /// Most entries the cache keeps; past it the cache starts over (old attempts' files).
 const MAX_ENTRIES: usize = 500_000;
 /// A file changed this recently (in nanoseconds) is hashed again next time.
@@ -52,6 +52,19 @@ pub fn hash_reader(mut file: impl Read) -> io::Result<(String, u64)> {
 /// The hex BLAKE3 hash of `bytes`.
 pub fn hash_bytes(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
+}
+
+/// What `stat` says of a file, as the hash cache keys it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Bytes.
+    pub size: u64,
+    /// Modification time, in nanoseconds since the epoch.
+    pub mtime_ns: i64,
 }
 
 /// What identifies one version of a file without reading it.
@@ -138,6 +151,16 @@ impl HashCache {
             self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         Ok((id, size))
+    }
+
+    /// The hash of the file `stat` describes, when the cache knows it unchanged: no need to
+    /// open it.
+    pub fn known(&self, stat: &FileStamp) -> Option<String> {
+        let key = format!("{}:{}", stat.dev, stat.ino);
+        let entries = self.lock();
+        let entry = entries.get(&key)?;
+        (entry.stamp.size == stat.size && entry.stamp.mtime_ns == stat.mtime_ns)
+            .then(|| entry.id.clone())
     }
 
     /// Forgets what the cache knows of `file` (after it was found corrupt).

@@ -126,3 +126,63 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|err| ArtifactError::io("hashing outputs")(std::io::Error::other(err)))?
 }
+
+/// The artifact `path` (a file or a folder) would be, without storing anything: what
+/// `sluice artifacts hash` prints. Links and special files are refused as in outputs.
+pub fn identify(
+    path: &Path,
+    hashes: &super::hash::HashCache,
+) -> Result<ArtifactRef, ArtifactError> {
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(ArtifactError::io(format!("reading {}", path.display())))?;
+    let (root, name) = match (path.parent(), path.file_name()) {
+        (Some(root), Some(name)) => (root, Path::new(name)),
+        _ => (Path::new("/"), Path::new(".")),
+    };
+    let root = if root.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        root
+    };
+    let declared = format!("{}{}", name.display(), if meta.is_dir() { "/" } else { "" });
+    let hash = |mut file: File| -> Result<(String, u64), ArtifactError> {
+        hashes
+            .hash_file(&mut file)
+            .map_err(ArtifactError::io(format!("hashing {}", path.display())))
+    };
+    match open_output(root, name, &declared)? {
+        Output::File(file) => {
+            let (id, size) = hash(file)?;
+            Ok(ArtifactRef {
+                name: declared,
+                id,
+                kind: ArtifactKind::File,
+                size,
+                files: 1,
+            })
+        }
+        Output::Dir(found) => {
+            let mut entries = Vec::with_capacity(found.len());
+            for f in found {
+                let (id, size) = match hashes.known(&f.stamp) {
+                    Some(id) => (id, f.stamp.size),
+                    None => hash(open_found(root, name, &declared, &f.path)?)?,
+                };
+                entries.push(ManifestEntry {
+                    path: f.path,
+                    mode: f.mode,
+                    size,
+                    id,
+                });
+            }
+            let manifest = Manifest::new(entries);
+            Ok(ArtifactRef {
+                name: declared,
+                id: manifest.id(),
+                kind: ArtifactKind::Dir,
+                size: manifest.size(),
+                files: manifest.files.len() as u64,
+            })
+        }
+    }
+}

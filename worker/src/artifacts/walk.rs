@@ -26,6 +26,9 @@ pub struct FoundFile {
     pub path: String,
     /// Its permission bits.
     pub mode: u32,
+    /// What `stat` said of it during the walk: enough for the hash cache to answer without
+    /// opening it.
+    pub stamp: super::hash::FileStamp,
 }
 
 /// What a declared output turned out to be.
@@ -138,6 +141,12 @@ fn walk(
                 found.push(FoundFile {
                     path,
                     mode: stat.st_mode & 0o7777,
+                    stamp: super::hash::FileStamp {
+                        dev: stat.st_dev,
+                        ino: stat.st_ino,
+                        size: stat.st_size as u64,
+                        mtime_ns: stat.st_mtime * 1_000_000_000 + stat.st_mtime_nsec,
+                    },
                 });
             }
             libc::S_IFLNK => {

@@ -46,6 +46,28 @@ pub struct ArtifactRef {
 }
 
 impl ArtifactRef {
+    /// Output `name`, a file with these bytes.
+    pub fn file(name: &str, id: String, size: u64) -> ArtifactRef {
+        ArtifactRef {
+            name: name.to_string(),
+            id,
+            kind: ArtifactKind::File,
+            size,
+            files: 1,
+        }
+    }
+
+    /// Output `name`, the folder `manifest` describes.
+    pub fn folder(name: &str, manifest: &Manifest) -> ArtifactRef {
+        ArtifactRef {
+            name: name.to_string(),
+            id: manifest.id(),
+            kind: ArtifactKind::Dir,
+            size: manifest.size(),
+            files: manifest.files.len() as u64,
+        }
+    }
+
     /// The name without the trailing `/` a folder output is declared with.
     pub fn path_name(&self) -> &str {
         self.name.trim_end_matches('/')

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::manifest::{Manifest, ManifestEntry};
 use super::walk::{open_found, open_output, Output};
-use super::{ArtifactError, ArtifactKind, ArtifactRef, Artifacts};
+use super::{ArtifactError, ArtifactRef, Artifacts};
 
 /// Files of a folder output hashed per trip to the blocking pool (and so open at once).
 const BATCH: usize = 64;
@@ -45,13 +45,7 @@ impl Artifacts {
                 let n = name.to_string();
                 let (id, size, file) = blocking(move || me.hash_open(file, &n)).await?;
                 self.upload_if_absent(&id, file).await?;
-                Ok(ArtifactRef {
-                    name: name.to_string(),
-                    id,
-                    kind: ArtifactKind::File,
-                    size,
-                    files: 1,
-                })
+                Ok(ArtifactRef::file(name, id, size))
             }
             Output::Dir(found) => {
                 let mut entries = Vec::with_capacity(found.len());
@@ -88,13 +82,7 @@ impl Artifacts {
                 if !self.store().contains(&id).await? {
                     self.store().put_bytes(&id, manifest.to_bytes()).await?;
                 }
-                Ok(ArtifactRef {
-                    name: name.to_string(),
-                    id,
-                    kind: ArtifactKind::Dir,
-                    size: manifest.size(),
-                    files: manifest.files.len() as u64,
-                })
+                Ok(ArtifactRef::folder(name, &manifest))
             }
         }
     }
@@ -153,13 +141,7 @@ pub fn identify(
     match open_output(root, name, &declared)? {
         Output::File(file) => {
             let (id, size) = hash(file)?;
-            Ok(ArtifactRef {
-                name: declared,
-                id,
-                kind: ArtifactKind::File,
-                size,
-                files: 1,
-            })
+            Ok(ArtifactRef::file(&declared, id, size))
         }
         Output::Dir(found) => {
             let mut entries = Vec::with_capacity(found.len());
@@ -175,14 +157,7 @@ pub fn identify(
                     id,
                 });
             }
-            let manifest = Manifest::new(entries);
-            Ok(ArtifactRef {
-                name: declared,
-                id: manifest.id(),
-                kind: ArtifactKind::Dir,
-                size: manifest.size(),
-                files: manifest.files.len() as u64,
-            })
+            Ok(ArtifactRef::folder(&declared, &Manifest::new(entries)))
         }
     }
 }

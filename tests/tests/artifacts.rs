@@ -16,6 +16,7 @@ steps:
       mkdir -p $SLUICE_OUT/set/deep
       seq 1 $PARAM_ROWS > $SLUICE_OUT/set/rows.txt
       echo constant > $SLUICE_OUT/set/deep/same.txt
+      printf '#!/bin/sh\necho tool\n' > $SLUICE_OUT/set/tool.sh && chmod 755 $SLUICE_OUT/set/tool.sh
       echo "model for $PARAM_ROWS rows" > $SLUICE_OUT/model.bin
     outputs: [set/, model.bin]
   use:
@@ -61,7 +62,7 @@ fn the_cli_lists_shows_gets_diffs_and_traces_artifacts() {
         artifact(&second, "make", "set/"),
     );
     assert_eq!(set1["kind"], "dir");
-    assert_eq!(set1["files"], 2);
+    assert_eq!(set1["files"], 3);
     assert_ne!(set1["id"], set2["id"], "different rows, different folder");
 
     let listed = json(s.run(&["artifacts", "ls", "--step", "make", "--json"]));
@@ -93,7 +94,7 @@ fn the_cli_lists_shows_gets_diffs_and_traces_artifacts() {
         .iter()
         .map(|f| f["path"].as_str().unwrap())
         .collect();
-    assert_eq!(paths, ["deep/same.txt", "rows.txt"]);
+    assert_eq!(paths, ["deep/same.txt", "rows.txt", "tool.sh"]);
 
     let diff = json(s.run(&[
         "artifacts",
@@ -150,6 +151,14 @@ fn the_cli_lists_shows_gets_diffs_and_traces_artifacts() {
         .run(&["artifacts", "get", id2, dest.to_str().unwrap()])
         .status
         .success());
+    let tool = std::process::Command::new(dest.join("tool.sh"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&tool.stdout),
+        "tool\n",
+        "the executable stays executable"
+    );
     // What was written hashes to the id it came from (the same files, the same modes).
     let hashed = json(s.run(&["artifacts", "hash", dest.to_str().unwrap(), "--json"]));
     assert_eq!(hashed["id"], id2, "{hashed:#}");

@@ -372,7 +372,7 @@ impl Catalog<'_> {
             .ok_or_else(|| CatalogError::NotFound(id.clone()))?;
         let mut total = 0;
         let files = match kind {
-            ArtifactKind::File => vec![(dest.to_path_buf(), id.clone())],
+            ArtifactKind::File => vec![(dest.to_path_buf(), id.clone(), 0o644)],
             ArtifactKind::Dir => {
                 let manifest: Manifest = self.artifacts.manifest(&id).await?;
                 std::fs::create_dir_all(dest)
@@ -380,11 +380,11 @@ impl Catalog<'_> {
                 manifest
                     .files
                     .into_iter()
-                    .map(|f| (dest.join(&f.path), f.id))
+                    .map(|f| (dest.join(&f.path), f.id, f.mode))
                     .collect()
             }
         };
-        for (path, blob) in files {
+        for (path, blob, mode) in files {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)
                     .map_err(io(format!("creating {}", parent.display())))?;
@@ -393,7 +393,9 @@ impl Catalog<'_> {
             total +=
                 std::fs::copy(&source, &path).map_err(io(format!("writing {}", path.display())))?;
             use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644));
+            // The mode the manifest recorded (executables stay executable), never set-id bits.
+            let mode = 0o644 | (mode & 0o111);
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode));
         }
         Ok((id, total))
     }

@@ -252,20 +252,21 @@ async fn download(api: &Api, id: &str, dest: &std::path::Path) -> Result<Value, 
         eprintln!("error: {} exists already", dest.display());
         return Err(EXIT_INVALID);
     }
-    let files: Vec<(String, String)> = match detail["files"].as_array() {
+    let files: Vec<(String, String, u64)> = match detail["files"].as_array() {
         Some(files) if detail["kind"] == "dir" => files
             .iter()
             .map(|f| {
                 (
                     f["path"].as_str().unwrap_or_default().to_string(),
                     f["id"].as_str().unwrap_or_default().to_string(),
+                    f["mode"].as_u64().unwrap_or(0o644),
                 )
             })
             .collect(),
-        _ => vec![(String::new(), id.clone())],
+        _ => vec![(String::new(), id.clone(), 0o644)],
     };
     let mut total = 0u64;
-    for (path, blob) in files {
+    for (path, blob, mode) in files {
         if !path.is_empty() && !sluice_worker::artifacts::manifest::is_safe_relative(&path) {
             eprintln!("error: the scheduler named a file `{path}` outside the artifact");
             return Err(super::EXIT_FAILED);
@@ -301,6 +302,9 @@ async fn download(api: &Api, id: &str, dest: &std::path::Path) -> Result<Value, 
             eprintln!("error: writing {}: {err}", target.display());
             super::EXIT_FAILED
         })?;
+        use std::os::unix::fs::PermissionsExt;
+        let mode = 0o644 | (mode as u32 & 0o111);
+        let _ = std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode));
         total += bytes.len() as u64;
     }
     Ok(json!({"id": id, "dest": dest, "bytes": total}))

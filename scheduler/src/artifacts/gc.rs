@@ -41,6 +41,8 @@ pub struct GcReport {
     pub recent_blobs: usize,
     /// Whether this was a dry run.
     pub dry_run: bool,
+    /// Temporary files of uploads killed midway, over an hour old, removed from a local store.
+    pub stale_uploads: usize,
 }
 
 /// Runs a collection over `store` and `artifacts`; `data_dir` holds the runs' folders.
@@ -92,6 +94,11 @@ pub async fn collect(
         .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
         .unwrap_or(started)
         .min(started);
+    if !policy.dry_run {
+        report.stale_uploads = artifacts
+            .store()
+            .remove_stale_temporaries(Duration::from_secs(3600));
+    }
     for blob in artifacts.store().list().await? {
         if marked.contains(&blob.id) {
             report.kept_blobs += 1;

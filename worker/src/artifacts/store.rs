@@ -382,6 +382,40 @@ impl ArtifactStore {
         Ok(blobs)
     }
 
+    /// Removes the temporary files that uploads killed midway left in a local store (a blob's
+    /// name with a leading `.`), when older than `age`: a live upload is still writing its own.
+    /// Returns how many went. An S3 store keeps no such files (an unfinished multipart upload
+    /// is never visible; the bucket's lifecycle rules expire it).
+    pub fn remove_stale_temporaries(&self, age: Duration) -> usize {
+        let Some(root) = &self.local_root else {
+            return 0;
+        };
+        let mut removed = 0;
+        let folders = std::fs::read_dir(root.join("blobs"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        for folder in folders {
+            for entry in std::fs::read_dir(folder.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let temporary = entry.file_name().to_string_lossy().starts_with('.');
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|elapsed| elapsed > age);
+                if temporary && old && std::fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
     /// Removes blob `id` (gone already is fine).
     pub async fn delete(&self, id: &str) -> Result<(), ArtifactError> {
         let id = self.checked(id)?;
@@ -485,5 +519,25 @@ mod tests {
         assert!(store.download(&wrong, &dest).await.is_err());
         assert!(!dest.exists(), "a corrupt download leaves nothing behind");
         assert_eq!(store.list().await.unwrap().len(), 2);
+        // What a killed upload left: removed once old, a live one's kept.
+        let folder = dir.path().join("store/blobs").join(&id[..2]);
+        let stale = folder.join(format!(".{id}.1-1"));
+        let live = folder.join(format!(".{id}.2-2"));
+        std::fs::write(&stale, b"half").unwrap();
+        std::fs::write(&live, b"half").unwrap();
+        let old = std::time::SystemTime::now() - Duration::from_secs(7200);
+        std::fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(store.remove_stale_temporaries(Duration::from_secs(3600)), 1);
+        assert!(!stale.exists() && live.exists());
+        assert_eq!(
+            store.list().await.unwrap().len(),
+            2,
+            "temporaries are never listed as blobs"
+        );
     }
 }

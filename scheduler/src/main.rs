@@ -23,5 +23,14 @@ fn main() -> ExitCode {
         LogFormat::Text => subscriber.init(),
         LogFormat::Json => subscriber.json().init(),
     }
+    if cli.command.only_prints() {
+        // `sluice graph big.yaml | head` ends quietly when `head` has read enough, as other
+        // Unix tools do, instead of panicking on the closed pipe. Only for commands that do
+        // nothing but print: a runner or a daemon must outlive a reader that went away.
+        // SAFETY: at the start of main, before any thread exists; resets one disposition.
+        unsafe {
+            nix::libc::signal(nix::libc::SIGPIPE, nix::libc::SIG_DFL);
+        }
+    }
     sluice::cli::main(cli)
 }

@@ -512,3 +512,36 @@ steps:
         "x\nx\n"
     );
 }
+
+#[test]
+fn a_reader_that_stops_early_ends_a_printing_command_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let s = Scratch::new();
+    let mut yaml = String::from("name: wide\nsteps:\n");
+    for i in 0..5000 {
+        yaml.push_str(&format!("  step_number_{i}: {{run: 'true'}}\n"));
+    }
+    let file = s.write("wide.yaml", &yaml);
+    // `sluice graph wide.yaml | head -c 10`: far more than a pipe holds, and a reader that leaves.
+    let mut child = s
+        .sluice()
+        .args(["graph", file.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 10];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        out.status.success() || out.status.signal() == Some(SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
+
+/// The signal a process gets for writing to a pipe nobody reads.
+const SIGPIPE: i32 = 13;

@@ -182,3 +182,31 @@ async fn a_corrupt_blob_fails_the_attempt_and_is_never_used() {
     );
     assert!(!read.stdout_log().exists(), "the step never ran");
 }
+
+#[tokio::test]
+async fn a_step_cancelled_before_its_inputs_arrive_never_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let executor = StepExecutor::local_only("tests").with_artifacts(artifacts(
+        &dir.path().join("store"),
+        &dir.path().join("c"),
+        1 << 30,
+    ));
+    let made = run_on(
+        &executor,
+        &step_task(dir.path(), "a", "echo x > $SLUICE_OUT/d", &["d"]),
+    )
+    .await;
+    let mut read = step_task(dir.path(), "b", "echo ran", &[]);
+    read.inputs = vec![TaskInput {
+        step: "a".into(),
+        artifacts: made.artifacts,
+    }];
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let result = tokio::time::timeout(RUN_LIMIT, executor.run(&read, cancel))
+        .await
+        .unwrap();
+    assert_eq!(result.outcome, Outcome::Cancelled, "{result:?}");
+    assert!(result.message.unwrap_or_default().contains("inputs"));
+    assert!(!read.stdout_log().exists(), "the step never ran");
+}

@@ -115,6 +115,11 @@ pub struct GcArgs {
 }
 
 impl CatalogCommand {
+    /// Whether it writes files (`get`), which a closed stdout must not cut short.
+    pub fn writes(&self) -> bool {
+        matches!(self, CatalogCommand::Get { .. })
+    }
+
     fn common(&self) -> &Common {
         match self {
             CatalogCommand::Ls { common, .. }

@@ -125,6 +125,20 @@ pub enum TokenCommand {
 }
 
 impl Command {
+    /// Whether the command only prints what it read (so a closed stdout may simply end it).
+    pub fn only_prints(&self) -> bool {
+        matches!(
+            self,
+            Command::Validate(_)
+                | Command::Schema
+                | Command::Graph(_)
+                | Command::Runs(_)
+                | Command::Show(_)
+                | Command::Logs(_)
+                | Command::Workers(_)
+        ) || matches!(self, Command::Artifacts(artifacts::ArtifactsCommand::Catalog(c)) if !c.writes())
+    }
+
     /// Whether this is a long-running daemon (which logs at `info` unless told otherwise).
     pub fn is_daemon(&self) -> bool {
         matches!(

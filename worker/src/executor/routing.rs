@@ -196,12 +196,26 @@ impl StepExecutor {
 #[async_trait]
 impl Executor for StepExecutor {
     async fn run(&self, task: &TaskSpec, cancel: CancellationToken) -> TaskResult {
-        if let Err(message) = self.materialise(task).await {
-            return TaskResult::error(task.key.clone(), message);
+        // A cancel stops a transfer too: inputs still arriving or outputs still uploading
+        // (what was stored stays, content-addressed; a half-made download is never used).
+        let cancelled = |what: &str| {
+            let mut result = TaskResult::error(task.key.clone(), format!("cancelled while {what}"));
+            result.outcome = Outcome::Cancelled;
+            result
+        };
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return cancelled("its inputs were fetched"),
+            fetched = self.materialise(task) => if let Err(message) = fetched {
+                return TaskResult::error(task.key.clone(), message);
+            },
         }
-        let mut result = self.execute(task, cancel).await;
+        let mut result = self.execute(task, cancel.clone()).await;
         if result.cached_from.is_none() {
-            self.publish(task, &mut result).await;
+            tokio::select! {
+                _ = self.publish(task, &mut result) => {}
+                _ = cancel.cancelled() => return cancelled("its outputs were stored"),
+            }
         }
         result
     }

@@ -293,45 +293,44 @@ impl RunDriver {
         let mut queued = Vec::with_capacity(tasks.len());
         let mut hits = false;
         for mut task in tasks {
-            let Some(step) = self.state.pipeline().steps.get(&task.key.step).cloned() else {
+            // Most steps have no `cache:`: they pass untouched, with nothing cloned or hashed.
+            let Some(step) = self
+                .state
+                .pipeline()
+                .steps
+                .get(&task.key.step)
+                .filter(|s| s.cache.is_some())
+            else {
                 queued.push(task);
                 continue;
             };
-            if step.cache.is_none() {
-                queued.push(task);
-                continue;
-            }
-            let run = self.state.run().clone();
-            let components = match cache::components(
-                &run,
-                &step,
-                self.state.steps(),
-                &self.engine.artifacts,
-            ) {
+            let (name, local) = (step.name.clone(), step.image.is_none());
+            let run = self.state.run();
+            let (pipeline, no_cache) = (run.pipeline.clone(), run.no_cache);
+            let computed = cache::components(run, step, self.state.steps(), &self.engine.artifacts);
+            let components = match computed {
                 Ok(components) => components,
                 Err(why) => {
-                    tracing::warn!(run = %run.id, step = %step.name, %why, "Cannot compute a cache key; the step runs.");
+                    tracing::warn!(run = %task.key.run_id, step = %name, %why, "Cannot compute a cache key; the step runs.");
                     queued.push(task);
                     continue;
                 }
             };
             let key = cache::key_of(&components);
-            let (entry, latest) =
-                cache::lookup(&self.engine.store, &run.pipeline, &step.name, &key).unwrap_or_else(
-                    |err| {
-                        tracing::warn!(error = %err, "Cannot read the cache; the step runs.");
-                        (None, None)
-                    },
-                );
+            let (entry, latest) = cache::lookup(&self.engine.store, &pipeline, &name, &key)
+                .unwrap_or_else(|err| {
+                    tracing::warn!(error = %err, "Cannot read the cache; the step runs.");
+                    (None, None)
+                });
             let mut note = cache::CacheNote {
                 key,
-                pipeline: run.pipeline.clone(),
+                pipeline,
                 miss: Vec::new(),
                 hit_from: None,
                 components,
             };
             let reusable = match entry {
-                _ if run.no_cache => {
+                _ if no_cache => {
                     note.miss = vec!["--no-cache".into()];
                     None
                 }
@@ -348,9 +347,9 @@ impl RunDriver {
                 }
             };
             match reusable {
-                Some(entry) if step.image.is_none() => {
+                Some(entry) if local => {
                     note.hit_from = Some(entry.run_id.clone());
-                    self.state.note_cache(&step.name, note);
+                    self.state.note_cache(&name, note);
                     let result = cache::hit_result(&task, &entry);
                     self.state
                         .apply(sluice_worker::task::WorkerEvent::Finished(result), now_ms());
@@ -358,11 +357,11 @@ impl RunDriver {
                 }
                 Some(entry) => {
                     task.cache_probe = cache::probe(&entry);
-                    self.state.note_cache(&step.name, note);
+                    self.state.note_cache(&name, note);
                     queued.push(task);
                 }
                 None => {
-                    self.state.note_cache(&step.name, note);
+                    self.state.note_cache(&name, note);
                     queued.push(task);
                 }
             }

@@ -281,14 +281,18 @@ impl ArtifactStore {
             .map_err(|err| self.store_error(&id, err))
     }
 
+    /// The store's answer for blob `id` (checked), not yet read.
+    async fn get(&self, id: &str) -> Result<object_store::GetResult, ArtifactError> {
+        self.inner
+            .get(&self.key(id))
+            .await
+            .map_err(|err| self.store_error(id, err))
+    }
+
     /// Blob `id`'s bytes, at most `cap` of them, verified against the id.
     pub async fn get_bytes(&self, id: &str, cap: u64) -> Result<Vec<u8>, ArtifactError> {
         let id = self.checked(id)?;
-        let got = self
-            .inner
-            .get(&self.key(id))
-            .await
-            .map_err(|err| self.store_error(id, err))?;
+        let got = self.get(id).await?;
         if got.meta.size > cap {
             return Err(ArtifactError::Io {
                 what: format!("artifact {id} in {}", self.url),
@@ -307,11 +311,7 @@ impl ArtifactStore {
     /// to its id is an error and `dest` is removed. Returns the bytes written.
     pub async fn download(&self, id: &str, dest: &Path) -> Result<u64, ArtifactError> {
         let id = self.checked(id)?;
-        let got = self
-            .inner
-            .get(&self.key(id))
-            .await
-            .map_err(|err| self.store_error(id, err))?;
+        let got = self.get(id).await?;
         let what = || format!("writing {}", dest.display());
         let mut out = tokio::fs::OpenOptions::new()
             .write(true)

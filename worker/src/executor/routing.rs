@@ -82,13 +82,31 @@ impl StepExecutor {
     /// `$SLUICE_IN/<step>/` from the store, in a fresh `in/` (a redelivered attempt's old one
     /// goes first, never followed).
     async fn materialise(&self, task: &TaskSpec) -> Result<(), String> {
+        // A step with no upstream steps gets the empty `in/` its folder is prepared with.
+        if task.inputs.is_empty() {
+            return Ok(());
+        }
         let in_dir = task.in_dir();
         let prepared = tokio::fs::create_dir_all(&task.attempt_dir)
             .await
             .and_then(|_| crate::safe_fs::remove_entry(&in_dir));
         prepared.map_err(|err| format!("cannot prepare {}: {err}", in_dir.display()))?;
         if task.inputs.iter().all(|input| input.artifacts.is_empty()) {
-            return Ok(());
+            // Upstream steps that declared nothing: a folder each, empty, and no store needed.
+            let made = std::fs::create_dir(&in_dir).and_then(|_| {
+                task.inputs.iter().try_for_each(|input| {
+                    let plain = crate::artifacts::manifest::is_safe_relative(&input.step)
+                        && !input.step.contains('/');
+                    if !plain {
+                        return Err(std::io::Error::other(format!(
+                            "`{}` cannot name a folder",
+                            input.step
+                        )));
+                    }
+                    std::fs::create_dir(in_dir.join(&input.step))
+                })
+            });
+            return made.map_err(|err| format!("cannot prepare {}: {err}", in_dir.display()));
         }
         let Some(artifacts) = &self.artifacts else {
             return Err("the step has inputs, but this worker has no artifact store".into());

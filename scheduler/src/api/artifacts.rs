@@ -90,19 +90,16 @@ pub(super) async fn content(
     let Query(query) = query.map_err(super::bad_query)?;
     let catalog = catalog(&state);
     let id = catalog.resolve(&id)?;
-    let detail = catalog.show(&id).await?;
-    let blob = if query.path.is_empty() && detail.files.is_empty() {
-        id.clone()
-    } else {
-        detail
-            .files
-            .iter()
-            .find(|f| f.path == query.path)
-            .map(|f| f.id.clone())
-            .ok_or_else(|| {
-                ApiError::not_found(format!("artifact {id} has no file `{}`", query.path))
-            })?
-    };
+    let blob = catalog
+        .contents(&id)
+        .await?
+        .files
+        .into_iter()
+        .find(|f| f.path == query.path)
+        .map(|f| f.id)
+        .ok_or_else(|| {
+            ApiError::not_found(format!("artifact {id} has no file `{}`", query.path))
+        })?;
     let path = state
         .daemon
         .engine()

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sluice_worker::artifacts::{ArtifactError, ArtifactKind, Artifacts, Manifest};
+use sluice_worker::artifacts::{ArtifactError, ArtifactKind, Artifacts};
 
 use crate::store::{Store, StoreError};
 
@@ -101,6 +101,17 @@ pub struct LineageNode {
     pub depth: usize,
     /// Its first producer (none when the index has no record of it).
     pub producer: Option<Producer>,
+}
+
+/// What an artifact holds ([`Catalog::contents`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contents {
+    /// File or folder.
+    pub kind: ArtifactKind,
+    /// Bytes.
+    pub size: u64,
+    /// Its files; one with an empty path for a file artifact.
+    pub files: Vec<sluice_worker::artifacts::ManifestEntry>,
 }
 
 /// How one path differs between two artifacts.
@@ -202,6 +213,32 @@ impl Catalog<'_> {
         }
     }
 
+    /// What artifact `id` (a full id) holds: its kind, size and files; a file artifact is one
+    /// entry with an empty path. The one place that tells files from folders for show, diff,
+    /// get and the content route.
+    pub async fn contents(&self, id: &str) -> Result<Contents, CatalogError> {
+        let entry = self
+            .rows(id)?
+            .into_iter()
+            .next()
+            .map(|r| r.entry)
+            .ok_or_else(|| CatalogError::NotFound(id.to_string()))?;
+        let files = match entry.kind {
+            ArtifactKind::Dir => self.artifacts.manifest(id).await?.files,
+            ArtifactKind::File => vec![sluice_worker::artifacts::ManifestEntry {
+                path: String::new(),
+                mode: 0o644,
+                size: entry.size,
+                id: id.to_string(),
+            }],
+        };
+        Ok(Contents {
+            kind: entry.kind,
+            size: entry.size,
+            files,
+        })
+    }
+
     /// `artifacts show`.
     pub async fn show(&self, id_or_prefix: &str) -> Result<ArtifactDetail, CatalogError> {
         let id = self.resolve(id_or_prefix)?;
@@ -299,21 +336,14 @@ impl Catalog<'_> {
     /// `artifacts diff`: paths added, removed and changed from `old` to `new`.
     pub async fn diff(&self, old: &str, new: &str) -> Result<Vec<DiffEntry>, CatalogError> {
         let files = |id: String| async move {
-            let kind = self.rows(&id)?.first().map(|r| r.entry.kind);
-            Ok::<_, CatalogError>(match kind {
-                Some(ArtifactKind::Dir) => self
-                    .artifacts
-                    .manifest(&id)
-                    .await?
+            let contents = self.contents(&id).await?;
+            Ok::<_, CatalogError>(
+                contents
                     .files
                     .into_iter()
                     .map(|f| (f.path, (f.size, f.id)))
                     .collect::<BTreeMap<_, _>>(),
-                _ => {
-                    let size = self.rows(&id)?.first().map_or(0, |r| r.entry.size);
-                    BTreeMap::from([(String::new(), (size, id))])
-                }
-            })
+            )
         };
         let (old, new) = (
             files(self.resolve(old)?).await?,
@@ -365,25 +395,19 @@ impl Catalog<'_> {
                 std::io::Error::new(std::io::ErrorKind::AlreadyExists, "it exists already"),
             ));
         }
-        let kind = self
-            .rows(&id)?
-            .first()
-            .map(|r| r.entry.kind)
-            .ok_or_else(|| CatalogError::NotFound(id.clone()))?;
+        let contents = self.contents(&id).await?;
+        if contents.kind == ArtifactKind::Dir {
+            std::fs::create_dir_all(dest).map_err(io(format!("creating {}", dest.display())))?;
+        }
         let mut total = 0;
-        let files = match kind {
-            ArtifactKind::File => vec![(dest.to_path_buf(), id.clone(), 0o644)],
-            ArtifactKind::Dir => {
-                let manifest: Manifest = self.artifacts.manifest(&id).await?;
-                std::fs::create_dir_all(dest)
-                    .map_err(io(format!("creating {}", dest.display())))?;
-                manifest
-                    .files
-                    .into_iter()
-                    .map(|f| (dest.join(&f.path), f.id, f.mode))
-                    .collect()
-            }
-        };
+        let files = contents.files.into_iter().map(|f| {
+            let path = if f.path.is_empty() {
+                dest.to_path_buf()
+            } else {
+                dest.join(&f.path)
+            };
+            (path, f.id, f.mode)
+        });
         for (path, blob, mode) in files {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)

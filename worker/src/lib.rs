@@ -3,6 +3,7 @@
 
 pub mod artifacts;
 pub mod backoff;
+pub mod drift;
 pub mod executor;
 pub mod gpu;
 pub mod log_stream;

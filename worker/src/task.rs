@@ -128,6 +128,10 @@ pub struct TaskSpec {
     /// when the worker's image has the digest it ran in and its blobs are all in the store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_probe: Option<CacheProbe>,
+    /// The `with:` arguments of a built-in step kind (`uses:`), as the kind's own type reads
+    /// them (`crate::drift::DriftSpec` for `drift`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub with: Option<serde_json::Value>,
 }
 
 /// What [`TaskSpec::cache_probe`] offers.
@@ -178,6 +182,7 @@ impl TaskSpec {
             outputs: Vec::new(),
             timeout: None,
             cache_probe: None,
+            with: None,
         }
     }
 }

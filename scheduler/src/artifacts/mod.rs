@@ -292,7 +292,7 @@ impl Catalog<'_> {
         let command = step.filter(|s| s.image.is_none()).map(|s| match &s.action {
             crate::spec::Action::Shell(text) => text.clone(),
             crate::spec::Action::Exec(argv) => argv.join(" "),
-            crate::spec::Action::Uses { kind } => format!("uses: {kind}"),
+            crate::spec::Action::Uses { kind, .. } => format!("uses: {kind}"),
         });
         Ok(Producer {
             params: run.as_ref().map(|r| r.params.clone()).unwrap_or_default(),

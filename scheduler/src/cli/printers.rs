@@ -137,6 +137,14 @@ fn write_step(out: &mut impl Write, step: &StepRecord, width: usize) -> std::io:
             .collect();
         writeln!(out, "{:<width$}  metrics: {}", "", metrics.join(" "))?;
     }
+    if let Some(gate) = &step.gate {
+        for line in gate.table() {
+            writeln!(out, "{:<width$}  {line}", "")?;
+        }
+    }
+    for (name, version) in &step.models {
+        writeln!(out, "{:<width$}  model input: {name} = {version}", "")?;
+    }
     for artifact in &step.artifacts {
         writeln!(
             out,

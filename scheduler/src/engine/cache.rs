@@ -85,7 +85,7 @@ pub fn components(
             "command:{}",
             serde_json::to_string(argv).unwrap_or_default()
         ),
-        crate::spec::Action::Uses { kind } => format!("uses:{kind}"),
+        crate::spec::Action::Uses { kind, .. } => format!("uses:{kind}"),
     };
     parts.insert("command".into(), hash(&command));
     parts.insert("image".into(), step.image.clone().unwrap_or_default());

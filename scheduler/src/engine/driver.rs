@@ -11,9 +11,9 @@ use sluice_worker::task::{now_ms, TaskSpec, WorkerEvent};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::cache;
 use super::state::RunState;
 use super::tasks::add_sealed_secrets;
+use super::{builtins, cache};
 use super::{default_parallelism, resolve_params, Engine, EngineError, RunObserver, RunRequest};
 use crate::spec::{self, Pipeline};
 use crate::store::*;
@@ -254,6 +254,11 @@ impl RunDriver {
                 (tasks, hits) = self.consult_cache(tasks).await;
             }
             if !tasks.is_empty() {
+                let ended;
+                (tasks, ended) = self.prepare_builtins(tasks);
+                hits |= ended;
+            }
+            if !tasks.is_empty() {
                 add_sealed_secrets(&self.engine.data_dir, &mut tasks);
                 dispatch(self.engine.queue.as_ref(), std::mem::take(&mut tasks)).await?;
             }
@@ -367,6 +372,44 @@ impl RunDriver {
             }
         }
         (queued, hits)
+    }
+
+    /// Ends the tasks the scheduler runs itself (`register`, `gate`) and resolves the registry
+    /// inputs of the others (`engine::builtins`); returns the tasks to queue, and whether any
+    /// step ended here.
+    fn prepare_builtins(&mut self, tasks: Vec<TaskSpec>) -> (Vec<TaskSpec>, bool) {
+        let mut queued = Vec::with_capacity(tasks.len());
+        let mut ended = false;
+        for task in tasks {
+            let touches_registry = self.state.pipeline().steps.get(&task.key.step).is_some_and(|step| {
+                !step.models.is_empty()
+                    || matches!(&step.action, spec::Action::Uses { builtin, .. } if builtin.needs_preparing())
+            });
+            if !touches_registry {
+                queued.push(task);
+                continue;
+            }
+            let step = task.key.step.clone();
+            let prepared = {
+                let cx = builtins::Context {
+                    store: &self.engine.store,
+                    run: self.state.run(),
+                    pipeline: self.state.pipeline(),
+                    steps: self.state.steps(),
+                };
+                builtins::prepare(&cx, task)
+            };
+            self.state
+                .note_prepared(&step, prepared.gate, prepared.models);
+            match prepared.task {
+                Ok(task) => queued.push(task),
+                Err(result) => {
+                    self.state.apply(WorkerEvent::Finished(result), now_ms());
+                    ended = true;
+                }
+            }
+        }
+        (queued, ended)
     }
 
     /// Waits for the next worker events (from the router or the queue) and applies them.

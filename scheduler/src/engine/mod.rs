@@ -9,6 +9,7 @@
 //! matters: a wide fan-out finishes many steps at once and they share one flush instead of paying
 //! one each.
 
+pub mod builtins;
 pub mod cache;
 mod driver;
 pub mod state;

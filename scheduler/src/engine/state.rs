@@ -147,6 +147,8 @@ impl RunState {
                     artifacts: Vec::new(),
                     image_digest: None,
                     cache: None,
+                    gate: None,
+                    models: Default::default(),
                     reason: None,
                     retry_at_ms: None,
                 };
@@ -440,6 +442,24 @@ impl RunState {
     pub fn note_cache(&mut self, step: &str, note: super::cache::CacheNote) {
         if let Some(record) = self.steps.get_mut(step) {
             record.cache = Some(note);
+            self.touch_step(step);
+        }
+    }
+
+    /// Records what the scheduler resolved or judged for `step` before its task was queued or
+    /// ended (`engine::builtins`): a gate's table, the versions of its model inputs.
+    pub fn note_prepared(
+        &mut self,
+        step: &str,
+        gate: Option<crate::models::gate::GateReport>,
+        models: std::collections::BTreeMap<String, String>,
+    ) {
+        if gate.is_none() && models.is_empty() {
+            return;
+        }
+        if let Some(record) = self.steps.get_mut(step) {
+            record.gate = gate;
+            record.models = models;
             self.touch_step(step);
         }
     }

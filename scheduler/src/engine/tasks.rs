@@ -42,7 +42,7 @@ pub fn build_task(
     let command = match &step.action {
         Action::Shell(text) => StepCommand::Shell(text.clone()),
         Action::Exec(argv) => StepCommand::Exec(argv.clone()),
-        Action::Uses { kind } => StepCommand::Builtin(kind.clone()),
+        Action::Uses { kind, .. } => StepCommand::Builtin(kind.clone()),
     };
     // Every upstream step gets its folder under `$SLUICE_IN`, empty when it declared nothing.
     let inputs = step
@@ -85,6 +85,7 @@ pub fn build_task(
         outputs: step.outputs.clone(),
         timeout: step.timeout,
         cache_probe: None,
+        with: None,
     };
     task.env = step_env(data_dir, run, &step.env, &run.params, &task);
     task

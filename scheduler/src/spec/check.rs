@@ -5,9 +5,10 @@ use std::collections::{HashMap, HashSet};
 use petgraph::algo::tarjan_scc;
 use petgraph::graphmap::DiGraphMap;
 
+use super::builtins::{Builtin, VersionFrom};
 use super::condition::{Condition, Operand};
 use super::diagnostic::did_you_mean;
-use super::model::{Pipeline, Trigger};
+use super::model::{Action, Pipeline, Trigger};
 use super::parse::ParsedStep;
 use super::reader::Reader;
 use super::yaml::{Node, Value};
@@ -27,6 +28,102 @@ pub fn check(r: &mut Reader, pipeline: Option<&Pipeline>, steps: &[ParsedStep], 
     if let Some(pipeline) = pipeline {
         conditions(r, pipeline, steps);
         trigger_params(r, pipeline, root);
+    }
+    builtin_references(r, steps);
+}
+
+/// Steps named in built-in kinds' `with:` must be upstream: directly for `drift` (whose data
+/// is materialised from direct dependencies only), directly or through others for the kinds
+/// the scheduler runs from records. `register` must name a declared output, and `deploy`'s
+/// `version` a `register` step.
+fn builtin_references(r: &mut Reader, steps: &[ParsedStep]) {
+    let by_name: HashMap<&str, &ParsedStep> = steps.iter().map(|s| (s.name.as_str(), s)).collect();
+    let mut upstream = Upstream::default();
+    for parsed in steps {
+        let Some(step) = &parsed.step else { continue };
+        let Action::Uses { kind, builtin } = &step.action else {
+            continue;
+        };
+        let field = format!("steps.{}.with", parsed.name);
+        for named in builtin.named_steps() {
+            let direct = parsed.depends.iter().any(|d| d == named);
+            let reachable = direct
+                || (!matches!(builtin, Builtin::Drift(_))
+                    && upstream.contains(&by_name, &parsed.name, named));
+            if reachable {
+                continue;
+            }
+            let how = if matches!(builtin, Builtin::Drift(_)) {
+                "directly"
+            } else {
+                "directly or through others"
+            };
+            let what = if by_name.contains_key(named) {
+                format!("step `{}` (`uses: {kind}`) reads step `{named}`, which it does not depend on {how}", parsed.name)
+            } else {
+                format!(
+                    "step `{}` (`uses: {kind}`) reads step `{named}`, which is not a step",
+                    parsed.name
+                )
+            };
+            r.diags
+                .error(parsed.mark, &field, what)
+                .help(format!("add `{named}` to `depends`"));
+        }
+        match builtin {
+            Builtin::Register(args) => {
+                let Some(source) = by_name
+                    .get(args.from.step.as_str())
+                    .and_then(|p| p.step.as_ref())
+                else {
+                    continue;
+                };
+                let declared = source
+                    .outputs
+                    .iter()
+                    .any(|o| o.trim_end_matches('/') == args.from.path);
+                if !declared {
+                    r.diags
+                        .error(
+                            parsed.mark,
+                            &format!("{field}.from"),
+                            format!(
+                                "step `{}` registers `{}/{}`, which step `{}` does not declare in `outputs`",
+                                parsed.name, args.from.step, args.from.path, args.from.step
+                            ),
+                        )
+                        .help(format!(
+                            "outputs of `{}`: {}",
+                            args.from.step,
+                            if source.outputs.is_empty() { "none".to_string() } else { source.outputs.join(", ") }
+                        ));
+                }
+            }
+            Builtin::Deploy(args) => {
+                if let VersionFrom::Step(name) = &args.version {
+                    let is_register = by_name
+                        .get(name.as_str())
+                        .and_then(|p| p.step.as_ref())
+                        .is_some_and(|s| {
+                            matches!(
+                                &s.action,
+                                Action::Uses {
+                                    builtin: Builtin::Register(_),
+                                    ..
+                                }
+                            )
+                        });
+                    if by_name.contains_key(name.as_str()) && !is_register {
+                        r.error(
+                            parsed.mark,
+                            &format!("{field}.version"),
+                            format!("`version: {name}` must name a `register` step (or be a version number)"),
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 }
 

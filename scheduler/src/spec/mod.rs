@@ -1,5 +1,6 @@
 //! Pipeline files: reading, validating and the typed model they become.
 
+pub mod builtins;
 mod check;
 pub mod condition;
 pub mod diagnostic;

@@ -182,6 +182,8 @@ pub enum Action {
     Uses {
         /// The kind's name.
         kind: String,
+        /// It with its `with:` arguments.
+        builtin: super::builtins::Builtin,
     },
 }
 
@@ -224,6 +226,9 @@ pub struct Step {
     pub user: Option<String>,
     /// Reuse an earlier successful attempt with the same inputs instead of running.
     pub cache: Option<CachePolicy>,
+    /// Registered model versions the step takes as inputs, each materialised under
+    /// `$SLUICE_IN/models/<name>/` (`models: {current: churn@production}`).
+    pub models: IndexMap<String, crate::models::ModelRef>,
 }
 
 /// `cache:` of a step: what besides the step's definition, params and inputs decides a hit.

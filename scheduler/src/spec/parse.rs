@@ -4,6 +4,7 @@ use std::str::FromStr;
 
 use indexmap::IndexMap;
 
+use super::builtins;
 use super::condition::Condition;
 use super::model::*;
 use super::reader::{join, Reader};
@@ -44,6 +45,7 @@ pub const STEP_KEYS: &[&str] = &[
     "pull",
     "user",
     "cache",
+    "models",
 ];
 /// Keys of `defaults`: the step settings that can have a pipeline-wide default.
 pub const DEFAULTS_KEYS: &[&str] = &[
@@ -121,9 +123,7 @@ struct StepDefaults {
 }
 
 /// Where whole-file problems are reported: a mapping's own mark points inside it, not at its start.
-/// Step kinds built into workers (`uses:`): `noop` succeeds at once without a process, for
-/// joins, placeholders and measuring the orchestrator itself.
-pub const BUILTIN_KINDS: &[&str] = &["noop"];
+pub use super::builtins::BUILTIN_KINDS;
 
 const FILE_START: Mark = Mark { line: 1, column: 1 };
 
@@ -659,6 +659,10 @@ fn step(
         Some(n) => cache(r, n, &join(path, "cache")),
         None => Some(defaults.cache.clone().unwrap_or_default()),
     };
+    let models = match get("models") {
+        Some(n) => builtins::model_inputs(r, n, &join(path, "models")),
+        None => Some(IndexMap::new()),
+    };
     let is_image_step = matches!(image, Some(Some(_)));
     ok &= container_only(r, path, name, is_image_step, &get, &workdir);
     parsed.depends = depends.clone();
@@ -668,6 +672,16 @@ fn step(
     if !ok {
         return parsed;
     }
+    let action = action.map(|mut action| {
+        if let Action::Uses {
+            builtin: builtins::Builtin::Drift(args),
+            ..
+        } = &mut action
+        {
+            args.resolve_steps(&depends);
+        }
+        action
+    });
     parsed.step = (|| {
         Some(Step {
             name: name.to_string(),
@@ -688,6 +702,7 @@ fn step(
             pull: pull?,
             user: user?,
             cache: cache?,
+            models: models?,
         })
     })();
     parsed
@@ -824,15 +839,8 @@ fn action<'n>(
                     ));
                 return None;
             }
-            if let Some(with) = with {
-                r.error(
-                    with.mark,
-                    &join(path, "with"),
-                    format!("step kind `{kind}` takes no `with` arguments"),
-                );
-                return None;
-            }
-            Some(Action::Uses { kind })
+            let builtin = builtins::read(r, &kind, with, path, uses.mark)?;
+            Some(Action::Uses { kind, builtin })
         }
         (None, None, None) => {
             r.diags

@@ -330,6 +330,7 @@ fn a_step_without_settings_of_its_own_gets_the_pipeline_defaults() {
             pull: PullPolicy::IfNotPresent,
             user: None,
             cache: None,
+            models: Default::default(),
         }
     );
 }
@@ -1584,7 +1585,8 @@ fn uses_noop_is_a_builtin_step_that_takes_no_arguments() {
     assert_eq!(
         step(&p, "join").action,
         Action::Uses {
-            kind: "noop".into()
+            kind: "noop".into(),
+            builtin: crate::spec::builtins::Builtin::Noop,
         }
     );
     let d = one_error(&with_steps("  join:\n    uses: noop\n    with: {x: 1}\n"));

@@ -4,9 +4,11 @@
 //! run, its steps and its history atomically, and one flush makes the batch durable before it is
 //! reported to anyone.
 //!
-//! Keys: `p/<hash>` pipeline, `r/<run>` run, `s/<run>/<step>` step, `e/<run>/<seq>` event.
+//! Keys: `p/<hash>` pipeline, `r/<run>` run, `s/<run>/<step>` step, `e/<run>/<seq>` event;
+//! the model registry's are in [`models`].
 
 pub mod marks;
+pub mod models;
 pub mod records;
 pub mod secrets;
 
@@ -100,6 +102,8 @@ struct Inner {
     db: RwLock<Option<sled::Db>>,
     /// Why the last write failed, until a write succeeds; a write reopens the database first.
     write_failure: Mutex<Option<String>>,
+    /// Serialises the model registry's writes (see [`models`]).
+    registry: Mutex<()>,
 }
 
 /// The open database, read-locked against a reopen.
@@ -209,6 +213,7 @@ impl Store {
                 path,
                 db: RwLock::new(Some(db)),
                 write_failure: Mutex::new(None),
+                registry: Mutex::new(()),
             }),
         })
     }

@@ -189,6 +189,12 @@ pub struct StepRecord {
     /// What the cache decided (steps with `cache:`): the key, a hit's run, a miss's reasons.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<crate::engine::cache::CacheNote>,
+    /// A `gate` step's table: each metric, its bound, the compared version's value, the verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<crate::models::gate::GateReport>,
+    /// The versions its `models:` inputs resolved to (`current` → `churn:3`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, String>,
     /// Why it was skipped or cancelled.
     pub reason: Option<String>,
     /// A retry waits until this time (ms since the epoch).

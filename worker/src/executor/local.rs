@@ -76,7 +76,9 @@ impl Executor for LocalExecutor {
             StepCommand::Exec(argv) if argv.is_empty() => {
                 return TaskResult::error(task.key.clone(), "the step's command is empty");
             }
-            StepCommand::Builtin(kind) => return super::builtin::run(task, kind).await,
+            StepCommand::Builtin(kind) => {
+                return super::builtin::run(task, kind, cancel.clone()).await
+            }
             _ => {}
         }
         let logs = match prepare_attempt_dir(task).await {
@@ -486,7 +488,8 @@ async fn sleep_or_forever(timeout: Option<Duration>) {
     }
 }
 
-fn humanize(d: Duration) -> String {
+/// A duration as step messages write it (`750ms`, `2.5s`).
+pub(super) fn humanize(d: Duration) -> String {
     if d.as_millis() < 1000 {
         format!("{}ms", d.as_millis())
     } else {

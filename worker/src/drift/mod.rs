@@ -53,7 +53,8 @@ pub enum DriftMethod {
     /// Evidently's defaults: per column, by type and the reference's size.
     #[default]
     Auto,
-    /// Population stability index, numeric columns binned on the reference's quantiles.
+    /// Population stability index, on Evidently's buckets (see [`stats::binning`]: numbers
+    /// with more than 20 reference values in Sturges bins of both files together).
     Psi,
     /// Two-sample Kolmogorov-Smirnov test (p-value).
     Ks,
@@ -122,7 +123,7 @@ impl DriftSpec {
             return Err(DriftError::DriftShare(self.drift_share));
         }
         if let Some(t) = self.threshold {
-            if !(t >= 0.0) {
+            if t.is_nan() || t < 0.0 {
                 return Err(DriftError::Threshold(t));
             }
         }

@@ -346,7 +346,13 @@ mod tests {
         assert_eq!(metrics["drift_share"], json!(2.0 / 3.0));
         assert_eq!(
             metrics["columns"]["a"],
-            json!({"method": "ks", "score": 0.5, "threshold": 0.05, "drifted": false, "kind": "numeric"})
+            json!({
+                "method": "ks",
+                "score": 0.5,
+                "threshold": 0.05,
+                "drifted": false,
+                "kind": "numeric",
+            })
         );
         let none = DriftReport::new(vec![column("a", false)], 0.5);
         assert_eq!(none.outputs()["drifted_columns"], "");

@@ -2,13 +2,15 @@
 //!
 //! With tokens configured (see [`auth`]) every route but `/healthz`, `/readyz` and the signed
 //! webhooks needs `Authorization: Bearer <token>` whose role allows it: `read` for every read,
-//! `trigger` to start and cancel runs, `admin` to reload and collect garbage. Errors are JSON `{"error": "..."}` with a status that fits: 404 for what
+//! `trigger` to start and cancel runs and to move model aliases ([`models`]), `admin` to reload
+//! and collect garbage. Errors are JSON `{"error": "..."}` with a status that fits: 404 for what
 //! does not exist, 409 for a run already over, 422 for params that do not fit, 5xx for faults.
 
 mod artifacts;
 pub mod auth;
 pub mod hooks;
 mod logs;
+pub mod models;
 mod runs;
 pub mod serve;
 #[cfg(test)]
@@ -103,10 +105,29 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/artifacts/{id}/lineage", get(artifacts::lineage))
         .route("/api/v1/artifacts/{id}/diff/{other}", get(artifacts::diff))
         .route("/api/v1/artifacts/{id}/content", get(artifacts::content))
+        .route("/api/v1/models", get(models::list_models))
+        .route("/api/v1/models/{name}", get(models::show_model))
+        .route(
+            "/api/v1/models/{name}/versions/{version}",
+            get(models::show_version),
+        )
+        .route(
+            "/api/v1/models/{name}/aliases/{alias}",
+            get(models::show_alias),
+        )
+        .route("/api/v1/models/{name}/history", get(models::show_history))
         .route_layer(needs(Role::Read));
     let triggers = Router::new()
         .route("/api/v1/pipelines/{pipeline}/runs", post(runs::trigger))
         .route("/api/v1/runs/{run}/cancel", post(runs::cancel))
+        .route(
+            "/api/v1/models/{name}/aliases/{alias}",
+            post(models::promote_alias),
+        )
+        .route(
+            "/api/v1/models/{name}/aliases/{alias}/rollback",
+            post(models::rollback_alias),
+        )
         .route_layer(needs(Role::Trigger));
     let admin = Router::new()
         .route("/api/v1/reload", post(runs::reload))

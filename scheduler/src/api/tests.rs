@@ -21,6 +21,8 @@ use crate::store::Store;
 struct Api {
     router: axum::Router,
     viewer: String,
+    /// The daemon's store, to seed the model registry.
+    store: Store,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
 }
@@ -53,8 +55,9 @@ impl Api {
         let artifacts =
             sluice_worker::artifacts::Artifacts::new(store, &data_dir.join("cache"), 1 << 30)
                 .unwrap();
+        let store = Store::open(&data_dir).unwrap();
         let engine = Engine {
-            store: Store::open(&data_dir).unwrap(),
+            store: store.clone(),
             queue: Arc::new(MemoryQueue::default()),
             data_dir,
             artifacts: Arc::new(artifacts),
@@ -82,6 +85,7 @@ impl Api {
         Api {
             router: router(state),
             viewer,
+            store,
             shutdown,
             _dir: dir,
         }
@@ -295,4 +299,252 @@ async fn a_run_is_created_by_its_caller_and_a_finished_one_cannot_be_cancelled()
     assert!(finished, "the run ends cancelled");
     let (status, body) = api.call("POST", &cancel, Some(ADMIN), "").await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
+}
+
+/// A version of `model` made by `run`, for seeding the registry.
+fn model_version(model: &str, run: &str) -> crate::models::ModelVersion {
+    crate::models::ModelVersion {
+        model: model.into(),
+        version: 0,
+        artifact: sluice_worker::task::ArtifactRef::file("model.json", "a".repeat(64), 42),
+        pipeline: "churn".into(),
+        run_id: run.into(),
+        step: "train".into(),
+        registered_by: "register".into(),
+        metrics: Default::default(),
+        params: Default::default(),
+        training_data: Vec::new(),
+        commit: Some("abc123".into()),
+        image_digest: None,
+        created_ms: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_model_registry_reads_for_read_tokens_and_moves_aliases_for_trigger_tokens() {
+    let api = Api::start().await;
+    for run in ["r1", "r2", "r3"] {
+        let alias = (run == "r1").then_some("production");
+        api.store
+            .register_model(model_version("churn", run), alias, "run")
+            .unwrap();
+    }
+    let viewer = Some(api.viewer.as_str());
+    let admin = Some(ADMIN);
+    let promote = "/api/v1/models/churn/aliases/production";
+    let rollback = "/api/v1/models/churn/aliases/production/rollback";
+    // (method, path, token, body, status, a word the answer must contain)
+    type Row<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, u16, &'a str);
+    let table: &[Row] = &[
+        ("GET", "/api/v1/models", None, "", 401, "token"),
+        (
+            "GET",
+            "/api/v1/models",
+            viewer,
+            "",
+            200,
+            "\"name\":\"churn\"",
+        ),
+        (
+            "GET",
+            "/api/v1/models/churn",
+            viewer,
+            "",
+            200,
+            "\"latest\":3",
+        ),
+        (
+            "GET",
+            "/api/v1/models/churn/versions/2",
+            viewer,
+            "",
+            200,
+            "\"run_id\":\"r2\"",
+        ),
+        (
+            "GET",
+            "/api/v1/models/churn/versions/latest",
+            viewer,
+            "",
+            200,
+            "\"version\":3",
+        ),
+        (
+            "GET",
+            "/api/v1/models/churn/aliases/production",
+            viewer,
+            "",
+            200,
+            "\"aliases\":[\"production\"]",
+        ),
+        (
+            "GET",
+            "/api/v1/models/churn/history",
+            viewer,
+            "",
+            200,
+            "register",
+        ),
+        (
+            "GET",
+            "/api/v1/models/nope",
+            viewer,
+            "",
+            404,
+            "models: churn",
+        ),
+        (
+            "GET",
+            "/api/v1/models/nope/history",
+            viewer,
+            "",
+            404,
+            "models: churn",
+        ),
+        (
+            "GET",
+            "/api/v1/models/churn/versions/9",
+            viewer,
+            "",
+            404,
+            "versions: 1-3",
+        ),
+        (
+            "GET",
+            "/api/v1/models/churn/versions/0",
+            viewer,
+            "",
+            400,
+            "version number",
+        ),
+        (
+            "GET",
+            "/api/v1/models/churn/versions/x",
+            viewer,
+            "",
+            400,
+            "version number",
+        ),
+        (
+            "GET",
+            "/api/v1/models/churn/aliases/canary",
+            viewer,
+            "",
+            404,
+            "aliases: production",
+        ),
+        ("GET", "/api/v1/models/Churn", viewer, "", 400, "a-z"),
+        ("GET", "/api/v1/models/..%2Fx", viewer, "", 400, "a-z"),
+        ("POST", promote, None, r#"{"version": 2}"#, 401, "token"),
+        (
+            "POST",
+            promote,
+            viewer,
+            r#"{"version": 2}"#,
+            403,
+            "`viewer` has role `read`",
+        ),
+        ("POST", rollback, viewer, "", 403, "trigger"),
+        (
+            "POST",
+            promote,
+            admin,
+            r#"{"version": 9}"#,
+            404,
+            "versions: 1-3",
+        ),
+        ("POST", promote, admin, "", 422, "version"),
+        (
+            "POST",
+            promote,
+            admin,
+            r#"{"version": 2, "why": 1}"#,
+            422,
+            "why",
+        ),
+        (
+            "POST",
+            "/api/v1/models/nope/aliases/production",
+            admin,
+            r#"{"version": 1}"#,
+            404,
+            "models: churn",
+        ),
+        (
+            "POST",
+            "/api/v1/models/churn/aliases/Prod",
+            admin,
+            r#"{"version": 1}"#,
+            400,
+            "alias `Prod`",
+        ),
+        (
+            "POST",
+            "/api/v1/models/churn/aliases/staging/rollback",
+            admin,
+            "",
+            404,
+            "aliases: production",
+        ),
+        ("POST", rollback, admin, "", 409, "nothing to roll back to"),
+    ];
+    for (method, path, token, body, status, says) in table {
+        let (got, answer) = api.call(method, path, *token, body).await;
+        assert_eq!(got.as_u16(), *status, "{method} {path} {body}: {answer}");
+        assert!(answer.contains(says), "{method} {path} {body}: {answer}");
+    }
+
+    // A promotion records the token's name and reason; the same again changes nothing.
+    let (status, body) = api
+        .call(
+            "POST",
+            promote,
+            admin,
+            r#"{"version": 3, "reason": "auc up"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let moved: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (moved["from"].as_u64(), moved["to"].as_u64()),
+        (Some(1), Some(3))
+    );
+    assert_eq!(moved["moved"], true);
+    let (_, body) = api.call("POST", promote, admin, r#"{"version": 3}"#).await;
+    let again: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(again["moved"], false, "{body}");
+    let (status, body) = api
+        .call("POST", rollback, admin, r#"{"reason": "alerts"}"#)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let back: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (back["from"].as_u64(), back["to"].as_u64()),
+        (Some(3), Some(1))
+    );
+
+    let (_, body) = api
+        .call("GET", "/api/v1/models/churn/history", viewer, "")
+        .await;
+    let history: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let moves: Vec<(String, String, String)> = history["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_string(),
+                e["who"].as_str().unwrap().to_string(),
+                e["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("register", "run", ""),
+        ("promote", "api-token", "auc up"),
+        ("rollback", "api-token", "alerts"),
+    ]
+    .map(|(a, w, r)| (a.to_string(), w.to_string(), r.to_string()));
+    assert_eq!(moves, expected);
+    assert_eq!(api.store.alias("churn", "production").unwrap().version, 1);
 }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use sluice_worker::artifacts::{ArtifactKind, Artifacts};
+use sluice_worker::artifacts::{ArtifactKind, ArtifactRef, Artifacts};
 use sluice_worker::task::now_ms;
 
 use super::CatalogError;
@@ -68,14 +68,17 @@ pub async fn collect(
                 Some(oldest_unfinished.map_or(run.created_ms, |t| t.min(run.created_ms)));
         }
         for step in store.steps(&run.id)? {
-            for artifact in step.artifacts {
-                if marked.insert(artifact.id.clone()) && artifact.kind == ArtifactKind::Dir {
-                    // A folder whose manifest is gone has no files left to keep.
-                    if let Ok(manifest) = artifacts.manifest(&artifact.id).await {
-                        marked.extend(manifest.files.into_iter().map(|f| f.id));
-                    }
-                }
+            for artifact in &step.artifacts {
+                mark(&mut marked, artifacts, artifact).await;
             }
+        }
+    }
+    // Every registered model version, and the data it was trained on (a drift reference),
+    // whatever became of the run that made it.
+    for version in store.all_model_versions()? {
+        mark(&mut marked, artifacts, &version.artifact).await;
+        for input in &version.training_data {
+            mark(&mut marked, artifacts, &input.artifact).await;
         }
     }
     // Records first: a blob is only unreferenced once no record names it.
@@ -113,6 +116,16 @@ pub async fn collect(
         }
     }
     Ok(report)
+}
+
+/// Marks `artifact`, and a folder's files.
+async fn mark(marked: &mut HashSet<String>, artifacts: &Artifacts, artifact: &ArtifactRef) {
+    if marked.insert(artifact.id.clone()) && artifact.kind == ArtifactKind::Dir {
+        // A folder whose manifest is gone has no files left to keep.
+        if let Ok(manifest) = artifacts.manifest(&artifact.id).await {
+            marked.extend(manifest.files.into_iter().map(|f| f.id));
+        }
+    }
 }
 
 /// The finished runs the policy removes: ended before the cut-off and not among the newest

@@ -6,6 +6,7 @@ mod client;
 mod daemon;
 mod graph;
 mod inspect;
+mod models;
 mod printers;
 mod progress;
 mod run;
@@ -105,6 +106,10 @@ pub enum Command {
     Artifacts(artifacts::ArtifactsCommand),
     /// Remove old finished runs, then the artifact blobs nothing kept refers to.
     Gc(artifacts::GcArgs),
+    /// The model registry: `ls`, `show NAME[@ALIAS|:VERSION]`, `promote NAME VERSION --alias A`,
+    /// `rollback NAME --alias A`, `history NAME`.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
     /// Secrets stored encrypted in the data dir: `keygen`, `set NAME`, `ls`, `rm NAME`.
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
@@ -137,6 +142,7 @@ impl Command {
                 | Command::Logs(_)
                 | Command::Workers(_)
         ) || matches!(self, Command::Artifacts(artifacts::ArtifactsCommand::Catalog(c)) if !c.writes())
+            || matches!(self, Command::Models(m) if m.only_prints())
     }
 
     /// Whether this is a long-running daemon (which logs at `info` unless told otherwise).
@@ -178,6 +184,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Secrets(command) => secrets::secrets(command),
         Command::Artifacts(command) => artifacts::artifacts(command),
         Command::Gc(args) => artifacts::collect(args),
+        Command::Models(command) => models::models(command),
         Command::Token(TokenCommand::New { name, role }) => {
             match crate::api::auth::new_token(&name, &role) {
                 Ok((token, line)) => {

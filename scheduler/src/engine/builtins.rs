@@ -59,7 +59,7 @@ pub fn prepare(cx: &Context<'_>, mut task: TaskSpec) -> Prepared {
         return prepared;
     };
     let builtin = match &step.action {
-        Action::Uses { builtin, .. } => Some(builtin),
+        Action::Uses { builtin, .. } => Some(builtin.as_ref()),
         _ => None,
     };
     let ended = |outcome: Result<TaskResult, String>| {

@@ -44,6 +44,7 @@ fn builtin_references(r: &mut Reader, steps: &[ParsedStep]) {
         let Action::Uses { kind, builtin } = &step.action else {
             continue;
         };
+        let builtin: &Builtin = builtin;
         let field = format!("steps.{}.with", parsed.name);
         for named in builtin.named_steps() {
             let direct = parsed.depends.iter().any(|d| d == named);
@@ -105,13 +106,7 @@ fn builtin_references(r: &mut Reader, steps: &[ParsedStep]) {
                         .get(name.as_str())
                         .and_then(|p| p.step.as_ref())
                         .is_some_and(|s| {
-                            matches!(
-                                &s.action,
-                                Action::Uses {
-                                    builtin: Builtin::Register(_),
-                                    ..
-                                }
-                            )
+                            matches!(&s.action, Action::Uses { builtin, .. } if matches!(**builtin, Builtin::Register(_)))
                         });
                     if by_name.contains_key(name.as_str()) && !is_register {
                         r.error(

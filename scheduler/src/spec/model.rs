@@ -183,7 +183,7 @@ pub enum Action {
         /// The kind's name.
         kind: String,
         /// It with its `with:` arguments.
-        builtin: super::builtins::Builtin,
+        builtin: Box<super::builtins::Builtin>,
     },
 }
 

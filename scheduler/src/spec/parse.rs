@@ -673,12 +673,10 @@ fn step(
         return parsed;
     }
     let action = action.map(|mut action| {
-        if let Action::Uses {
-            builtin: builtins::Builtin::Drift(args),
-            ..
-        } = &mut action
-        {
-            args.resolve_steps(&depends);
+        if let Action::Uses { builtin, .. } = &mut action {
+            if let builtins::Builtin::Drift(args) = builtin.as_mut() {
+                args.resolve_steps(&depends);
+            }
         }
         action
     });
@@ -840,7 +838,10 @@ fn action<'n>(
                 return None;
             }
             let builtin = builtins::read(r, &kind, with, path, uses.mark)?;
-            Some(Action::Uses { kind, builtin })
+            Some(Action::Uses {
+                kind,
+                builtin: Box::new(builtin),
+            })
         }
         (None, None, None) => {
             r.diags

@@ -1586,7 +1586,7 @@ fn uses_noop_is_a_builtin_step_that_takes_no_arguments() {
         step(&p, "join").action,
         Action::Uses {
             kind: "noop".into(),
-            builtin: crate::spec::builtins::Builtin::Noop,
+            builtin: Box::new(crate::spec::builtins::Builtin::Noop),
         }
     );
     let d = one_error(&with_steps("  join:\n    uses: noop\n    with: {x: 1}\n"));

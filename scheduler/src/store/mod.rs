@@ -9,6 +9,8 @@
 
 pub mod marks;
 pub mod models;
+#[cfg(test)]
+mod models_tests;
 pub mod records;
 pub mod secrets;
 
@@ -436,11 +438,25 @@ impl Store {
         self.get(&format!("kl/{pipeline}/{step}"))
     }
 
-    /// Removes a run with its steps, history and index entries, in one durable commit.
+    /// Removes a run with its steps, history and index entries (but those of artifacts the
+    /// model registry names), in one durable commit.
     pub fn remove_run(&self, run_id: &str) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
+        // What the registry names stays findable (`artifacts show`, `get`), its run gone.
+        let registered: std::collections::HashSet<String> = self
+            .all_model_versions()?
+            .into_iter()
+            .flat_map(|v| {
+                let training = v.training_data.into_iter().map(|t| t.artifact.id);
+                std::iter::once(v.artifact.id).chain(training)
+            })
+            .collect();
         for step in self.steps(run_id)? {
-            for artifact in &step.artifacts {
+            for artifact in step
+                .artifacts
+                .iter()
+                .filter(|a| !registered.contains(&a.id))
+            {
                 let key = format!(
                     "x/{}/{}/{}/{}",
                     artifact.id, run_id, step.name, artifact.name
@@ -448,7 +464,11 @@ impl Store {
                 batch.remove(key.as_bytes());
             }
         }
-        for prefix in [format!("s/{run_id}/"), format!("e/{run_id}/")] {
+        for prefix in [
+            format!("s/{run_id}/"),
+            format!("e/{run_id}/"),
+            format!("mr/{run_id}/"),
+        ] {
             for key in self.db()?.scan_prefix(prefix.as_bytes()).keys() {
                 batch.remove(key?);
             }

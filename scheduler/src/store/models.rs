@@ -77,6 +77,10 @@ impl Store {
         alias: Option<&str>,
         who: &str,
     ) -> Result<ModelVersion, RegistryError> {
+        check_name("model name", &version.model).map_err(RegistryError::Invalid)?;
+        if let Some(alias) = alias {
+            check_name("alias", alias).map_err(RegistryError::Invalid)?;
+        }
         let _serialised = self.registry_lock();
         let effect = effect_key(&version.run_id, &version.registered_by);
         if let Some(done) = self.get::<StepEffect>(&effect)? {
@@ -118,6 +122,7 @@ impl Store {
         to: u64,
         effect: Option<(&str, &str)>,
     ) -> Result<AliasMove, RegistryError> {
+        check_name("alias", request.alias).map_err(RegistryError::Invalid)?;
         let _serialised = self.registry_lock();
         self.model_version(request.model, to)?;
         if let Some((run, step)) = effect {
@@ -239,6 +244,8 @@ impl Store {
                 }
             }
         }
+        // Keys sort `churn-a/` before `churn/` (`-` before `/`): sort by name.
+        names.sort_unstable();
         Ok(names)
     }
 

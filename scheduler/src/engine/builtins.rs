@@ -13,12 +13,14 @@ use std::collections::{BTreeMap, HashSet};
 use indexmap::IndexMap;
 use sluice_worker::artifacts::{ArtifactKind, ArtifactRef, TaskInput};
 use sluice_worker::drift::DriftSpec;
+use sluice_worker::executor::deploy::{DeploySpec, HealthSpec};
 use sluice_worker::task::{now_ms, Outcome, TaskResult, TaskSpec};
 
 use crate::models::gate::{self, GateReport};
-use crate::models::{ModelRef, ModelVersion, RegistryError, TrainingInput};
-use crate::spec::builtins::{Builtin, DataRef, DriftArgs, RegisterArgs};
+use crate::models::{AliasAction, ModelRef, ModelVersion, RegistryError, Selector, TrainingInput};
+use crate::spec::builtins::{Builtin, DataRef, DeployArgs, DriftArgs, RegisterArgs, VersionFrom};
 use crate::spec::{Action, Pipeline, Step};
+use crate::store::models::MoveRequest;
 use crate::store::{RunRecord, StepRecord, Store};
 
 /// The folder under `$SLUICE_IN` that registry inputs are materialised in.
@@ -68,6 +70,29 @@ pub fn prepare(cx: &Context<'_>, mut task: TaskSpec) -> Prepared {
     match builtin {
         Some(Builtin::Register(args)) => {
             prepared.task = Err(ended(register(cx, &task, step, args)));
+            return prepared;
+        }
+        Some(Builtin::Deploy(args)) => {
+            let mut inputs = Vec::new();
+            match deploy_spec(cx, args, &mut inputs) {
+                Ok(Ok(spec)) => {
+                    task.with = serde_json::to_value(spec).ok();
+                    task.inputs.push(TaskInput {
+                        step: MODELS_INPUT.to_string(),
+                        artifacts: inputs,
+                    });
+                    prepared.task = Ok(task);
+                }
+                Ok(Err(version)) => {
+                    let outputs = BTreeMap::from([("deployed".to_string(), version.to_string())]);
+                    let message = format!(
+                        "{}:{version} already holds {}@{}; nothing to do",
+                        args.model, args.model, args.alias
+                    );
+                    prepared.task = Err(succeeded(&task, outputs, message));
+                }
+                Err(message) => prepared.task = Err(failed(&task, message)),
+            }
             return prepared;
         }
         Some(Builtin::Gate(spec)) => {
@@ -206,6 +231,118 @@ fn register(
         message.push_str(&format!(" as {}@{alias}", registered.model));
     }
     Ok(succeeded(task, outputs, message))
+}
+
+/// What a `deploy` worker needs: the version and the one the alias holds now, both placed
+/// under `models/` (`model/`, `previous/`). `Ok(Err(version))` when the alias already holds
+/// the version: nothing to deploy.
+fn deploy_spec(
+    cx: &Context<'_>,
+    args: &DeployArgs,
+    inputs: &mut Vec<ArtifactRef>,
+) -> Result<Result<DeploySpec, u64>, String> {
+    let number = match &args.version {
+        VersionFrom::Number(n) => *n,
+        VersionFrom::Step(step) => cx
+            .steps
+            .get(step)
+            .and_then(|s| s.outputs.get("version"))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("step `{step}` recorded no version"))?,
+    };
+    let version = resolve(
+        cx.store,
+        &ModelRef {
+            model: args.model.clone(),
+            selector: Selector::Version(number),
+        },
+    )?;
+    let previous = match cx.store.alias(&args.model, &args.alias) {
+        Ok(held) if held.version == number => return Ok(Err(number)),
+        Ok(held) => Some(
+            cx.store
+                .model_version(&args.model, held.version)
+                .map_err(|err| format!("cannot read `{}@{}`: {err}", args.model, args.alias))?,
+        ),
+        Err(err) if err.is_not_found() => None,
+        Err(err) => {
+            return Err(format!(
+                "cannot read `{}@{}`: {err}",
+                args.model, args.alias
+            ))
+        }
+    };
+    inputs.push(placed(&version.artifact, "model"));
+    if let Some(previous) = &previous {
+        inputs.push(placed(&previous.artifact, "previous"));
+    }
+    let millis = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    Ok(Ok(DeploySpec {
+        model: args.model.clone(),
+        version: number,
+        alias: args.alias.clone(),
+        run: args.run.clone(),
+        health: HealthSpec {
+            url: args.health.url.clone(),
+            expect_status: args.health.expect_status,
+            timeout_ms: millis(args.health.timeout),
+            interval_ms: millis(args.health.interval),
+        },
+        previous: previous.map(|p| p.version),
+    }))
+}
+
+/// Moves a succeeded `deploy` step's alias to the version it deployed, before its success is
+/// recorded; a step that already moved it (a result delivered twice) gets its earlier move.
+/// When the alias cannot be moved the step fails, saying so.
+pub fn settle_deploy(cx: &Context<'_>, result: &mut TaskResult) {
+    let Some(step) = cx.pipeline.steps.get(&result.key.step) else {
+        return;
+    };
+    let Action::Uses { builtin, .. } = &step.action else {
+        return;
+    };
+    let Builtin::Deploy(args) = builtin.as_ref() else {
+        return;
+    };
+    if result.outcome != Outcome::Succeeded {
+        return;
+    }
+    let Some(version) = result.outputs.get("deployed").and_then(|v| v.parse().ok()) else {
+        result.outcome = Outcome::Failed;
+        result.message = Some("the deploy step reported no deployed version".into());
+        return;
+    };
+    let who = format!("run {}/{}", cx.run.id, step.name);
+    let request = MoveRequest {
+        model: &args.model,
+        alias: &args.alias,
+        action: AliasAction::Deploy,
+        who: &who,
+        reason: None,
+    };
+    match cx
+        .store
+        .move_alias(&request, version, Some((&cx.run.id, &step.name)))
+    {
+        Ok(moved) => {
+            let note = match moved.from {
+                Some(from) if moved.moved => {
+                    format!("{}@{}: {from} → {}", args.model, args.alias, moved.to)
+                }
+                _ => format!("{}@{} → {}", args.model, args.alias, moved.to),
+            };
+            let message = result.message.take().unwrap_or_default();
+            result.message = Some(format!("{message}; {note}"));
+        }
+        Err(err) => {
+            result.outcome = Outcome::Failed;
+            result.message = Some(format!(
+                "deployed {}:{version}, but `{}@{}` could not be moved: {err}",
+                args.model, args.model, args.alias
+            ));
+        }
+    }
 }
 
 /// Every step `name` depends on, directly or through others.

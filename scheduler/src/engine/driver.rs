@@ -412,6 +412,38 @@ impl RunDriver {
         (queued, ended)
     }
 
+    /// What must happen before a result is recorded: a `deploy` step's success moves its
+    /// alias (`builtins::settle_deploy`). Results of attempts that are no longer current are
+    /// left to the state's fencing, untouched.
+    fn settle(&self, event: WorkerEvent) -> WorkerEvent {
+        let WorkerEvent::Finished(mut result) = event else {
+            return event;
+        };
+        let current = self.state.step(&result.key.step).is_some_and(|record| {
+            matches!(record.status, StepStatus::Queued | StepStatus::Running)
+                && record.attempts.len() as u32 == result.key.attempt
+                && result.key.run_id == self.state.run().id
+        });
+        let is_deploy = self
+            .state
+            .pipeline()
+            .steps
+            .get(&result.key.step)
+            .is_some_and(
+                |step| matches!(&step.action, spec::Action::Uses { kind, .. } if kind == "deploy"),
+            );
+        if current && is_deploy {
+            let cx = builtins::Context {
+                store: &self.engine.store,
+                run: self.state.run(),
+                pipeline: self.state.pipeline(),
+                steps: self.state.steps(),
+            };
+            builtins::settle_deploy(&cx, &mut result);
+        }
+        WorkerEvent::Finished(result)
+    }
+
     /// Waits for the next worker events (from the router or the queue) and applies them.
     async fn next_events(&mut self) -> Result<(), EngineError> {
         match &mut self.source {
@@ -423,6 +455,7 @@ impl RunDriver {
                 let events = self.engine.queue.next_events(EVENT_BATCH).await;
                 let now = now_ms();
                 for event in events.map_err(|_| EngineError::QueueClosed)? {
+                    let event = self.settle(event);
                     self.state.apply(event, now);
                 }
             }
@@ -492,6 +525,7 @@ impl RunDriver {
         match routed {
             RoutedEvent::Worker { batch, events } => {
                 for event in events {
+                    let event = self.settle(event);
                     self.state.apply(event, now);
                 }
                 if let EventSource::Routed { applied, .. } = &mut self.source {

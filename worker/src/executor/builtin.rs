@@ -6,10 +6,16 @@ use crate::drift::{self, DriftError, DriftOptions, DriftSpec};
 use crate::task::{now_ms, Outcome, TaskResult, TaskSpec};
 
 /// Runs built-in kind `kind` for `task`; `cancel` stops a kind that takes a while (`drift`).
-pub async fn run(task: &TaskSpec, kind: &str, cancel: CancellationToken) -> TaskResult {
+pub async fn run(
+    task: &TaskSpec,
+    kind: &str,
+    cancel: CancellationToken,
+    local: &super::local::LocalExecutor,
+) -> TaskResult {
     match kind {
         "noop" => noop(task).await,
         "drift" => drift(task, cancel).await,
+        "deploy" => super::deploy::deploy(task, cancel, local).await,
         other => TaskResult::error(
             task.key.clone(),
             format!("this worker has no built-in step kind `{other}` (a newer scheduler?)"),

@@ -77,7 +77,7 @@ impl Executor for LocalExecutor {
                 return TaskResult::error(task.key.clone(), "the step's command is empty");
             }
             StepCommand::Builtin(kind) => {
-                return super::builtin::run(task, kind, cancel.clone()).await
+                return super::builtin::run(task, kind, cancel.clone(), self).await
             }
             _ => {}
         }

@@ -3,6 +3,7 @@
 
 pub mod builtin;
 pub mod container_spec;
+pub mod deploy;
 pub mod docker;
 pub mod local;
 pub mod registry_auth;

@@ -186,7 +186,7 @@ impl StepExecutor {
 
     async fn execute(&self, task: &TaskSpec, cancel: CancellationToken) -> TaskResult {
         if let StepCommand::Builtin(kind) = &task.command {
-            return super::builtin::run(task, kind, cancel).await;
+            return super::builtin::run(task, kind, cancel, &self.local).await;
         }
         match (&task.image, &self.docker) {
             (None, _) => self.local.run(task, cancel).await,

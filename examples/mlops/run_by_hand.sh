@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Run the MLOps demo steps the way the Sluice orchestrator would, without it.
+# Run the script steps of the MLOps demo the way the Sluice orchestrator would,
+# without it.
 #
 # Each step gets its own empty SLUICE_OUT directory, a SLUICE_IN directory of
 # symlinks to the output directories of all its (transitive) upstream steps,
-# and the PARAM_* / SLUICE_* environment variables.  The whole loop runs
-# twice against one data directory (so one model registry):
-#   run 1: PARAM_DRIFT_SHIFT=0    -> expect drift=false, retrain skipped
-#   run 2: PARAM_DRIFT_SHIFT=0.5  -> expect drift=true, retrain runs
+# and the PARAM_* / SLUICE_* environment variables.  gate, register, deploy
+# and monitor are Sluice built-ins (`uses:`), so they are not run here:
+# ingest, version, train and validate run, then refit.py, the retrain step (which Sluice runs
+# only on drift) on a batch shifted with PARAM_DRIFT_SHIFT=0.5, and finally
+# serve.py serves the trained model for a moment and answers /health.
 # Set KEEP=1 to keep the temporary directory for inspection.
 set -euo pipefail
 
@@ -24,19 +26,14 @@ declare -A UPSTREAM=(
     [version]="ingest"
     [train]="ingest version"
     [validate]="ingest version train"
-    [register]="ingest version train validate"
-    [deploy]="ingest version train validate register"
-    [monitor]="ingest"
-    [retrain]="ingest version monitor"
+    [refit]="ingest version"
 )
 
 export SLUICE_PIPELINE=mlops
 export SLUICE_DATA_DIR="$BASE/data"
 export PARAM_DATASET=data/breast_cancer.csv
 export PARAM_SEED=7
-export PARAM_MIN_ACCURACY=0.9
-export PARAM_DRIFT_THRESHOLD=0.2
-export PARAM_REGISTRY=""
+export PARAM_DRIFT_SHIFT=0.5
 mkdir -p "$SLUICE_DATA_DIR"
 
 # run_step RUN_DIR STEP: run STEP.py with a fresh OUT and an IN of symlinks.
@@ -55,33 +52,21 @@ run_step() {
     echo "    outputs: $(paste -sd ' ' "$dir/outputs")"
 }
 
-# output RUN_DIR STEP KEY: value of one key=value output of a finished step.
-output() {
-    sed -n "s/^$3=//p" "$1/$2/outputs" | tail -n 1
-}
-
-# run_pipeline RUN_ID DRIFT_SHIFT: the whole loop, retrain only on drift.
-run_pipeline() {
-    export SLUICE_RUN_ID=$1 PARAM_DRIFT_SHIFT=$2
-    local run_dir="$BASE/runs/$1"
-    echo "=== run $1 (PARAM_DRIFT_SHIFT=$2)"
-    for step in ingest version train validate register deploy monitor; do
-        run_step "$run_dir" "$step"
-    done
-    if [[ $(output "$run_dir" monitor drift) == true ]]; then
-        run_step "$run_dir" retrain
-    else
-        echo "--- retrain skipped (monitor: drift=false)"
-    fi
-}
-
+export SLUICE_RUN_ID=by-hand
+RUN_DIR="$BASE/runs/by-hand"
 start=$(date +%s.%N)
-run_pipeline run-1 0
-run_pipeline run-2 0.5
-end=$(date +%s.%N)
+for step in ingest version train validate refit; do
+    run_step "$RUN_DIR" "$step"
+done
 
-echo "=== registry $SLUICE_DATA_DIR/registry/mlops"
-(cd "$SLUICE_DATA_DIR/registry/mlops" && ls -d v* production.json)
-echo "production.json -> version $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["version"])' \
-    "$SLUICE_DATA_DIR/registry/mlops/production.json")"
+PORT=${PORT:-18080}
+PIDFILE="$SLUICE_DATA_DIR/serve.pid"
+echo "--- serve.py on 127.0.0.1:$PORT"
+python3 -B serve.py --model "$RUN_DIR/train/out" --port "$PORT" --pidfile "$PIDFILE" \
+    --version by-hand >"$SLUICE_DATA_DIR/serve.log" 2>&1 &
+for _ in $(seq 100); do [[ -s $PIDFILE ]] && break; sleep 0.1; done
+python3 -c 'import sys, urllib.request; print("    /health:", urllib.request.urlopen(sys.argv[1]).read().decode().strip())' \
+    "http://127.0.0.1:$PORT/health"
+kill "$(cat "$PIDFILE")"
+end=$(date +%s.%N)
 awk -v s="$start" -v e="$end" 'BEGIN { printf "=== all steps took %.1f s\n", e - s }'

@@ -9,17 +9,77 @@ fn demo() -> String {
         .to_string()
 }
 
+/// The port the demo's deploy step serves on; tests run a copy on a free port instead.
+const DEMO_PORT: &str = "18080";
+
+/// A copy of the demo in the scratch dir, serving on a free port (the health URL is a literal,
+/// so it cannot be a param), with `edit` applied; its workdir points back at examples/mlops.
+fn demo_copy(s: &Scratch, edit: impl Fn(String) -> String) -> (String, u16) {
+    let port = free_port();
+    let examples = workspace_root()
+        .join("examples/mlops")
+        .display()
+        .to_string();
+    let yaml = std::fs::read_to_string(demo()).unwrap();
+    assert!(yaml.contains(DEMO_PORT), "the demo serves on {DEMO_PORT}");
+    let yaml = edit(yaml.replace(DEMO_PORT, &port.to_string()).replace(
+        "workdir: ../examples/mlops",
+        &format!("workdir: {examples}"),
+    ));
+    let file = s.write("mlops.yaml", &yaml);
+    (file.display().to_string(), port)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Stops the demo's model server (pidfile under the data dir) however the test ends.
+struct Server(std::path::PathBuf);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.0.join("serving/serve.pid")) {
+            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
+/// The whole answer (status line, headers, body) to GET `path` on the demo's server.
+fn get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").expect("request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    answer
+}
+
+fn production(s: &Scratch) -> serde_json::Value {
+    let out = s.run(&["models", "show", "mlops@production", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let show: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    match show.get("version").filter(|v| v.is_object()) {
+        Some(version) => version.clone(),
+        None => show,
+    }
+}
+
 #[test]
 fn the_demo_trains_gates_registers_and_deploys() {
     let s = Scratch::new();
-    let out = s.run(&["run", &demo()]);
+    let _server = Server(s.data_dir());
+    let (file, port) = demo_copy(&s, |y| y);
+    let out = s.run(&["run", &file]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    assert!(stdout.contains("validate succeeded"), "{stdout}");
     let show = s.show(&s.latest_run_id());
     assert_eq!(show["run"]["status"], "succeeded");
     for name in [
-        "ingest", "version", "train", "validate", "register", "deploy", "monitor",
+        "ingest", "version", "train", "validate", "gate", "register", "deploy", "monitor",
     ] {
         assert_eq!(step(&show, name)["status"], "succeeded", "{name}");
     }
@@ -27,48 +87,56 @@ fn the_demo_trains_gates_registers_and_deploys() {
         .as_f64()
         .unwrap();
     assert!(accuracy >= 0.9, "the gate passed with accuracy {accuracy}");
+    assert_eq!(step(&show, "gate")["outputs"]["passed"], "true");
+    assert_eq!(step(&show, "register")["outputs"]["version"], "1");
+    assert_eq!(production(&s)["version"], 1);
+    let health = get(port, "/health");
+    assert!(health.starts_with("HTTP/1.0 200"), "{health}");
+    assert!(health.contains("\"version\": \"1\""), "{health}");
     assert_eq!(step(&show, "monitor")["outputs"]["drift"], "false");
     assert_eq!(
         step(&show, "retrain")["status"],
         "skipped",
         "no drift, no retrain"
     );
-    let production = s.data_dir().join("registry/mlops/production.json");
-    let pointer: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(production).unwrap()).unwrap();
-    assert_eq!(pointer["version"], 1, "{pointer}");
 }
 
 #[test]
 fn the_demo_retrains_when_the_fresh_batch_drifts() {
     let s = Scratch::new();
-    let out = s.run(&["run", &demo(), "-p", "drift_shift=0.5"]);
+    let _server = Server(s.data_dir());
+    let (file, port) = demo_copy(&s, |y| y);
+    let out = s.run(&["run", &file, "-p", "drift_shift=0.5"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let show = s.show(&s.latest_run_id());
+    assert_eq!(step(&show, "deploy")["status"], "succeeded");
+    assert!(get(port, "/health").starts_with("HTTP/1.0 200"));
     assert_eq!(step(&show, "monitor")["outputs"]["drift"], "true");
-    assert_eq!(step(&show, "retrain")["status"], "succeeded");
-    assert_eq!(step(&show, "retrain")["outputs"]["model_version"], "2");
+    let retrain = step(&show, "retrain");
+    assert_eq!(retrain["status"], "succeeded", "{retrain:#}");
+    assert_eq!(retrain["outputs"]["replaces_version"], "1", "{retrain:#}");
 }
 
 #[test]
 fn the_demo_gate_fails_the_run_and_keeps_its_metrics() {
     let s = Scratch::new();
-    let out = s.run(&["run", &demo(), "-p", "min_accuracy=0.9999"]);
+    let _server = Server(s.data_dir());
+    let (file, _) = demo_copy(&s, |y| {
+        assert!(y.contains("accuracy: \">= 0.9\""));
+        y.replace("accuracy: \">= 0.9\"", "accuracy: \">= 0.9999\"")
+    });
+    let out = s.run(&["run", &file]);
     assert_eq!(out.status.code(), Some(1));
     let show = s.show(&s.latest_run_id());
     let validate = step(&show, "validate");
-    assert_eq!(validate["status"], "failed");
-    assert!(
-        validate["metrics"]["accuracy"].as_f64().is_some(),
-        "a failed gate still records its metrics"
-    );
-    assert_eq!(step(&show, "register")["status"], "skipped");
-    let logs = s.run(&["logs", &s.latest_run_id(), "validate", "--stderr"]);
-    assert!(
-        text(&logs.stderr).contains("below PARAM_MIN_ACCURACY"),
-        "{}",
-        text(&logs.stderr)
-    );
+    assert_eq!(validate["status"], "succeeded");
+    assert!(validate["metrics"]["accuracy"].as_f64().is_some());
+    assert_eq!(step(&show, "gate")["status"], "failed");
+    for name in ["register", "deploy", "monitor", "retrain"] {
+        assert_eq!(step(&show, name)["status"], "skipped", "{name}");
+    }
+    let out = s.run(&["models", "show", "mlops@production", "--json"]);
+    assert!(!out.status.success(), "nothing was registered or deployed");
 }
 
 #[test]
@@ -154,6 +222,9 @@ fn graph_prints_dot_and_mermaid() {
     let out = s.run(&["graph", &demo()]);
     let dot = text(&out.stdout);
     assert!(dot.contains("\"monitor\" -> \"retrain\";"), "{dot}");
+    assert!(dot.contains("\"validate\" -> \"gate\";"), "{dot}");
+    assert!(dot.contains("\"gate\" -> \"register\";"), "{dot}");
+    assert!(dot.contains("\"deploy\" -> \"monitor\";"), "{dot}");
     let out = s.run(&["graph", "--format", "mermaid", &demo()]);
     let mermaid = text(&out.stdout);
     assert!(mermaid.starts_with("flowchart LR\n"), "{mermaid}");

@@ -761,6 +761,14 @@ fn step_value(g: &mut Gen, key: &str, upstream: &[String]) -> String {
             good: &["true", "false", "{inputs: ['src/*.py']}", "{}"],
             bad: &["sometimes", "{inputs: ['../x']}", "{input: [x]}"],
         }),
+        "models" => g.draw(&Pool {
+            good: &[
+                "{current: churn@production}",
+                "{m: churn:3, latest: fraud}",
+                "{}",
+            ],
+            bad: &["x", "{Current: churn}", "{m: churn:0}"],
+        }),
         "user" => g.draw(&Pool {
             good: &["nobody", "'1000:1000'", "1000"],
             bad: &["[x]", "{a: 1}", "''"],

@@ -810,7 +810,7 @@ fn an_empty_command_is_refused() {
 }
 
 #[test]
-fn uses_is_refused_until_there_are_built_in_kinds() {
+fn an_unknown_uses_kind_lists_the_built_in_ones() {
     let text = with_steps(
         "
           build:
@@ -826,7 +826,9 @@ fn uses_is_refused_until_there_are_built_in_kinds() {
             field: "steps.build.uses",
             step: Some("build"),
             message: "unknown step kind `docker/build`",
-            help: Some("built-in kinds: noop; or use `run` or `command`"),
+            help: Some(
+                "built-in kinds: noop, register, gate, drift, deploy; or use `run` or `command`",
+            ),
         },
     );
 }

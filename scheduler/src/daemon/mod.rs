@@ -7,6 +7,7 @@
 //! data; on start the daemon picks up every run that was in flight.
 
 mod catalog;
+mod follow;
 mod janitor;
 mod router;
 mod schedule;
@@ -154,6 +155,7 @@ impl Daemon {
             // everything that was in flight must be queued again.
             Workers::InProcess(_) => true,
         };
+        follow::arm_new_triggers(&daemon);
         daemon.reattach_unfinished(redis_lost_data)?;
         tokio::spawn(router::route_events(daemon.clone(), committed_rx));
         tokio::spawn(schedule::run(daemon.clone()));
@@ -214,6 +216,7 @@ impl Daemon {
         };
         let counts = (catalog.pipelines.len(), catalog.errors.len());
         *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = catalog;
+        follow::arm_new_triggers(self);
         Ok(counts)
     }
 

@@ -1,5 +1,6 @@
-//! The daemon's own clock: fires cron triggers, starts runs for new files in watched folders,
-//! and reloads the pipelines folder when its files change.
+//! The daemon's own clock: fires cron triggers, starts runs for new files in watched folders
+//! and for runs that `after:` triggers follow, and reloads the pipelines folder when its files
+//! change.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -72,6 +73,7 @@ pub(super) async fn run(daemon: Arc<Daemon>) {
             }
             fire_due_crons(&worker, Utc::now());
             start_for_new_files(&worker, &mut seen);
+            super::follow::follow_finished_runs(&worker);
             (fingerprint, seen)
         })
         .await;

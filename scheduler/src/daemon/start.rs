@@ -159,7 +159,7 @@ impl Daemon {
         ids
     }
 
-    fn record_skip(
+    pub(super) fn record_skip(
         &self,
         pipeline: &str,
         trigger: &str,

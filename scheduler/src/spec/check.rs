@@ -380,6 +380,16 @@ fn trigger_params(r: &mut Reader, pipeline: &Pipeline, root: &Node) {
             Trigger::Webhook { params, .. } => params.keys().collect(),
             Trigger::Watch { param, .. } => vec![param],
             Trigger::Cron { .. } => Vec::new(),
+            Trigger::After(after) => {
+                if after.pipeline == pipeline.name {
+                    r.error(
+                        mark,
+                        &format!("triggers[{i}].after.pipeline"),
+                        format!("`{}` cannot start after its own runs: every run would start the next one", pipeline.name),
+                    );
+                }
+                after.params.keys().collect()
+            }
         };
         for name in targets {
             if !pipeline.params.contains_key(name) {

@@ -96,7 +96,8 @@ impl Condition {
     }
 }
 
-fn parse_operand(text: &str) -> Result<Operand, String> {
+/// Reads `steps.<step>.outputs.<key>` or `params.<name>`.
+pub fn parse_operand(text: &str) -> Result<Operand, String> {
     let parts: Vec<&str> = text.split('.').collect();
     match parts.as_slice() {
         ["steps", step, "outputs", key] if !step.is_empty() && !key.is_empty() => {

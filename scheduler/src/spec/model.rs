@@ -292,6 +292,53 @@ pub enum Trigger {
         /// The parameter that receives the file's path.
         param: String,
     },
+    /// Runs of another pipeline that ended a given way (`after:`), e.g. drift monitoring
+    /// that starts retraining.
+    After(Box<AfterTrigger>),
+}
+
+/// An `after:` trigger: start this pipeline once per run of `pipeline` that ended with
+/// `status` and met `when`, once `breaches` such runs fell within its window, at most once per
+/// `cooldown`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AfterTrigger {
+    /// The pipeline whose runs are followed.
+    pub pipeline: String,
+    /// How a run must end to count.
+    pub status: AfterStatus,
+    /// What its outputs or params must say to count, as written and parsed.
+    pub when: Option<(String, Condition)>,
+    /// How many counting runs it takes.
+    pub count: u32,
+    /// The window those runs must fall within (by when they finished); none: since the last
+    /// start.
+    pub within: Option<Duration>,
+    /// The least time between two starts.
+    pub cooldown: Option<Duration>,
+    /// Param of this pipeline to what of the counting run it receives.
+    pub params: IndexMap<String, RunValue>,
+}
+
+/// How a followed run must end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterStatus {
+    /// Every step succeeded or was skipped.
+    Succeeded,
+    /// A step failed.
+    Failed,
+    /// Someone cancelled it.
+    Cancelled,
+    /// Any of those.
+    Finished,
+}
+
+/// A value read from a finished run: its id, a param, or a step's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunValue {
+    /// `run.id`
+    RunId,
+    /// `params.<name>` or `steps.<step>.outputs.<key>`.
+    Operand(super::condition::Operand),
 }
 
 /// Catch-up policy for missed cron instants.

@@ -113,7 +113,20 @@ pub fn pipeline_schema() -> Value {
             object(&["watch", "param"], json!({
                 "watch": object(&["path", "pattern"], json!({"path": {"type": "string"}, "pattern": {"type": "string"}})),
                 "param": {"type": "string"}
-            })).with_required(&["watch"])
+            })).with_required(&["watch"]),
+            object(&["after", "params"], json!({
+                "after": object(&["pipeline", "status", "when", "breaches", "cooldown"], json!({
+                    "pipeline": {"type": "string"},
+                    "status": {"enum": ["succeeded", "failed", "cancelled", "finished"]},
+                    "when": {"type": "string"},
+                    "breaches": object(&["count", "within"], json!({
+                        "count": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        "within": {"type": "string"}
+                    })),
+                    "cooldown": {"type": "string"}
+                })).with_required(&["pipeline"]),
+                "params": {"type": "object", "additionalProperties": {"type": "string"}}
+            })).with_required(&["after"])
         ]
     });
     let mut root = object(

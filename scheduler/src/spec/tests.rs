@@ -1657,3 +1657,5 @@ fn cache_is_a_flag_or_the_globs_of_code_a_step_reads() {
     let not_bool = one_error(&with_steps("  a: {run: 'true', cache: sometimes}\n"));
     assert_eq!(not_bool.field, "steps.a.cache");
 }
+
+mod after;

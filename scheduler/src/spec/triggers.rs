@@ -1,11 +1,12 @@
-//! The `triggers:` list: cron schedules, webhooks and watched folders.
+//! The `triggers:` list: cron schedules, webhooks, watched folders and other pipelines' runs.
 //!
 //! They are read and checked here so a broken schedule fails `sluice validate` in CI, long
 //! before a daemon would have fired it.
 
 use indexmap::IndexMap;
 
-use super::model::{Catchup, Trigger};
+use super::condition::{parse_operand, Condition};
+use super::model::{AfterStatus, AfterTrigger, Catchup, RunValue, Trigger};
 use super::parse::cron_expression;
 use super::reader::{join, Reader};
 use super::values;
@@ -16,6 +17,10 @@ const CRON_KEYS: &[&str] = &["cron", "timezone", "catchup"];
 const WEBHOOK_KEYS: &[&str] = &["webhook", "secret_env", "params", "insecure"];
 const WATCH_KEYS: &[&str] = &["watch", "param"];
 const WATCH_INNER_KEYS: &[&str] = &["path", "pattern"];
+const AFTER_KEYS: &[&str] = &["after", "params"];
+const AFTER_INNER_KEYS: &[&str] = &["pipeline", "status", "when", "breaches", "cooldown"];
+const BREACHES_KEYS: &[&str] = &["count", "within"];
+const KINDS: [&str; 4] = ["cron", "webhook", "watch", "after"];
 
 /// Reads the list of triggers.
 pub fn triggers(r: &mut Reader, node: &Node) -> Option<Vec<Trigger>> {
@@ -41,9 +46,7 @@ pub fn triggers(r: &mut Reader, node: &Node) -> Option<Vec<Trigger>> {
 fn trigger(r: &mut Reader, node: &Node, path: &str) -> Option<Trigger> {
     let kind = match &node.value {
         Value::Map(entries) => entries.iter().find_map(|(k, _)| match &k.value {
-            Value::String(s) if ["cron", "webhook", "watch"].contains(&s.as_str()) => {
-                Some(s.clone())
-            }
+            Value::String(s) if KINDS.contains(&s.as_str()) => Some(s.clone()),
             _ => None,
         }),
         _ => None,
@@ -52,11 +55,12 @@ fn trigger(r: &mut Reader, node: &Node, path: &str) -> Option<Trigger> {
         Some("cron") => cron(r, node, path),
         Some("webhook") => webhook(r, node, path),
         Some("watch") => watch(r, node, path),
+        Some("after") => after(r, node, path),
         _ => {
             r.error(
                 node.mark,
                 path,
-                "a trigger must be one of `cron: ...`, `webhook: ...` or `watch: ...`",
+                "a trigger must be one of `cron: ...`, `webhook: ...`, `watch: ...` or `after: ...`",
             );
             None
         }
@@ -182,6 +186,112 @@ fn watch(r: &mut Reader, node: &Node, path: &str) -> Option<Trigger> {
         pattern,
         param,
     })
+}
+
+fn after(r: &mut Reader, node: &Node, path: &str) -> Option<Trigger> {
+    let fields = r.mapping(node, path, "an after trigger", AFTER_KEYS)?;
+    let (_, inner) = fields.get("after")?;
+    let inner_path = join(path, "after");
+    let inner_fields = r.mapping(inner, &inner_path, "`after`", AFTER_INNER_KEYS)?;
+    let Some((_, pipeline_node)) = inner_fields.get("pipeline") else {
+        r.error(
+            inner.mark,
+            &inner_path,
+            "`after` needs the `pipeline` whose runs it follows",
+        );
+        return None;
+    };
+    let field = join(&inner_path, "pipeline");
+    let pipeline = r.string(pipeline_node, &field)?;
+    values::pipeline_name(&pipeline)
+        .map_err(|m| r.error(pipeline_node.mark, &field, m))
+        .ok()?;
+    let status = match inner_fields.get("status") {
+        Some((_, n)) => r.choice(
+            n,
+            &join(&inner_path, "status"),
+            &[
+                ("succeeded", AfterStatus::Succeeded),
+                ("failed", AfterStatus::Failed),
+                ("cancelled", AfterStatus::Cancelled),
+                ("finished", AfterStatus::Finished),
+            ],
+        )?,
+        None => AfterStatus::Succeeded,
+    };
+    let when = match inner_fields.get("when") {
+        Some((_, n)) => {
+            let field = join(&inner_path, "when");
+            let text = r.string(n, &field)?;
+            let condition = Condition::parse(&text)
+                .map_err(|m| r.error(n.mark, &field, m))
+                .ok()?;
+            Some((text, condition))
+        }
+        None => None,
+    };
+    let (count, within) = match inner_fields.get("breaches") {
+        Some((_, n)) => breaches(r, n, &join(&inner_path, "breaches"))?,
+        None => (1, None),
+    };
+    let cooldown = match inner_fields.get("cooldown") {
+        Some((_, n)) => Some(r.duration(n, &join(&inner_path, "cooldown"))?),
+        None => None,
+    };
+    let params = match fields.get("params") {
+        Some((_, n)) => run_values(r, n, &join(path, "params"))?,
+        None => IndexMap::new(),
+    };
+    Some(Trigger::After(Box::new(AfterTrigger {
+        pipeline,
+        status,
+        when,
+        count,
+        within,
+        cooldown,
+        params,
+    })))
+}
+
+/// `breaches: {count: 2, within: 3d}`: how many counting runs, in how long.
+fn breaches(r: &mut Reader, node: &Node, path: &str) -> Option<(u32, Option<std::time::Duration>)> {
+    let fields = r.mapping(node, path, "`breaches`", BREACHES_KEYS)?;
+    let count = match fields.get("count") {
+        Some((_, n)) => u32::try_from(r.integer(n, &join(path, "count"), 1, 1000)?).ok()?,
+        None => 1,
+    };
+    let within = match fields.get("within") {
+        Some((_, n)) => Some(r.positive_duration(n, &join(path, "within"))?),
+        None => None,
+    };
+    Some((count, within))
+}
+
+/// `params: {batch: steps.drift.outputs.batch, source: run.id}`.
+fn run_values(r: &mut Reader, node: &Node, path: &str) -> Option<IndexMap<String, RunValue>> {
+    let mut out = IndexMap::new();
+    let mut ok = true;
+    for (name, text) in string_map(r, node, path)? {
+        let field = join(path, &name);
+        if text.trim() == "run.id" {
+            out.insert(name, RunValue::RunId);
+            continue;
+        }
+        match parse_operand(text.trim()) {
+            Ok(operand) => {
+                out.insert(name, RunValue::Operand(operand));
+            }
+            Err(_) => {
+                r.error(
+                    node.mark,
+                    &field,
+                    format!("`{text}` is not something an after trigger can pass: use `run.id`, `params.<name>` or `steps.<step>.outputs.<key>` of the run it follows"),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
 }
 
 fn string_map(r: &mut Reader, node: &Node, path: &str) -> Option<IndexMap<String, String>> {

@@ -4,8 +4,9 @@
 //! run, its steps and its history atomically, and one flush makes the batch durable before it is
 //! reported to anyone.
 //!
-//! Keys: `p/<hash>` pipeline, `r/<run>` run, `s/<run>/<step>` step, `e/<run>/<seq>` event;
-//! the model registry's are in [`models`].
+//! Keys: `p/<hash>` pipeline, `r/<run>` run, `s/<run>/<step>` step, `e/<run>/<seq>` event,
+//! `a/<run>` unfinished runs, `f/<run>` finished runs `after:` triggers have yet to decide on,
+//! `m/<key>` trigger marks ([`marks`]); the model registry's are in [`models`].
 
 pub mod marks;
 pub mod models;
@@ -133,12 +134,15 @@ impl Changes {
     }
 
     /// Stores a run, and keeps the index of unfinished runs (`a/`) in step with it, so a
-    /// daemon that starts finds the runs to pick up without reading its whole history.
+    /// daemon that starts finds the runs to pick up without reading its whole history. A run
+    /// that ends enters the feed of finished runs (`f/`) in the same commit, so `after:`
+    /// triggers see every run that ended, even one that ended while no daemon ran.
     pub fn put_run(&mut self, run: &RunRecord) {
         self.put(format!("r/{}", run.id), run);
         let active = format!("a/{}", run.id);
         if run.status.is_terminal() {
             self.batch.remove(active.as_bytes());
+            self.batch.insert(format!("f/{}", run.id).as_bytes(), &[]);
         } else {
             self.batch.insert(active.as_bytes(), &[]);
         }
@@ -185,6 +189,12 @@ impl Changes {
     /// a watched file) with the run it started, in the same commit.
     pub fn put_mark(&mut self, key: &str, value: &impl Serialize) {
         self.put(format!("m/{key}"), value);
+    }
+
+    /// Takes a run out of the feed of finished runs: every `after:` trigger has decided on it.
+    pub fn forget_finished(&mut self, run_id: &str) {
+        self.batch.remove(format!("f/{run_id}").as_bytes());
+        self.len += 1;
     }
 
     /// Appends to a run's history.
@@ -475,6 +485,7 @@ impl Store {
         }
         batch.remove(format!("r/{run_id}").as_bytes());
         batch.remove(format!("a/{run_id}").as_bytes());
+        batch.remove(format!("f/{run_id}").as_bytes());
         self.write(|db| {
             db.apply_batch(batch)?;
             db.flush()?;
@@ -496,6 +507,15 @@ impl Store {
                 let name = String::from_utf8_lossy(&key[2..]).into_owned();
                 Ok((name, decode(&key, &value)?))
             })
+            .collect()
+    }
+
+    /// Ids of the runs that finished and that `after:` triggers have not all decided on yet.
+    pub fn finished_feed(&self) -> Result<Vec<String>, StoreError> {
+        self.db()?
+            .scan_prefix(b"f/")
+            .keys()
+            .map(|key| Ok(String::from_utf8_lossy(&key?[2..]).into_owned()))
             .collect()
     }
 

@@ -236,7 +236,7 @@ pub struct EventRecord {
 }
 
 /// What started a run. Stored and shown as the text runs have always recorded (`manual`,
-/// `api`, `api by NAME`, `cron EXPR @ INSTANT`, `webhook:NAME`, `watch PATH`), so older stores
+/// `api`, `api by NAME`, `cron EXPR @ INSTANT`, `webhook:NAME`, `watch PATH`, `after PIPELINE run RUN`), so older stores
 /// read the same; text this version cannot parse reads as [`TriggerOrigin::Other`].
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(from = "String", into = "String")]
@@ -265,6 +265,13 @@ pub enum TriggerOrigin {
     Watch {
         /// The file.
         path: String,
+    },
+    /// An `after:` trigger, for a run of another pipeline that ended the way it asks.
+    After {
+        /// The pipeline whose run qualified.
+        pipeline: String,
+        /// That run.
+        run: String,
     },
     /// Text this version does not know (written by another one).
     Other(String),
@@ -297,6 +304,15 @@ impl From<String> for TriggerOrigin {
                 name: name.to_string(),
             };
         }
+        if let Some((pipeline, run)) = text
+            .strip_prefix("after ")
+            .and_then(|rest| rest.split_once(" run "))
+        {
+            return TriggerOrigin::After {
+                pipeline: pipeline.to_string(),
+                run: run.to_string(),
+            };
+        }
         if let Some(path) = text.strip_prefix("watch ") {
             return TriggerOrigin::Watch {
                 path: path.to_string(),
@@ -315,6 +331,7 @@ impl std::fmt::Display for TriggerOrigin {
             TriggerOrigin::Cron { schedule, instant } => write!(f, "cron {schedule} @ {instant}"),
             TriggerOrigin::Webhook { name } => write!(f, "webhook:{name}"),
             TriggerOrigin::Watch { path } => write!(f, "watch {path}"),
+            TriggerOrigin::After { pipeline, run } => write!(f, "after {pipeline} run {run}"),
             TriggerOrigin::Other(text) => f.write_str(text),
         }
     }
@@ -460,6 +477,7 @@ mod tests {
             "cron 0 3 * * MON-FRI @ 2026-12-03T03:00:00+00:00",
             "webhook:s3-put",
             "watch /data/landing/a b.csv",
+            "after monitor run 01KBX7ZQ0000000000000000AB",
             "something newer",
         ] {
             let origin: TriggerOrigin = serde_json::from_str(&format!("{text:?}")).unwrap();
@@ -476,6 +494,13 @@ mod tests {
             TriggerOrigin::Cron {
                 schedule: "0 3 * * MON-FRI".into(),
                 instant: "2026-12-03T03:00:00+00:00".into()
+            }
+        );
+        assert_eq!(
+            TriggerOrigin::from("after monitor run 01KBX7".to_string()),
+            TriggerOrigin::After {
+                pipeline: "monitor".into(),
+                run: "01KBX7".into()
             }
         );
     }

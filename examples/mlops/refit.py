@@ -1,4 +1,4 @@
-"""Step 9, retrain (refit.py; retrain.py is the examples/docker variant that registers): react to drift by training on the data seen so far.
+"""Step 9, retrain (refit.py): react to drift by training on the data seen so far.
 
 The orchestrator runs this step only when the `monitor` drift step output
 drift=true.  It fits a new model on train + batch (so the model learns the

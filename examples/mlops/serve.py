@@ -1,6 +1,9 @@
 """Serve a registered model over HTTP (started by the pipeline's `deploy` step).
 
-    python3 serve.py --model DIR --port PORT --pidfile FILE [--version N]
+    python3 serve.py --model DIR --port PORT --pidfile FILE [--version N] [--host ADDR]
+
+ADDR is the address listened on, 127.0.0.1 unless given (a server in a
+container listens on 0.0.0.0, or a published port cannot reach it).
 
 DIR holds the model.json written by train.py.  Endpoints:
   GET  /health           200 {"status": "ok", "version": N, ...}
@@ -49,14 +52,14 @@ def stop_previous(pidfile):
         pass
 
 
-def bind(port, tries=100):
+def bind(host, port, tries=100):
     """Bind the server, retrying for ~10 s while a stopped server frees the port."""
     for attempt in range(tries):
         try:
-            return ThreadingHTTPServer(("127.0.0.1", port), Handler)
+            return ThreadingHTTPServer((host, port), Handler)
         except OSError as err:
             if attempt == tries - 1:
-                raise common.StepError(f"cannot listen on 127.0.0.1:{port}: {err}")
+                raise common.StepError(f"cannot listen on {host}:{port}: {err}")
             time.sleep(0.1)
     raise AssertionError("unreachable")
 
@@ -136,6 +139,7 @@ def main():
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--pidfile", required=True)
     parser.add_argument("--version", default=None)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     args = parser.parse_args()
 
     path = os.path.join(args.model, "model.json")
@@ -145,13 +149,13 @@ def main():
     Handler.version = args.version
 
     stop_previous(args.pidfile)
-    server = bind(args.port)
+    server = bind(args.host, args.port)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     tmp = f"{args.pidfile}.{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(f"{os.getpid()}\n")
     os.replace(tmp, args.pidfile)
-    print(f"serving model version {args.version} from {path} on 127.0.0.1:{args.port}")
+    print(f"serving model version {args.version} from {path} on {args.host}:{args.port}")
     sys.stdout.flush()
     try:
         server.serve_forever()

@@ -3,14 +3,7 @@
 It only measures: accuracy, precision, recall, f1 and loss go to
 $SLUICE_METRICS, and the pipeline's `gate` step (a Sluice built-in) decides
 whether they are good enough to register the model.
-
-examples/docker/mlops-docker.yaml has no gate step: it sets
-PARAM_MIN_ACCURACY, and then validate itself fails below it (after writing
-its metrics and report).
 """
-
-import os
-import sys
 
 import common
 
@@ -38,16 +31,6 @@ def main():
         f" {result['true_negatives']} TN, {result['false_negatives']} FN"
     )
     common.write_outputs({"accuracy": f"{result['accuracy']:.4f}"})
-    if os.environ.get("PARAM_MIN_ACCURACY"):
-        min_accuracy = common.param_float("MIN_ACCURACY")
-        if result["accuracy"] < min_accuracy:
-            print(
-                f"validate: error: test accuracy {result['accuracy']:.3f} is below"
-                f" PARAM_MIN_ACCURACY={min_accuracy:g}; the model is rejected",
-                file=sys.stderr,
-            )
-            sys.exit(1)
-        print(f"gate passed: accuracy {result['accuracy']:.3f} >= {min_accuracy:g}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
-"""Step 9, retrain (refit.py): react to drift by training on the data seen so far.
+"""retrain.yaml's train step (refit.py): react to drift by training on the data seen so far.
 
-The orchestrator runs this step only when the `monitor` drift step output
-drift=true.  It fits a new model on train + batch (so the model learns the
+Sluice starts the retrain pipeline after monitor runs saw drift (an `after:`
+trigger).  This fits a new model on train + batch (so the model learns the
 shifted production data), scores it on the test split and on the batch, and
-compares it with the production model it would replace (given to the step as
-`models: {current: mlops@production}`).  It writes model.json but neither
-registers nor deploys it: that stays a deliberate, separate decision.
+scores the production model it would replace (given to the step as
+`models: {current: mlops@production}`) on the batch too.  It writes
+model.json; the pipeline's gate, register and deploy steps decide the rest.
 """
 
 import os
@@ -71,7 +71,7 @@ def main():
     )
     if current is not None:
         print(f"production model v{version} scores {before:.3f} on the drifted batch")
-    print("wrote model.json (not registered, not deployed)")
+    print("wrote model.json (the gate decides whether it is registered and deployed)")
 
 
 if __name__ == "__main__":

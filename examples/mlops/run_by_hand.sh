@@ -5,9 +5,9 @@
 # Each step gets its own empty SLUICE_OUT directory, a SLUICE_IN directory of
 # symlinks to the output directories of all its (transitive) upstream steps,
 # and the PARAM_* / SLUICE_* environment variables.  gate, register, deploy
-# and monitor are Sluice built-ins (`uses:`), so they are not run here:
-# ingest, version, train and validate run, then refit.py, the retrain step (which Sluice runs
-# only on drift) on a batch shifted with PARAM_DRIFT_SHIFT=0.5, and finally
+# and drift are Sluice built-ins (`uses:`), so they are not run here:
+# ingest, version, train and validate run, then refit.py, retrain.yaml's train step (which
+# Sluice runs after repeated drift) on a batch shifted with PARAM_DRIFT_SHIFT=0.5, and finally
 # serve.py serves the trained model for a moment and answers /health.
 # Set KEEP=1 to keep the temporary directory for inspection.
 set -euo pipefail

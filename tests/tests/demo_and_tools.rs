@@ -1,10 +1,18 @@
-//! The shipped demo pipeline, and the tools around pipeline files: validate, schema, graph.
+//! The shipped demo pipelines (train and deploy; monitor; retrain after repeated drift), and the
+//! tools around pipeline files: validate, schema, graph.
 
-use sluice_tests::{step, text, workspace_root, Scratch};
+use std::time::Duration;
+
+use sluice_tests::cluster::{http, Server};
+use sluice_tests::{step, text, wait_until, workspace_root, Scratch};
 
 fn demo() -> String {
+    demo_file("mlops")
+}
+
+fn demo_file(name: &str) -> String {
     workspace_root()
-        .join("pipelines/mlops.yaml")
+        .join(format!("pipelines/{name}.yaml"))
         .display()
         .to_string()
 }
@@ -16,18 +24,25 @@ const DEMO_PORT: &str = "18080";
 /// so it cannot be a param), with `edit` applied; its workdir points back at examples/mlops.
 fn demo_copy(s: &Scratch, edit: impl Fn(String) -> String) -> (String, u16) {
     let port = free_port();
+    let file = copy_demo(s, "mlops", "mlops.yaml", port);
+    let yaml = edit(std::fs::read_to_string(&file).unwrap());
+    std::fs::write(&file, yaml).unwrap();
+    (file, port)
+}
+
+/// Copies `pipelines/NAME.yaml` to `to` in the scratch dir, its deploy serving on `port` and its
+/// workdir pointing back at examples/mlops.
+fn copy_demo(s: &Scratch, name: &str, to: &str, port: u16) -> String {
     let examples = workspace_root()
         .join("examples/mlops")
         .display()
         .to_string();
-    let yaml = std::fs::read_to_string(demo()).unwrap();
-    assert!(yaml.contains(DEMO_PORT), "the demo serves on {DEMO_PORT}");
-    let yaml = edit(yaml.replace(DEMO_PORT, &port.to_string()).replace(
+    let yaml = std::fs::read_to_string(demo_file(name)).unwrap();
+    let yaml = yaml.replace(DEMO_PORT, &port.to_string()).replace(
         "workdir: ../examples/mlops",
         &format!("workdir: {examples}"),
-    ));
-    let file = s.write("mlops.yaml", &yaml);
-    (file.display().to_string(), port)
+    );
+    s.write(to, &yaml).display().to_string()
 }
 
 fn free_port() -> u16 {
@@ -38,9 +53,9 @@ fn free_port() -> u16 {
 }
 
 /// Stops the demo's model server (pidfile under the data dir) however the test ends.
-struct Server(std::path::PathBuf);
+struct ModelServer(std::path::PathBuf);
 
-impl Drop for Server {
+impl Drop for ModelServer {
     fn drop(&mut self) {
         if let Ok(pid) = std::fs::read_to_string(self.0.join("serving/serve.pid")) {
             let _ = std::process::Command::new("kill").arg(pid.trim()).status();
@@ -71,15 +86,17 @@ fn production(s: &Scratch) -> serde_json::Value {
 #[test]
 fn the_demo_trains_gates_registers_and_deploys() {
     let s = Scratch::new();
-    let _server = Server(s.data_dir());
+    let _server = ModelServer(s.data_dir());
     let (file, port) = demo_copy(&s, |y| y);
     let out = s.run(&["run", &file]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     let show = s.show(&s.latest_run_id());
     assert_eq!(show["run"]["status"], "succeeded");
+    let yaml = std::fs::read_to_string(demo()).unwrap();
+    assert!(yaml.contains(DEMO_PORT), "the demo serves on {DEMO_PORT}");
     for name in [
-        "ingest", "version", "train", "validate", "gate", "register", "deploy", "monitor",
+        "ingest", "version", "train", "validate", "gate", "register", "deploy",
     ] {
         assert_eq!(step(&show, name)["status"], "succeeded", "{name}");
     }
@@ -93,34 +110,123 @@ fn the_demo_trains_gates_registers_and_deploys() {
     let health = get(port, "/health");
     assert!(health.starts_with("HTTP/1.0 200"), "{health}");
     assert!(health.contains("\"version\": \"1\""), "{health}");
-    assert_eq!(step(&show, "monitor")["outputs"]["drift"], "false");
-    assert_eq!(
-        step(&show, "retrain")["status"],
-        "skipped",
-        "no drift, no retrain"
-    );
 }
 
-#[test]
-fn the_demo_retrains_when_the_fresh_batch_drifts() {
-    let s = Scratch::new();
-    let _server = Server(s.data_dir());
-    let (file, port) = demo_copy(&s, |y| y);
-    let out = s.run(&["run", &file, "-p", "drift_shift=0.5"]);
+/// Starts a run of `pipeline` on the server and waits until it ends; returns its id and status.
+fn run_on(server: &Server, pipeline: &str, params: &str) -> (String, String) {
+    let (status, reply) = http(
+        "POST",
+        &format!("{}/api/v1/pipelines/{pipeline}/runs", server.url()),
+        None,
+        Some(&format!("{{\"params\": {params}}}")),
+    );
+    assert_eq!(status, 201, "{reply}");
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    let id = reply["run"]["id"].as_str().unwrap().to_string();
+    (id.clone(), wait_finished(server, &id))
+}
+
+fn wait_finished(server: &Server, id: &str) -> String {
+    let mut status = String::new();
+    wait_until("the run to finish", Duration::from_secs(120), || {
+        status = server.get(&format!("/api/v1/runs/{id}"))["run"]["status"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        ["succeeded", "failed", "cancelled"].contains(&status.as_str())
+    });
+    status
+}
+
+fn production_on(s: &Scratch, server: &Server) -> i64 {
+    let out = s.run(&[
+        "models",
+        "show",
+        "mlops@production",
+        "--json",
+        "--server",
+        &server.url(),
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let show = s.show(&s.latest_run_id());
-    assert_eq!(step(&show, "deploy")["status"], "succeeded");
-    assert!(get(port, "/health").starts_with("HTTP/1.0 200"));
-    assert_eq!(step(&show, "monitor")["outputs"]["drift"], "true");
-    let retrain = step(&show, "retrain");
-    assert_eq!(retrain["status"], "succeeded", "{retrain:#}");
-    assert_eq!(retrain["outputs"]["replaces_version"], "1", "{retrain:#}");
+    let show: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let version = show
+        .get("version")
+        .filter(|v| v.is_object())
+        .unwrap_or(&show);
+    version["version"].as_i64().expect("a version number")
+}
+
+/// The README's walk through the loop, against a real daemon: train and deploy; a calm batch; a
+/// drifted batch (one breach: nothing); a second one starts retraining (`after:`), gated against
+/// production, registered and deployed; then rolled back by hand.
+#[test]
+fn the_demo_loop_retrains_after_two_drifted_batches_and_rolls_back_by_hand() {
+    let s = Scratch::new();
+    let _model_server = ModelServer(s.data_dir());
+    let port = free_port();
+    for name in ["mlops", "monitor", "retrain"] {
+        copy_demo(&s, name, &format!("pipelines/{name}.yaml"), port);
+    }
+    let server = Server::start(&s, &[]);
+    assert_eq!(run_on(&server, "mlops", "{}").1, "succeeded");
+    assert_eq!(production_on(&s, &server), 1);
+
+    let (calm, status) = run_on(&server, "monitor", "{}");
+    assert_eq!(status, "succeeded");
+    let (first, _) = run_on(&server, "monitor", "{\"drift_shift\": 0.5}");
+    let retrains = || -> Vec<serde_json::Value> {
+        server
+            .runs()
+            .into_iter()
+            .filter(|r| r["pipeline"] == "retrain")
+            .collect()
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        retrains().is_empty(),
+        "one drifted batch started retraining"
+    );
+    let (second, _) = run_on(&server, "monitor", "{\"drift_shift\": 0.5}");
+    for (run, drift) in [(&calm, "false"), (&first, "true"), (&second, "true")] {
+        let show = server.get(&format!("/api/v1/runs/{run}"));
+        assert_eq!(step(&show, "drift")["outputs"]["drift"], drift, "{show:#}");
+    }
+
+    wait_until("retraining to start", Duration::from_secs(30), || {
+        retrains().len() == 1
+    });
+    let retrain = retrains().remove(0);
+    assert_eq!(retrain["trigger"], format!("after monitor run {second}"));
+    assert_eq!(retrain["params"]["monitor_run"], second.as_str());
+    assert_eq!(retrain["params"]["drift_shift"], "0.5");
+    let id = retrain["id"].as_str().unwrap();
+    assert_eq!(wait_finished(&server, id), "succeeded");
+    let show = server.get(&format!("/api/v1/runs/{id}"));
+    assert_eq!(step(&show, "gate")["outputs"]["passed"], "true");
+    assert_eq!(step(&show, "train")["outputs"]["replaces_version"], "1");
+    assert_eq!(step(&show, "deploy")["outputs"]["deployed"], "2");
+    assert_eq!(production_on(&s, &server), 2);
+    assert!(get(port, "/health").contains("\"version\": \"2\""));
+
+    let out = s.run(&[
+        "models",
+        "rollback",
+        "mlops",
+        "--alias",
+        "production",
+        "--reason",
+        "by hand",
+        "--server",
+        &server.url(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(production_on(&s, &server), 1);
 }
 
 #[test]
 fn the_demo_gate_fails_the_run_and_keeps_its_metrics() {
     let s = Scratch::new();
-    let _server = Server(s.data_dir());
+    let _server = ModelServer(s.data_dir());
     let (file, _) = demo_copy(&s, |y| {
         assert!(y.contains("accuracy: \">= 0.9\""));
         y.replace("accuracy: \">= 0.9\"", "accuracy: \">= 0.9999\"")
@@ -132,7 +238,7 @@ fn the_demo_gate_fails_the_run_and_keeps_its_metrics() {
     assert_eq!(validate["status"], "succeeded");
     assert!(validate["metrics"]["accuracy"].as_f64().is_some());
     assert_eq!(step(&show, "gate")["status"], "failed");
-    for name in ["register", "deploy", "monitor", "retrain"] {
+    for name in ["register", "deploy"] {
         assert_eq!(step(&show, name)["status"], "skipped", "{name}");
     }
     let out = s.run(&["models", "show", "mlops@production", "--json"]);
@@ -221,16 +327,26 @@ fn graph_prints_dot_and_mermaid() {
     let s = Scratch::new();
     let out = s.run(&["graph", &demo()]);
     let dot = text(&out.stdout);
-    assert!(dot.contains("\"monitor\" -> \"retrain\";"), "{dot}");
     assert!(dot.contains("\"validate\" -> \"gate\";"), "{dot}");
     assert!(dot.contains("\"gate\" -> \"register\";"), "{dot}");
-    assert!(dot.contains("\"deploy\" -> \"monitor\";"), "{dot}");
+    assert!(dot.contains("\"register\" -> \"deploy\";"), "{dot}");
     let out = s.run(&["graph", "--format", "mermaid", &demo()]);
     let mermaid = text(&out.stdout);
     assert!(mermaid.starts_with("flowchart LR\n"), "{mermaid}");
+    let conditional = s.write(
+        "when.yaml",
+        "name: w\nsteps:\n  check: {run: x}\n  retrain:\n    depends: [check]\n    when: steps.check.outputs.drift == \"true\"\n    run: y\n",
+    );
+    let out = s.run(&[
+        "graph",
+        "--format",
+        "mermaid",
+        conditional.to_str().unwrap(),
+    ]);
+    let mermaid = text(&out.stdout);
     assert!(
         mermaid.contains("{\"retrain\"}"),
-        "conditional steps are drawn as decisions"
+        "conditional steps are drawn as decisions: {mermaid}"
     );
 }
 

@@ -517,21 +517,15 @@ fn drift(r: &mut Reader, with: &Node, path: &str) -> Option<DriftArgs> {
         return None;
     }
     let format = match fields.get("format") {
-        Some((_, n)) => {
-            let field = join(path, "format");
-            if matches!(&n.value, Value::String(s) if s == "parquet") {
-                r.diags
-                    .error(n.mark, &field, "`parquet` is not supported yet")
-                    .help("write the batches as csv or jsonl");
-                None
-            } else {
-                r.choice(
-                    n,
-                    &field,
-                    &[("csv", DataFormat::Csv), ("jsonl", DataFormat::Jsonl)],
-                )
-            }
-        }
+        Some((_, n)) => r.choice(
+            n,
+            &join(path, "format"),
+            &[
+                ("csv", DataFormat::Csv),
+                ("jsonl", DataFormat::Jsonl),
+                ("parquet", DataFormat::Parquet),
+            ],
+        ),
         None => Some(DataFormat::Csv),
     };
     let list = |r: &mut Reader, key: &str| match fields.get(key) {

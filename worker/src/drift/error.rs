@@ -54,6 +54,11 @@ pub enum RowAt {
         /// Line, from 1.
         line: u64,
     },
+    /// A Parquet row, from 1 (0: the file as a whole).
+    Parquet {
+        /// Row, from 1.
+        row: u64,
+    },
 }
 
 impl fmt::Display for RowAt {
@@ -61,6 +66,8 @@ impl fmt::Display for RowAt {
         match self {
             RowAt::Csv { row, line } => write!(f, "data row {row} (line {line})"),
             RowAt::Jsonl { line } => write!(f, "line {line}"),
+            RowAt::Parquet { row: 0 } => f.write_str("its footer"),
+            RowAt::Parquet { row } => write!(f, "row {row}"),
         }
     }
 }

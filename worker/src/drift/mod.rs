@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 pub mod error;
+mod parquet;
 pub mod passes;
 pub mod report;
 pub mod rows;
@@ -44,6 +45,8 @@ pub enum DataFormat {
     Csv,
     /// One JSON object per line.
     Jsonl,
+    /// Apache Parquet (flat columns; Snappy, Zstandard, LZ4 or gzip compressed).
+    Parquet,
 }
 
 /// The statistic a column is compared with.

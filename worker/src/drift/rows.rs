@@ -3,7 +3,7 @@
 //!
 //! CSV goes through the `csv` crate (RFC 4180 quoting, a UTF-8 BOM dropped, rows of another
 //! width than the header refused). JSON Lines is read a line at a time; of each object only the
-//! wanted keys are kept, the other values are skipped unparsed.
+//! wanted keys are kept, the other values are skipped unparsed. Parquet is in [`super::parquet`].
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -32,6 +32,8 @@ pub enum Row<'a> {
     },
     /// The wanted values of a JSON object (`None`: the key is absent).
     Jsonl(&'a [Option<Value>]),
+    /// The wanted values of a Parquet row.
+    Parquet(&'a [Option<parquet::record::Field>]),
 }
 
 /// One value as the file has it.
@@ -41,6 +43,8 @@ pub enum Cell<'a> {
     Text(&'a [u8]),
     /// A JSON value.
     Json(&'a Value),
+    /// A Parquet value.
+    Parquet(&'a parquet::record::Field),
     /// A JSON object without the key.
     Absent,
 }
@@ -51,6 +55,7 @@ impl Row<'_> {
         match self {
             Row::Csv { record, fields } => Cell::Text(record.get(fields[i]).unwrap_or_default()),
             Row::Jsonl(values) => values[i].as_ref().map_or(Cell::Absent, Cell::Json),
+            Row::Parquet(values) => values[i].as_ref().map_or(Cell::Absent, Cell::Parquet),
         }
     }
 }
@@ -81,6 +86,7 @@ pub fn columns(file: &DataFile) -> Result<Vec<String>, DriftError> {
                 return Ok(keys);
             }
         }
+        DataFormat::Parquet => super::parquet::columns(file),
     }
 }
 
@@ -95,10 +101,11 @@ pub fn scan(
     let rows = match file.format {
         DataFormat::Csv => scan_csv(file, wanted, cancel, &mut visit)?,
         DataFormat::Jsonl => scan_jsonl(file, wanted, cancel, &mut visit)?,
+        DataFormat::Parquet => super::parquet::scan(file, wanted, cancel, &mut visit)?,
     };
     if rows == 0 {
         return Err(match file.format {
-            DataFormat::Csv => DriftError::NoRows(file.name.clone()),
+            DataFormat::Csv | DataFormat::Parquet => DriftError::NoRows(file.name.clone()),
             DataFormat::Jsonl => DriftError::Empty(file.name.clone()),
         });
     }
@@ -412,6 +419,7 @@ pub fn number(cell: Cell<'_>, at: impl FnOnce() -> CellAt) -> Result<f64, DriftE
                 value: other.to_string(),
             })
         }
+        Cell::Parquet(field) => return super::parquet::number(field, at),
     };
     // -0.0 and 0.0 are one value to numpy's sort and unique.
     Ok(value + 0.0)
@@ -443,5 +451,6 @@ pub fn category<'a>(
             at: at(),
             what: "a JSON object",
         }),
+        Cell::Parquet(field) => super::parquet::category(field, at),
     }
 }

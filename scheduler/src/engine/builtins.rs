@@ -97,12 +97,12 @@ pub fn prepare(cx: &Context<'_>, mut task: TaskSpec) -> Prepared {
         }
         Some(Builtin::Gate(spec)) => {
             let report = judge(cx, spec);
-            prepared.task = Err(ended(
-                report
-                    .as_ref()
-                    .map(|r| gate_result(&task, r))
-                    .map_err(Clone::clone),
-            ));
+            // A verdict fails the step (and is never retried: it would not change); a registry
+            // that could not be read is an error, which the retry policy may try again.
+            prepared.task = Err(match &report {
+                Ok(report) => gate_result(&task, report),
+                Err(message) => TaskResult::error(task.key.clone(), message.clone()),
+            });
             prepared.gate = report.ok();
             return prepared;
         }

@@ -12,8 +12,9 @@ use indexmap::IndexMap;
 use sluice_worker::task::{Outcome, TaskResult, TaskSpec, WorkerEvent};
 
 use super::tasks::{attempt_dir, build_task};
+use crate::spec::builtins::Builtin;
 use crate::spec::condition::Operand;
-use crate::spec::Pipeline;
+use crate::spec::{Action, Pipeline};
 use crate::store::*;
 
 #[cfg(test)]
@@ -635,7 +636,15 @@ impl RunState {
         if self.cancelling || self.give_up.contains(name) {
             return None;
         }
-        let policy = &self.pipeline.steps.get(name)?.retry;
+        let step = self.pipeline.steps.get(name)?;
+        // A gate's verdict follows from metrics that are already recorded: another attempt
+        // would fail the same way.
+        if result.outcome == Outcome::Failed
+            && matches!(&step.action, Action::Uses { builtin, .. } if matches!(builtin.as_ref(), Builtin::Gate(_)))
+        {
+            return None;
+        }
+        let policy = &step.retry;
         // The worker died, not the step: run it again at once, on any worker (`count_lost`
         // gave up on it when its `retry.lost` ran out).
         if result.outcome == Outcome::Lost {

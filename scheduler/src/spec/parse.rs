@@ -601,8 +601,21 @@ fn step(
         }
         None => (None, None),
     };
+    // Built-in steps run in the scheduler or in the worker itself (a deploy's command as a
+    // local process): an image would be silently ignored, so one written on the step is an
+    // error, and `defaults.image` is for the other steps.
+    let builtin = get("uses").is_some();
     let image = match get("image") {
+        Some(n) if builtin => {
+            r.error(
+                n.mark,
+                &join(path, "image"),
+                format!("step `{name}` is a built-in (`uses:`), which does not run in an image; a deploy's `run:` can start containers itself (`docker run ...`)"),
+            );
+            None
+        }
         Some(n) => r.string(n, &join(path, "image")).map(Some),
+        None if builtin => Some(None),
         None => Some(defaults.image.clone()),
     };
     let mut env = pipeline_env.clone();
@@ -616,7 +629,7 @@ fn step(
         Some(n) => secrets(r, n, &join(path, "secrets")),
         None => Some(Vec::new()),
     };
-    let has_image = get("image").is_some() || defaults.image.is_some();
+    let has_image = !builtin && (get("image").is_some() || defaults.image.is_some());
     let workdir = match get("workdir") {
         Some(n) => r.string(n, &join(path, "workdir")).map(Some),
         // A relative default is a folder of the repository: it means nothing inside an image.

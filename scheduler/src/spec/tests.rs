@@ -1597,6 +1597,21 @@ fn uses_noop_is_a_builtin_step_that_takes_no_arguments() {
 }
 
 #[test]
+fn a_builtin_step_refuses_an_image_and_ignores_the_default_one() {
+    let d = one_error(&with_steps(
+        "  join:\n    uses: noop\n    image: alpine:3\n",
+    ));
+    assert_eq!((d.field.as_str(), d.line), ("steps.join.image", 5));
+    assert!(d.message.contains("does not run in an image"), "{d}");
+    let p = valid(
+        "name: p\ndefaults: {image: alpine:3, workdir: src}\nsteps:\n  a: {run: x}\n  join: {uses: noop, depends: [a]}\n",
+    );
+    assert_eq!(step(&p, "a").image.as_deref(), Some("alpine:3"));
+    assert_eq!(step(&p, "join").image, None);
+    assert_eq!(step(&p, "join").workdir.as_deref(), Some("src"));
+}
+
+#[test]
 fn a_webhook_without_a_secret_must_say_it_is_insecure() {
     let d = one_error(&with_triggers(
         "

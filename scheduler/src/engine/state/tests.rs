@@ -250,6 +250,30 @@ fn retries_wait_out_their_backoff_and_stop_at_the_limit() {
 }
 
 #[test]
+fn a_gate_verdict_is_never_retried_but_a_gate_that_could_not_judge_is() {
+    let yaml = "name: p
+steps:
+  v: {run: x}
+  g:
+    depends: [v]
+    uses: gate
+    retry: {limit: 2}
+    with: {metrics_from: [v], require: {accuracy: \">= 0.9\"}}
+";
+    for (outcome, then) in [
+        (Outcome::Failed, StepStatus::Failed),
+        (Outcome::Error, StepStatus::Pending),
+    ] {
+        let mut sim = Sim::new(yaml);
+        assert_eq!(sim.tick(), ["v#1"]);
+        sim.end("v", Outcome::Succeeded, Some(0));
+        assert_eq!(sim.tick(), ["g#1"]);
+        sim.end("g", outcome, None);
+        assert_eq!(sim.status("g"), then, "{outcome:?}");
+    }
+}
+
+#[test]
 fn on_exit_codes_limits_retries_to_those_codes_and_a_signal_counts_as_128_plus_it() {
     // (how the attempt ended: exit code, signal; whether it is retried)
     let table = [

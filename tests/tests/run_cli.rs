@@ -82,6 +82,32 @@ fn bad_params_and_bad_files_exit_2_before_anything_runs() {
 }
 
 #[test]
+fn dry_run_prints_the_plan_and_touches_nothing() {
+    let s = Scratch::new();
+    let file = s.write(
+        "p.yaml",
+        "name: plan\nparams: {n: 1}\nsteps:\n  b: {run: 'touch ran-b', depends: [a]}\n  a: {run: 'touch ran-a', outputs: [x.csv]}\n",
+    );
+    let file = file.to_str().unwrap();
+    let out = s.run(&["run", file, "--dry-run", "-p", "n=3"]);
+    let plan = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{plan}{}", text(&out.stderr));
+    let a = plan.find("1. a  run: touch ran-a").expect(&plan);
+    let b = plan.find("2. b  run: touch ran-b").expect(&plan);
+    assert!(a < b, "{plan}");
+    assert!(plan.contains("n = \"3\"  (from -p)"), "{plan}");
+    assert!(plan.contains("outputs: x.csv"), "{plan}");
+    assert!(!s.path().join("ran-a").exists() && !s.path().join("ran-b").exists());
+    assert!(!s.data_dir().exists(), "the data dir was created");
+    let out = s.run(&["run", file, "--dry-run", "-p", "n=many"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a bad param fails the dry run too"
+    );
+}
+
+#[test]
 fn a_failed_step_skips_its_downstream_and_fails_the_run() {
     let s = Scratch::new();
     let file = s.write(

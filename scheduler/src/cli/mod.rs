@@ -7,6 +7,7 @@ mod daemon;
 mod graph;
 mod inspect;
 mod models;
+mod plan;
 mod printers;
 mod progress;
 mod run;

@@ -51,6 +51,11 @@ pub struct RunArgs {
     /// the cache).
     #[arg(long)]
     pub no_cache: bool,
+    /// Print the plan (steps in order with their commands, images, queues, resources,
+    /// conditions, and the params with where each value comes from) and exit; nothing is run
+    /// and the data dir is not touched.
+    #[arg(long, conflicts_with = "resume")]
+    pub dry_run: bool,
     #[command(flatten)]
     pub secret_key: SecretKeyArg,
     #[command(flatten)]
@@ -61,6 +66,21 @@ pub struct RunArgs {
 
 /// Runs (or resumes) a pipeline; exit 0 succeeded, 1 failed, 2 invalid input, 130 cancelled.
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
+    if let (true, Some(file)) = (args.dry_run, &args.file) {
+        return Ok(match prepare_request(file, &args) {
+            Ok(request) => {
+                let params =
+                    crate::engine::resolve_params(&request.loaded.pipeline, &request.overrides)
+                        .unwrap_or_default();
+                print!(
+                    "{}",
+                    super::plan::render(&request.loaded, &request.overrides, &params)
+                );
+                0
+            }
+            Err(code) => code,
+        });
+    }
     let data_dir = prepare_data_dir(&args.data.data_dir)?;
     let request = match &args.file {
         Some(file) => match prepare_request(file, &args) {

@@ -38,6 +38,9 @@ struct FileReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pipeline: Option<String>,
     errors: Vec<Diagnostic>,
+    /// Things that are valid but probably not meant (a quoted reference in a `when`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<Diagnostic>,
 }
 
 /// Exit 0 when every file is valid, 1 when any is not, 2 when a path cannot be read at all.
@@ -55,18 +58,20 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<u8> {
     }
     let mut reports = Vec::new();
     for file in &files {
-        let report = match spec::load_file(file, args.max_file_bytes) {
-            Ok(loaded) => FileReport {
+        let report = match spec::load_file_with_warnings(file, args.max_file_bytes) {
+            Ok((loaded, warnings)) => FileReport {
                 file: file.display().to_string(),
                 valid: true,
                 pipeline: Some(loaded.pipeline.name),
                 errors: Vec::new(),
+                warnings,
             },
             Err(errors) => FileReport {
                 file: file.display().to_string(),
                 valid: false,
                 pipeline: None,
                 errors,
+                warnings: Vec::new(),
             },
         };
         reports.push(report);
@@ -89,6 +94,12 @@ fn print_human(reports: &[FileReport]) {
     let mut error_count = 0;
     for report in reports {
         if report.valid {
+            if !report.warnings.is_empty() {
+                let source = std::fs::read_to_string(&report.file).unwrap_or_default();
+                for warning in &report.warnings {
+                    eprintln!("{}", warning.render(&source));
+                }
+            }
             println!(
                 "ok: {} (pipeline `{}`)",
                 report.file,

@@ -6,7 +6,7 @@
 //! run a decision starts (one commit), and that run's id is derived from the followed run, so
 //! a daemon killed anywhere in between decides the same again and finds the run it started.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::json;
@@ -181,8 +181,13 @@ fn when_holds(
     let Some((_, condition)) = &trigger.when else {
         return Ok(true);
     };
-    let value = read(daemon, &RunValue::Operand(condition.left.clone()), run)?;
-    Ok(condition.holds(value.as_deref()))
+    // Read first (a read can fail), then decide on what was read.
+    let mut values = HashMap::new();
+    for operand in condition.operands() {
+        let value = read(daemon, &RunValue::Operand(operand.clone()), run)?;
+        values.insert(operand.clone(), value);
+    }
+    Ok(condition.eval(|operand| values.get(operand).cloned().flatten()))
 }
 
 /// The params the trigger passes, read from the followed run; one it cannot read is left to

@@ -421,22 +421,20 @@ impl RunState {
         tasks
     }
 
-    /// `Some(reason)` when the step has a `when` that does not hold.
+    /// `Some(reason)` when the step has a `when` that does not hold: one that reads a value
+    /// never set and is not settled without it counts as false, and the reason names that value.
     fn false_condition(&self, name: &str) -> Option<String> {
         let when = self.pipeline.steps.get(name)?.when.as_ref()?;
-        let value = match &when.left {
-            Operand::StepOutput { step, key } => {
-                self.steps.get(step).and_then(|s| s.outputs.get(key))
-            }
-            Operand::Param(param) => self.run.params.get(param),
-        };
-        if when.holds(value.map(String::as_str)) {
-            return None;
-        }
-        Some(match value {
-            Some(v) => format!("condition `{when}` is false (value: {v:?})"),
-            None => format!("condition `{when}` is false ({} was never set)", when.left),
-        })
+        let verdict = when.verdict(|operand| match operand {
+            Operand::StepOutput { step, key } => self
+                .steps
+                .get(step)
+                .and_then(|s| s.outputs.get(key))
+                .cloned(),
+            Operand::Param(param) => self.run.params.get(param).cloned(),
+        });
+        let why = verdict.why_not()?;
+        Some(format!("condition `{when}` is false ({why})"))
     }
 
     /// Records what the cache decided for `step` (before its task is queued or its hit applied).

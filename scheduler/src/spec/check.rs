@@ -11,7 +11,7 @@ use super::diagnostic::did_you_mean;
 use super::model::{Action, Pipeline, Trigger};
 use super::parse::ParsedStep;
 use super::reader::Reader;
-use super::yaml::{Node, Value};
+use super::yaml::{Mark, Node, Value};
 
 /// Runs every cross-field check, recording problems in the reader.
 /// Above this many steps, unknown dependencies get no "did you mean" (it costs steps x typos).
@@ -242,7 +242,8 @@ fn cycle_through<'a>(
     vec![start, start]
 }
 
-/// A condition may read only a step that is upstream of its own, and only declared params.
+/// A condition may read only a step that is upstream of its own, and only declared params;
+/// quoted text that reads like a reference is a warning (it compares with those characters).
 fn conditions(r: &mut Reader, pipeline: &Pipeline, steps: &[ParsedStep]) {
     let by_name: HashMap<&str, &ParsedStep> = steps.iter().map(|s| (s.name.as_str(), s)).collect();
     let mut upstream = Upstream::new(steps);
@@ -251,29 +252,49 @@ fn conditions(r: &mut Reader, pipeline: &Pipeline, steps: &[ParsedStep]) {
             continue;
         };
         let field = format!("steps.{}.when", parsed.name);
-        match &when.left {
-            Operand::StepOutput { step, .. } => {
-                if !upstream.contains(&by_name, &parsed.name, step.as_str()) {
-                    r.error(
-                        mark,
-                        &field,
-                        format!(
-                            "`when` of step `{}` reads step `{step}`, which it does not depend on (directly or through others)",
-                            parsed.name
-                        ),
-                    );
+        for operand in when.operands() {
+            match operand {
+                Operand::StepOutput { step, .. } => {
+                    if !upstream.contains(&by_name, &parsed.name, step.as_str()) {
+                        r.error(
+                            mark,
+                            &field,
+                            format!(
+                                "`when` of step `{}` reads step `{step}`, which it does not depend on (directly or through others)",
+                                parsed.name
+                            ),
+                        );
+                    }
                 }
-            }
-            Operand::Param(name) => {
-                if !pipeline.params.contains_key(name) {
-                    r.error(
-                        mark,
-                        &field,
-                        format!("`when` reads param `{name}`, which is not declared in `params`"),
-                    );
+                Operand::Param(name) => {
+                    if !pipeline.params.contains_key(name) {
+                        r.error(
+                            mark,
+                            &field,
+                            format!(
+                                "`when` reads param `{name}`, which is not declared in `params`"
+                            ),
+                        );
+                    }
                 }
             }
         }
+        quoted_references(r, when, mark, &field);
+    }
+}
+
+/// Warns about quoted text in `when` that reads like a reference: `params.x == "params.y"`
+/// compares with the characters `params.y`, which is rarely what was meant.
+pub fn quoted_references(r: &mut Reader, when: &Condition, mark: Mark, field: &str) {
+    for text in when.quoted_references() {
+        r.warning(
+            mark,
+            field,
+            format!("`when` compares with the text \"{text}\", not with the value of `{text}`"),
+        )
+        .help(format!(
+            "write `{text}` without quotes to compare with its value"
+        ));
     }
 }
 
@@ -294,13 +315,11 @@ const SHARED_READ: usize = 8;
 impl<'a> Upstream<'a> {
     fn new(steps: &'a [ParsedStep]) -> Self {
         let mut readers = HashMap::new();
-        for parsed in steps {
-            if let Some(Condition {
-                left: Operand::StepOutput { step, .. },
-                ..
-            }) = &parsed.when
-            {
-                *readers.entry(step.as_str()).or_insert(0) += 1;
+        for when in steps.iter().filter_map(|parsed| parsed.when.as_ref()) {
+            for operand in when.operands() {
+                if let Operand::StepOutput { step, .. } = operand {
+                    *readers.entry(step.as_str()).or_insert(0) += 1;
+                }
             }
         }
         Upstream {

@@ -25,12 +25,40 @@ pub struct Diagnostic {
     /// A suggestion, such as "did you mean `depends`?".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub help: Option<String>,
+    /// An error makes the file invalid; a warning only points at something that looks wrong.
+    #[serde(skip_serializing_if = "Severity::is_error")]
+    pub severity: Severity,
+}
+
+/// How bad a diagnostic is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The file is refused.
+    #[default]
+    Error,
+    /// The file is accepted, but probably does not say what its author meant.
+    Warning,
+}
+
+impl Severity {
+    /// Whether this is an error (the default, so not written out in JSON).
+    pub fn is_error(&self) -> bool {
+        *self == Severity::Error
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        }
+    }
 }
 
 impl Diagnostic {
     /// Renders the diagnostic with the offending source line and a caret under the column.
     pub fn render(&self, source: &str) -> String {
-        let mut out = format!("error: {}\n", self.message);
+        let mut out = format!("{}: {}\n", self.severity.label(), self.message);
         let _ = writeln!(out, "  --> {}:{}:{}", self.file, self.line, self.column);
         if let Some(text) = source_lines(source).get(self.line.saturating_sub(1)) {
             let number = self.line.to_string();
@@ -55,6 +83,9 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.severity == Severity::Warning {
+            write!(f, "warning: ")?;
+        }
         write!(
             f,
             "{}:{}:{}: {}",
@@ -92,6 +123,7 @@ pub fn source_lines(source: &str) -> Vec<&str> {
 pub struct Diagnostics {
     file: String,
     list: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
 }
 
 impl Diagnostics {
@@ -100,6 +132,7 @@ impl Diagnostics {
         Self {
             file: file.into(),
             list: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -118,19 +151,46 @@ impl Diagnostics {
             step: step_of(field),
             message: message.into(),
             help: None,
+            severity: Severity::Error,
         });
         self.list.last_mut().expect("just pushed")
     }
 
-    /// Whether nothing has been found wrong.
+    /// Records something at `mark` that is allowed but probably not meant; the file stays valid.
+    pub fn warning(
+        &mut self,
+        mark: Mark,
+        field: &str,
+        message: impl Into<String>,
+    ) -> &mut Diagnostic {
+        self.warnings.push(Diagnostic {
+            file: self.file.clone(),
+            line: mark.line,
+            column: mark.column,
+            field: field.to_string(),
+            step: step_of(field),
+            message: message.into(),
+            help: None,
+            severity: Severity::Warning,
+        });
+        self.warnings.last_mut().expect("just pushed")
+    }
+
+    /// Whether no error has been found (warnings do not count).
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
 
-    /// The problems, sorted by position in the file.
-    pub fn into_sorted(mut self) -> Vec<Diagnostic> {
+    /// The errors, sorted by position in the file.
+    pub fn into_sorted(self) -> Vec<Diagnostic> {
+        self.into_parts().0
+    }
+
+    /// The errors and the warnings, each sorted by position in the file.
+    pub fn into_parts(mut self) -> (Vec<Diagnostic>, Vec<Diagnostic>) {
         self.list.sort_by_key(|d| (d.line, d.column));
-        self.list
+        self.warnings.sort_by_key(|d| (d.line, d.column));
+        (self.list, self.warnings)
     }
 }
 
@@ -172,12 +232,39 @@ mod tests {
             step: Some("a".into()),
             message: "unknown key `dependz` in step `a`".into(),
             help: Some("did you mean `depends`?".into()),
+            severity: Severity::Error,
         };
         let out = d.render("steps:\n  dependz: [b]\n");
         assert_eq!(
             out,
             "error: unknown key `dependz` in step `a`\n  --> p.yaml:2:3\n  |\n2 |   dependz: [b]\n  |   ^\n  = help: did you mean `depends`?\n"
         );
+    }
+
+    #[test]
+    fn a_warning_renders_as_one_and_keeps_its_severity_in_json() {
+        let d = Diagnostic {
+            file: "p.yaml".into(),
+            line: 1,
+            column: 7,
+            field: "steps.a.when".into(),
+            step: Some("a".into()),
+            message: "compares with the text".into(),
+            help: None,
+            severity: Severity::Warning,
+        };
+        assert!(d
+            .render("when: x\n")
+            .starts_with("warning: compares with the text\n"));
+        assert_eq!(d.to_string(), "warning: p.yaml:1:7: compares with the text");
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["severity"], "warning");
+        let error = Diagnostic {
+            severity: Severity::Error,
+            ..d
+        };
+        let json = serde_json::to_value(&error).unwrap();
+        assert!(json.get("severity").is_none(), "errors look as they did");
     }
 
     #[test]

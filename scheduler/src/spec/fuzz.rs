@@ -94,12 +94,24 @@ fn check_valid_pipeline(p: &Pipeline) -> Result<(), TestCaseError> {
             prop_assert!(!timeout.is_zero());
         }
         if let Some(when) = &step.when {
-            match &when.left {
-                condition::Operand::StepOutput { step: read, .. } => {
-                    prop_assert!(upstream(p, name).contains(read.as_str()))
+            for operand in when.operands() {
+                match operand {
+                    condition::Operand::StepOutput { step: read, .. } => {
+                        prop_assert!(upstream(p, name).contains(read.as_str()))
+                    }
+                    condition::Operand::Param(param) => {
+                        prop_assert!(p.params.contains_key(param))
+                    }
                 }
-                condition::Operand::Param(param) => prop_assert!(p.params.contains_key(param)),
             }
+            let printed = when.to_string();
+            let read_back = condition::Condition::parse(&printed);
+            prop_assert_eq!(
+                read_back.as_ref(),
+                Ok(when),
+                "{} does not read back",
+                printed
+            );
         }
     }
     prop_assert!(
@@ -638,27 +650,65 @@ const COMMAND: Pool = Pool {
 const EXTRA_KEYS: &[&str] = &["dependz", "needs", "script", "zzz", "1", "''", "<<", "[k]"];
 
 fn condition(g: &mut Gen, upstream: &[String]) -> String {
-    let left = if g.wrong() {
+    let text = compound(g, upstream, 3);
+    serde_json::to_string(&text).expect("a JSON string is YAML")
+}
+
+/// A comparison, or up to `depth` levels of `and`, `or`, `not` and parentheses around some.
+fn compound(g: &mut Gen, upstream: &[String], depth: usize) -> String {
+    if depth == 0 || !g.chance(30) {
+        return comparison(g, upstream);
+    }
+    let first = compound(g, upstream, depth - 1);
+    match g.below(6) {
+        0 => format!("{first} and {}", compound(g, upstream, depth - 1)),
+        1 => format!("{first} || {}", compound(g, upstream, depth - 1)),
+        2 => format!("not {first}"),
+        3 => format!("({first}) or {}", compound(g, upstream, depth - 1)),
+        4 => format!("!({first}) && {}", compound(g, upstream, depth - 1)),
+        _ if g.wrong() => {
+            let broken = [
+                format!("({first}"),
+                format!("{first} and"),
+                format!("{first} & x"),
+            ];
+            broken[g.below(broken.len())].clone()
+        }
+        _ => format!("({first})"),
+    }
+}
+
+/// A value a comparison reads: an upstream step's output or a declared param.
+fn reference(g: &mut Gen, upstream: &[String]) -> String {
+    if g.wrong() {
         g.pick(&[
             "drift",
             "steps..outputs.",
             "params.",
             "x.y",
             "steps.ghost.outputs.k",
+            "params.undeclared",
         ])
         .to_string()
     } else if !upstream.is_empty() && g.chance(50) {
         format!("steps.{}.outputs.k", upstream[g.below(upstream.len())])
     } else {
         format!("params.{}", g.draw(&PARAMS))
-    };
+    }
+}
+
+fn comparison(g: &mut Gen, upstream: &[String]) -> String {
+    let left = reference(g, upstream);
     let op = g.pick(&["==", "!=", "<", "<=", ">", ">="]);
     let right = if g.wrong() {
-        g.pick(&["'open", "a b", "", "\"x"])
+        g.pick(&["'open", "a b", "", "\"x", "= 1", ")"]).to_string()
+    } else if g.chance(20) {
+        reference(g, upstream)
     } else {
-        g.pick(&["1", "yes", "'a b'", "\"q\"", "0.5"])
+        g.pick(&["1", "yes", "'a b'", "\"q\"", "0.5", "'params.mode'"])
+            .to_string()
     };
-    serde_json::to_string(&format!("{left} {op} {right}")).expect("a JSON string is YAML")
+    format!("{left} {op} {right}")
 }
 
 fn retry(g: &mut Gen) -> String {

@@ -44,8 +44,30 @@ pub struct LoadedPipeline {
     pub path: PathBuf,
 }
 
-/// Reads and validates one pipeline file; on failure, every problem found.
+/// Reads and validates one pipeline file; on failure, every problem found. Its warnings are
+/// logged (every command and daemon that loads a file passes here).
 pub fn load_file(path: &Path, max_bytes: u64) -> Result<LoadedPipeline, Vec<Diagnostic>> {
+    let (loaded, warnings) = load_file_with_warnings(path, max_bytes)?;
+    for warning in &warnings {
+        tracing::warn!(
+            file = %warning.file,
+            line = warning.line,
+            column = warning.column,
+            field = %warning.field,
+            help = warning.help.as_deref().unwrap_or(""),
+            "Pipeline file warning: {}.",
+            warning.message
+        );
+    }
+    Ok(loaded)
+}
+
+/// [`load_file`] that hands the warnings of a valid file back instead of logging them (for
+/// `sluice validate`, which prints them like its errors).
+pub fn load_file_with_warnings(
+    path: &Path,
+    max_bytes: u64,
+) -> Result<(LoadedPipeline, Vec<Diagnostic>), Vec<Diagnostic>> {
     let display = path.display().to_string();
     let whole_file = |message: String| {
         vec![Diagnostic {
@@ -56,6 +78,7 @@ pub fn load_file(path: &Path, max_bytes: u64) -> Result<LoadedPipeline, Vec<Diag
             step: None,
             message,
             help: None,
+            severity: diagnostic::Severity::Error,
         }]
     };
     let bytes = read_pipeline_text(path, max_bytes).map_err(whole_file)?;
@@ -69,17 +92,27 @@ pub fn load_file(path: &Path, max_bytes: u64) -> Result<LoadedPipeline, Vec<Diag
             return Err(diags);
         }
     };
-    let pipeline = parse_str(&display, &text)?;
-    Ok(LoadedPipeline {
+    let (pipeline, warnings) = parse_str_with_warnings(&display, &text)?;
+    let loaded = LoadedPipeline {
         pipeline,
         hash: content_hash(&text),
         text,
         path: path.to_path_buf(),
-    })
+    };
+    Ok((loaded, warnings))
 }
 
 /// Validates pipeline text; `file` names it in diagnostics.
 pub fn parse_str(file: &str, text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
+    parse_str_with_warnings(file, text).map(|(pipeline, _)| pipeline)
+}
+
+/// Validates pipeline text, and also returns the warnings of a valid file (things that are
+/// allowed but probably not meant, such as a quoted `"params.x"` in a `when`).
+pub fn parse_str_with_warnings(
+    file: &str,
+    text: &str,
+) -> Result<(Pipeline, Vec<Diagnostic>), Vec<Diagnostic>> {
     let mut r = Reader {
         diags: Diagnostics::new(file),
     };
@@ -113,7 +146,7 @@ pub fn parse_str(file: &str, text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
                 .filter_map(|p| p.step)
                 .map(|step| (step.name.clone(), step))
                 .collect();
-            Ok(pipeline)
+            Ok((pipeline, r.diags.into_parts().1))
         }
         _ => Err(r.diags.into_sorted()),
     }

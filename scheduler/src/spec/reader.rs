@@ -279,6 +279,16 @@ impl Reader {
     pub fn error(&mut self, mark: Mark, path: &str, message: impl Into<String>) {
         self.diags.error(mark, path, message);
     }
+
+    /// Records something allowed that is probably not what was meant.
+    pub fn warning(
+        &mut self,
+        mark: Mark,
+        path: &str,
+        message: impl Into<String>,
+    ) -> &mut super::diagnostic::Diagnostic {
+        self.diags.warning(mark, path, message)
+    }
 }
 
 /// `steps.train` + `retry` = `steps.train.retry`.

@@ -68,7 +68,7 @@ pub fn pipeline_schema() -> Value {
         json!({
             "description": {"type": "string"},
             "depends": string_or_list,
-            "when": {"type": "string", "description": "steps.<step>.outputs.<key> == value, or params.<name> op value."},
+            "when": {"type": "string", "description": "Comparisons (==, !=, <, <=, >, >=) of steps.<step>.outputs.<key>, params.<name> and values, combined with and, or, not and parentheses."},
             "run": {"type": "string", "description": "Shell command, run with sh -c."},
             "command": {"type": "array", "items": {"type": ["string", "number", "boolean"]}, "minItems": 1},
             "uses": {"enum": ["noop", "register", "gate", "drift", "deploy"], "description": "A step kind built into Sluice: `noop` succeeds at once; `register`, `gate`, `drift` and `deploy` are the model registry, quality gates, drift checks and deployments (their arguments go in `with`)."},

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::condition::{Comparison, Condition, Operand};
+use super::condition::{Compare, Comparison, Condition, Operand, Term};
 use super::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -391,14 +391,14 @@ fn conditions_images_and_gpu_ids_are_read() {
     let deploy = step(&p, "deploy");
     assert_eq!(
         deploy.when,
-        Some(Condition {
-            left: Operand::StepOutput {
+        Some(Condition::Compare(Compare {
+            left: Term::Read(Operand::StepOutput {
                 step: "evaluate".into(),
                 key: "accuracy".into()
-            },
+            }),
             op: Comparison::Ge,
-            right: "0.9".into(),
-        })
+            right: Term::Text("0.9".into()),
+        }))
     );
     assert_eq!(deploy.image.as_deref(), Some("python:3.12"));
     assert_eq!(
@@ -410,11 +410,11 @@ fn conditions_images_and_gpu_ids_are_read() {
     let report = step(&p, "report");
     assert_eq!(
         report.when,
-        Some(Condition {
-            left: Operand::Param("mode".into()),
+        Some(Condition::Compare(Compare {
+            left: Term::Read(Operand::Param("mode".into())),
             op: Comparison::Ne,
-            right: "dry-run".into(),
-        })
+            right: Term::Text("dry-run".into()),
+        }))
     );
 }
 
@@ -452,7 +452,10 @@ fn a_when_may_read_a_step_that_is_upstream_through_others() {
           c: {run: x, depends: b, when: steps.a.outputs.ok == 'yes'}
         ",
     ));
-    assert_eq!(step(&p, "c").when.as_ref().unwrap().right, "yes");
+    assert_eq!(
+        step(&p, "c").when.as_ref().unwrap().to_string(),
+        "steps.a.outputs.ok == \"yes\""
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1674,3 +1677,4 @@ fn cache_is_a_flag_or_the_globs_of_code_a_step_reads() {
 }
 
 mod after;
+mod conditions;

@@ -226,6 +226,7 @@ fn after(r: &mut Reader, node: &Node, path: &str) -> Option<Trigger> {
             let condition = Condition::parse(&text)
                 .map_err(|m| r.error(n.mark, &field, m))
                 .ok()?;
+            super::check::quoted_references(r, &condition, n.mark, &field);
             Some((text, condition))
         }
         None => None,

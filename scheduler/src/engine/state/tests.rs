@@ -208,6 +208,86 @@ steps:
     assert_eq!(sim.finish(), RunStatus::Succeeded);
 }
 
+/// A check step that wrote `outputs`, and `deploy` after it with `when`; the run's params are
+/// `params`. Returns the simulation once `check` has ended.
+fn after_check(when: &str, outputs: &[(&str, &str)], params: &[(&str, &str)]) -> Sim {
+    let mut sim = Sim::new(&format!(
+        "name: p
+params: {{min: '0.5', force: 'false'}}
+steps:
+  check: {{run: x}}
+  deploy: {{run: x, depends: [check], when: '{when}'}}
+"
+    ));
+    for (name, value) in params {
+        sim.state
+            .run
+            .params
+            .insert(name.to_string(), value.to_string());
+    }
+    assert_eq!(sim.tick(), ["check#1"]);
+    let mut result = sim.result(sim.key("check"), Outcome::Succeeded, Some(0));
+    for (key, value) in outputs {
+        result.outputs.insert(key.to_string(), value.to_string());
+    }
+    sim.feed(result);
+    sim
+}
+
+#[test]
+fn a_when_compares_an_output_with_a_param() {
+    let when = "steps.check.outputs.score >= params.min";
+    let mut sim = after_check(when, &[("score", "0.9")], &[("min", "0.8")]);
+    assert_eq!(sim.tick(), ["deploy#1"], "0.9 >= 0.8");
+
+    let mut sim = after_check(when, &[("score", "0.9")], &[("min", "0.95")]);
+    assert_eq!(sim.tick(), Vec::<String>::new());
+    assert_eq!(sim.status("deploy"), StepStatus::Skipped);
+    assert_eq!(
+        sim.reason("deploy"),
+        "condition `steps.check.outputs.score >= params.min` is false (steps.check.outputs.score = \"0.9\", params.min = \"0.95\")"
+    );
+    assert_eq!(sim.finish(), RunStatus::Succeeded);
+}
+
+#[test]
+fn an_or_runs_the_step_when_one_side_holds_even_if_the_other_reads_nothing() {
+    let when = "steps.check.outputs.ok == yes or params.force == true";
+    let mut sim = after_check(when, &[], &[("force", "true")]);
+    assert_eq!(sim.tick(), ["deploy#1"]);
+
+    let mut sim = after_check(when, &[], &[("force", "false")]);
+    assert_eq!(sim.tick(), Vec::<String>::new());
+    assert_eq!(
+        sim.reason("deploy"),
+        "condition `steps.check.outputs.ok == \"yes\" or params.force == \"true\"` is false (steps.check.outputs.ok was never set)"
+    );
+}
+
+#[test]
+fn a_not_runs_the_step_on_a_false_comparison_but_not_on_a_value_never_set() {
+    let when = "not steps.check.outputs.failed == true";
+    let mut sim = after_check(when, &[("failed", "false")], &[]);
+    assert_eq!(sim.tick(), ["deploy#1"]);
+
+    let mut sim = after_check(when, &[("failed", "true")], &[]);
+    assert_eq!(sim.tick(), Vec::<String>::new());
+    assert!(
+        sim.reason("deploy").ends_with("is false (value: \"true\")"),
+        "{}",
+        sim.reason("deploy")
+    );
+
+    let mut sim = after_check(when, &[], &[]);
+    assert_eq!(sim.tick(), Vec::<String>::new());
+    assert_eq!(sim.status("deploy"), StepStatus::Skipped);
+    assert_eq!(
+        sim.reason("deploy"),
+        "condition `not steps.check.outputs.failed == \"true\"` is false (steps.check.outputs.failed was never set)"
+    );
+    assert_eq!(sim.finish(), RunStatus::Succeeded);
+}
+
 #[test]
 fn retries_wait_out_their_backoff_and_stop_at_the_limit() {
     // (retry policy, delays in seconds before attempts 2 and 3)

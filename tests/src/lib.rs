@@ -119,24 +119,46 @@ impl Scratch {
     }
 }
 
-/// Waits for a child with a timeout, killing it if it overstays, and collects its output.
+/// Waits for a child with a timeout, killing it if it overstays, and collects its output. The
+/// pipes are drained while it runs: a child that prints more than a pipe holds (64 KiB) would
+/// otherwise block on its write and never exit.
 pub fn wait_output(mut child: Child, timeout: Duration) -> Output {
+    fn drain(
+        pipe: Option<impl std::io::Read + Send + 'static>,
+    ) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
     let deadline = Instant::now() + timeout;
-    loop {
+    let (status, timed_out) = loop {
         match child.try_wait().expect("wait") {
-            Some(_) => return child.wait_with_output().expect("output"),
+            Some(status) => break (status, false),
             None if Instant::now() > deadline => {
                 let _ = child.kill();
-                let out = child.wait_with_output().expect("output");
-                panic!(
-                    "command did not finish within {timeout:?}\nstdout: {}\nstderr: {}",
-                    text(&out.stdout),
-                    text(&out.stderr)
-                );
+                break (child.wait().expect("wait"), true);
             }
             None => std::thread::sleep(Duration::from_millis(20)),
         }
+    };
+    let out = Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    };
+    if timed_out {
+        panic!(
+            "command did not finish within {timeout:?}\nstdout: {}\nstderr: {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
     }
+    out
 }
 
 /// Polls `condition` until it holds, failing the test after `timeout`.

@@ -356,3 +356,53 @@ fn yaml_to_json(text: &str) -> serde_json::Value {
     let value: serde_yaml::Value = serde_yaml::from_str(text).expect("valid YAML");
     serde_json::to_value(value).expect("YAML that maps to JSON")
 }
+
+#[test]
+fn completions_cover_every_subcommand_and_bash_reads_them() {
+    let s = Scratch::new();
+    let out = s.run(&["completions", "bash"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let script = s.write("sluice.bash", &text(&out.stdout));
+    for word in ["retry", "trigger", "models", "--dry-run", "--from"] {
+        assert!(
+            text(&out.stdout).contains(word),
+            "bash completions lack {word}"
+        );
+    }
+    let checked = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .expect("bash runs");
+    assert!(checked.status.success(), "{}", text(&checked.stderr));
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let out = s.run(&["completions", shell]);
+        assert!(out.status.success() && !out.stdout.is_empty(), "{shell}");
+    }
+    let out = s.run(&["completions", "tcsh"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+}
+
+#[test]
+fn validate_prints_warnings_and_still_exits_0() {
+    let s = Scratch::new();
+    let file = s.write(
+        "w.yaml",
+        "name: w\nparams: {mode: fast}\nsteps:\n  a: {run: x}\n  b:\n    depends: [a]\n    when: steps.a.outputs.m == \"params.mode\"\n    run: y\n",
+    );
+    let out = s.run(&["validate", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("warning: `when` compares with the text"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("w.yaml:7:11"), "{stderr}");
+    let out = s.run(&["validate", "--format", "json", file.to_str().unwrap()]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["files"][0]["warnings"][0]["field"], "steps.b.when");
+}

@@ -122,9 +122,24 @@ steps:
     );
     let out = s.run(&["run", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let stdout = text(&out.stdout);
     assert!(
-        text(&out.stdout).contains("boom"),
+        stdout.contains("boom"),
         "the failing step's stderr tail is shown"
+    );
+    // Off a terminal each step says when it starts, and the log hint names the data dir (the
+    // scratch's is not the default), so it works when pasted.
+    let started = stdout.find("▸ broken").expect(&stdout);
+    let failed = stdout.find("✗ broken").expect(&stdout);
+    assert!(started < failed, "{stdout}");
+    let run = s.latest_run_id();
+    let data_dir = s.data_dir().canonicalize().unwrap();
+    assert!(
+        stdout.contains(&format!(
+            "full log: sluice logs {run} broken --data-dir {}",
+            data_dir.display()
+        )),
+        "{stdout}"
     );
     let show = s.show(&s.latest_run_id());
     assert_eq!(show["run"]["status"], "failed");

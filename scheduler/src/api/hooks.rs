@@ -135,8 +135,11 @@ pub(super) async fn hook(
             StatusCode::UNPROCESSABLE_ENTITY,
             err.to_string(),
         )),
-        Err(err @ TriggerError::UnknownPipeline(_)) => {
+        Err(err @ (TriggerError::UnknownPipeline(_) | TriggerError::UnknownRun(_))) => {
             Err(ApiError::new(StatusCode::NOT_FOUND, err.to_string()))
+        }
+        Err(err @ TriggerError::CannotRetry(_)) => {
+            Err(ApiError::new(StatusCode::CONFLICT, err.to_string()))
         }
         Err(err @ TriggerError::ShuttingDown) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -120,6 +120,7 @@ pub fn router(state: ApiState) -> Router {
     let triggers = Router::new()
         .route("/api/v1/pipelines/{pipeline}/runs", post(runs::trigger))
         .route("/api/v1/runs/{run}/cancel", post(runs::cancel))
+        .route("/api/v1/runs/{run}/retry", post(runs::retry))
         .route(
             "/api/v1/models/{name}/aliases/{alias}",
             post(models::promote_alias),

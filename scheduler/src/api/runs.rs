@@ -101,6 +101,45 @@ pub(super) async fn trigger(
         tokio::task::spawn_blocking(move || daemon.start_run(&pipeline, overrides, origin))
             .await
             .map_err(ApiError::internal)?;
+    started_response(created)
+}
+
+/// Body of a retry: `{"from": "train"}` (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RetryBody {
+    #[serde(default)]
+    from: Option<String>,
+}
+
+/// `POST /api/v1/runs/{id}/retry`: a new run that keeps the steps that succeeded.
+pub(super) async fn retry(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: RetryBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RetryBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|err| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("bad request body: {err} (expected {{\"from\": \"STEP\"}} or nothing)"),
+            )
+        })?
+    };
+    let daemon = state.daemon.clone();
+    let by = caller.0.clone();
+    // Planning reads the run's records and creating the run commits: off the async threads.
+    let created = tokio::task::spawn_blocking(move || daemon.retry(&id, body.from.as_deref(), by))
+        .await
+        .map_err(ApiError::internal)?;
+    started_response(created)
+}
+
+/// The answer to a trigger or a retry.
+fn started_response(created: Result<Started, TriggerError>) -> Result<Response, ApiError> {
     match created {
         Ok(Started::New(run)) => {
             Ok((StatusCode::CREATED, Json(json!({ "run": run }))).into_response())
@@ -112,11 +151,16 @@ pub(super) async fn trigger(
         Ok(Started::Existing(id)) => {
             Ok((StatusCode::OK, Json(json!({ "run": { "id": id } }))).into_response())
         }
-        Err(err @ TriggerError::UnknownPipeline(_)) => Err(ApiError::not_found(err.to_string())),
+        Err(err @ (TriggerError::UnknownPipeline(_) | TriggerError::UnknownRun(_))) => {
+            Err(ApiError::not_found(err.to_string()))
+        }
         Err(err @ TriggerError::Params(_)) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             err.to_string(),
         )),
+        Err(err @ TriggerError::CannotRetry(_)) => {
+            Err(ApiError::new(StatusCode::CONFLICT, err.to_string()))
+        }
         Err(err @ TriggerError::ShuttingDown) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             err.to_string(),

@@ -210,6 +210,34 @@ pub fn trigger(args: TriggerArgs) -> anyhow::Result<u8> {
     })
 }
 
+/// `sluice retry RUN --server URL`: `POST /api/v1/runs/{id}/retry`.
+pub fn retry(args: &super::run::RetryArgs) -> anyhow::Result<u8> {
+    let server = args.remote.server.as_deref().unwrap_or_default();
+    let api = Api::new(server, args.remote.token.as_deref());
+    block_on(async move {
+        let path = format!("/api/v1/runs/{}/retry", segment(&args.run_id));
+        let body = match &args.from {
+            Some(from) => json!({ "from": from }),
+            None => json!({}),
+        };
+        let created = match api.post(&path, body).await {
+            Ok(created) => created,
+            Err(err) => return Ok(failed(err)),
+        };
+        let run: RunRecord = serde_json::from_value(created["run"].clone())?;
+        println!(
+            "run {} of `{}` started (retry of {})",
+            run.id,
+            run.pipeline,
+            run.retry_of.as_deref().unwrap_or("?")
+        );
+        if !args.wait {
+            return Ok(0);
+        }
+        wait_for(&api, &run.id).await
+    })
+}
+
 /// Follows a run until it ends, printing each step's change; exit 0 if it succeeded.
 async fn wait_for(api: &Api, run_id: &str) -> anyhow::Result<u8> {
     let mut seen: BTreeMap<String, String> = BTreeMap::new();

@@ -94,8 +94,19 @@ pub enum Command {
     Server(daemon::ServerArgs),
     /// Start a run of a pipeline the scheduler has loaded.
     Trigger(client::TriggerArgs),
+    /// Run again what did not succeed in an ended run (`--from STEP`: that step and what
+    /// follows it too), keeping the steps that succeeded; here, or on `--server`.
+    Retry(run::RetryArgs),
     /// Cancel a run on the scheduler.
     Cancel(client::CancelArgs),
+    /// Print a shell completion script: `sluice completions bash > /etc/bash_completion.d/sluice`,
+    /// `sluice completions zsh > "${fpath[1]}/_sluice"`, `sluice completions fish >
+    /// ~/.config/fish/completions/sluice.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// List the scheduler's workers with their capacity and last heartbeat.
     Workers(client::WorkersArgs),
     /// API tokens: `sluice token new NAME --role read|trigger|admin`.
@@ -137,6 +148,7 @@ impl Command {
             self,
             Command::Validate(_)
                 | Command::Schema
+                | Command::Completions { .. }
                 | Command::Graph(_)
                 | Command::Runs(_)
                 | Command::Show(_)
@@ -180,7 +192,14 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Worker(args) => daemon::worker(args),
         Command::Server(args) => daemon::server(args),
         Command::Trigger(args) => client::trigger(args),
+        Command::Retry(args) if args.remote.server.is_some() => client::retry(&args),
+        Command::Retry(args) => run::retry(args),
         Command::Cancel(args) => client::cancel(args),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "sluice", &mut std::io::stdout());
+            Ok(0)
+        }
         Command::Workers(args) => client::workers(args),
         Command::Secrets(command) => secrets::secrets(command),
         Command::Artifacts(command) => artifacts::artifacts(command),

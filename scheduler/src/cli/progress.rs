@@ -3,7 +3,7 @@
 //! Only committed state reaches this observer, so what a person sees has already survived a
 //! crash of the runner.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
@@ -17,6 +17,8 @@ use crate::store::{RunRecord, StepRecord, StepStatus};
 pub struct Progress {
     width: usize,
     last: HashMap<String, (StepStatus, usize)>,
+    /// Attempts whose start was printed (plain output), as (step, attempt number).
+    announced: HashSet<(String, usize)>,
     bars: Option<(MultiProgress, HashMap<String, ProgressBar>)>,
 }
 
@@ -30,6 +32,7 @@ impl Progress {
         Progress {
             width,
             last: HashMap::new(),
+            announced: HashSet::new(),
             bars,
         }
     }
@@ -113,14 +116,17 @@ impl Progress {
                         .unwrap_or_else(|| "failed".into())
                 )
             }
-            StepStatus::Running => format!("  ▸ {name} running"),
+            StepStatus::Running => match step.attempts.len() {
+                0 | 1 => format!("  ▸ {name} started"),
+                n => format!("  ▸ {name} started   attempt {n}"),
+            },
             StepStatus::Queued | StepStatus::Pending => String::new(),
         }
     }
 }
 
 impl RunObserver for Progress {
-    fn on_step(&mut self, _run: &RunRecord, step: &StepRecord) {
+    fn on_step(&mut self, run: &RunRecord, step: &StepRecord) {
         let state = (step.status, step.attempts.len());
         if self.last.get(&step.name) == Some(&state) {
             return;
@@ -148,8 +154,23 @@ impl RunObserver for Progress {
                     let _ = multi.println(text);
                 }
             }
-            // Plain output gets one line per step outcome, not per start, to keep logs short.
+            // Plain output (a CI log, a file) gets a line when a step starts and one when it
+            // ends, so a step that hangs shows as started and not ended. A start and an end
+            // committed together still print both; attempts kept from an earlier run (a
+            // retry) did not start in this one.
             None => {
+                let attempt = step.attempts.len();
+                let started_here = step
+                    .last_attempt()
+                    .and_then(|a| a.started_ms)
+                    .is_some_and(|at| at >= run.created_ms);
+                if started_here && self.announced.insert((step.name.clone(), attempt)) {
+                    let name = format!("{:width$}", step.name, width = self.width);
+                    self.line(match attempt {
+                        0 | 1 => format!("  ▸ {name} started"),
+                        n => format!("  ▸ {name} started   attempt {n}"),
+                    });
+                }
                 if !text.is_empty() && step.status != StepStatus::Running {
                     self.line(text);
                 }

@@ -117,16 +117,143 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
             return Ok(EXIT_INVALID);
         }
     };
-    let resume = args
-        .resume
-        .map(|id| (id, args.parallelism.map(|p| p as usize)));
+    let start = match (request, args.resume) {
+        (Some(request), _) => Start::New(Box::new(request)),
+        (None, Some(run)) => Start::Resume {
+            run,
+            parallelism: args.parallelism.map(|p| p as usize),
+        },
+        (None, None) => unreachable!("clap requires a file or --resume"),
+    };
     let embedded = Embedded {
         data_dir,
         gpus,
         secret_key,
         artifacts,
     };
-    runtime.block_on(run_embedded(embedded, request, resume))
+    runtime.block_on(run_embedded(embedded, start))
+}
+
+/// Arguments of `sluice retry`.
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// The run to retry: its id, or an unambiguous start of it.
+    pub run_id: String,
+    /// Run this step and everything downstream of it again too, even if it succeeded.
+    #[arg(long, value_name = "STEP")]
+    pub from: Option<String>,
+    /// With `--server`: follow the new run and exit 0 if it succeeded, 1 otherwise.
+    #[arg(long)]
+    pub wait: bool,
+    /// Most steps at once (default: the retried run's).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub parallelism: Option<u64>,
+    /// GPUs this machine may hand to steps (see `sluice run --gpus`).
+    #[arg(long, env = "SLUICE_GPUS", default_value = "")]
+    pub gpus: String,
+    #[command(flatten)]
+    pub remote: super::RemoteArgs,
+    #[command(flatten)]
+    pub secret_key: SecretKeyArg,
+    #[command(flatten)]
+    pub artifacts: ArtifactArgs,
+    #[command(flatten)]
+    pub data: DataDirArg,
+}
+
+/// `sluice retry RUN` on this machine: a new run that keeps the steps that succeeded and runs
+/// the others, followed in the terminal like `sluice run`.
+pub fn retry(args: RetryArgs) -> anyhow::Result<u8> {
+    let data_dir = prepare_data_dir(&args.data.data_dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let gpus = match parse_gpus_flag(&args.gpus) {
+        Ok(gpus) => gpus,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    let secret_key = match args.secret_key.load() {
+        Ok(key) => key,
+        Err(code) => return Ok(code),
+    };
+    let artifacts = match args.artifacts.open(&data_dir) {
+        Ok(artifacts) => artifacts,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    let start = Start::Retry {
+        run: args.run_id,
+        from: args.from,
+        parallelism: args.parallelism.map(|p| p as usize),
+    };
+    let embedded = Embedded {
+        data_dir,
+        gpus,
+        secret_key,
+        artifacts,
+    };
+    runtime.block_on(run_embedded(embedded, start))
+}
+
+/// What [`run_embedded`] starts.
+enum Start {
+    /// A new run of a file.
+    New(Box<RunRequest>),
+    /// A run whose runner died.
+    Resume {
+        run: String,
+        parallelism: Option<usize>,
+    },
+    /// A new run that retries an ended one.
+    Retry {
+        run: String,
+        from: Option<String>,
+        parallelism: Option<usize>,
+    },
+}
+
+/// The request of a retry, planned from the store (see [`crate::engine::retry`]).
+fn retry_request(
+    store: &Store,
+    run: &str,
+    from: Option<&str>,
+    parallelism: Option<usize>,
+) -> Result<RunRequest, EngineError> {
+    let plan = crate::engine::retry::plan(store, run, from)?;
+    let kept: Vec<&str> = plan.retried.kept.iter().map(|s| s.name.as_str()).collect();
+    println!(
+        "retrying run {} of `{}`: keeping {}; running {}",
+        plan.run.id,
+        plan.run.pipeline,
+        if kept.is_empty() {
+            "nothing".to_string()
+        } else {
+            kept.join(", ")
+        },
+        plan.rerun.join(", ")
+    );
+    Ok(RunRequest {
+        loaded: plan.loaded,
+        overrides: plan.run.params.clone(),
+        trigger: TriggerOrigin::Retry {
+            run: plan.run.id.clone(),
+            by: None,
+        },
+        parallelism: parallelism.or(Some(plan.run.parallelism)),
+        base_dir: plan.run.base_dir.clone(),
+        id: None,
+        marks: Vec::new(),
+        commit: plan.run.commit.clone(),
+        waiting: false,
+        no_cache: plan.run.no_cache,
+        retry: Some(plan.retried),
+    })
 }
 
 pub(super) fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
@@ -170,6 +297,7 @@ fn prepare_request(file: &Path, args: &RunArgs) -> Result<RunRequest, u8> {
         marks: Vec::new(),
         waiting: false,
         no_cache: args.no_cache,
+        retry: None,
     })
 }
 
@@ -293,11 +421,7 @@ struct Embedded {
     artifacts: Arc<sluice_worker::artifacts::Artifacts>,
 }
 
-async fn run_embedded(
-    embedded: Embedded,
-    request: Option<RunRequest>,
-    resume: Option<(String, Option<usize>)>,
-) -> anyhow::Result<u8> {
+async fn run_embedded(embedded: Embedded, start: Start) -> anyhow::Result<u8> {
     let Embedded {
         data_dir,
         gpus,
@@ -306,7 +430,7 @@ async fn run_embedded(
     } = embedded;
     let worker_name = embedded_worker_name();
     let mut executor = None;
-    if let Some(request) = &request {
+    if let Start::New(request) = &start {
         match executor_for(&request.loaded.pipeline, &worker_name, secret_key.clone()).await {
             Ok(ready) => executor = Some(ready),
             Err(message) => {
@@ -325,13 +449,17 @@ async fn run_embedded(
         artifacts: artifacts.clone(),
     };
 
-    let driver = match (request, resume) {
-        (Some(request), _) => {
+    let driver = match start {
+        Start::New(request) => {
+            let request = *request;
             let widths = request.loaded.pipeline.steps.keys().map(String::len);
             let progress = Box::new(Progress::new(widths));
             RunDriver::create(engine.clone(), request, progress)
         }
-        (None, Some((run_id, parallelism))) => {
+        Start::Resume {
+            run: run_id,
+            parallelism,
+        } => {
             stop_leftover_steps(&store, &run_id);
             let widths = store
                 .steps(&run_id)
@@ -342,7 +470,15 @@ async fn run_embedded(
             let progress = Box::new(Progress::new(widths.into_iter()));
             RunDriver::resume(engine.clone(), &run_id, parallelism, progress)
         }
-        (None, None) => unreachable!("clap requires a file or --resume"),
+        Start::Retry {
+            run,
+            from,
+            parallelism,
+        } => retry_request(&store, &run, from.as_deref(), parallelism).and_then(|request| {
+            let widths = request.loaded.pipeline.steps.keys().map(String::len);
+            let progress = Box::new(Progress::new(widths));
+            RunDriver::create(engine.clone(), request, progress)
+        }),
     };
     let driver = match driver {
         Ok(driver) => driver,
@@ -350,7 +486,9 @@ async fn run_embedded(
             err @ (EngineError::Params(_)
             | EngineError::UnknownRun(_)
             | EngineError::AmbiguousRun(_)
-            | EngineError::AlreadyFinished(..)),
+            | EngineError::AlreadyFinished(..)
+            | EngineError::CannotRetry(_)
+            | EngineError::BadDefinition { .. }),
         ) => {
             eprintln!("error: {err}");
             return Ok(EXIT_INVALID);
@@ -427,7 +565,7 @@ async fn run_embedded(
         Ok(run) => run,
         Err(_) => return Ok(EXIT_FAILED),
     };
-    print_summary(&store, &run);
+    print_summary(&store, &run, &data_dir);
     Ok(match run.status {
         RunStatus::Succeeded => 0,
         RunStatus::Cancelled => EXIT_CANCELLED,
@@ -460,7 +598,14 @@ async fn cancel_on_signals(cancel: CancellationToken, docker: Option<Arc<DockerE
     std::process::exit(i32::from(EXIT_CANCELLED));
 }
 
-fn print_summary(store: &Store, run: &RunRecord) {
+fn print_summary(store: &Store, run: &RunRecord, data_dir: &Path) {
+    // The hint must work when pasted: name the data dir unless it is the default one here.
+    let default_dir = Path::new(".sluice").canonicalize().ok();
+    let data_flag = if default_dir.as_deref() == Some(data_dir) {
+        String::new()
+    } else {
+        format!(" --data-dir {}", data_dir.display())
+    };
     let steps = store.steps(&run.id).unwrap_or_default();
     let count = |status: StepStatus| steps.iter().filter(|s| s.status == status).count();
     let took = run
@@ -494,7 +639,10 @@ fn print_summary(store: &Store, run: &RunRecord) {
                 }
             }
         }
-        println!("    full log: sluice logs {} {}", run.id, step.name);
+        println!(
+            "    full log: sluice logs {} {}{data_flag}",
+            run.id, step.name
+        );
     }
 }
 

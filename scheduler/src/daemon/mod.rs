@@ -71,6 +71,12 @@ pub enum TriggerError {
     /// The params do not fit the pipeline's declarations.
     #[error("{0}")]
     Params(String),
+    /// A retry named no run, or a prefix several runs share.
+    #[error("{0}")]
+    UnknownRun(String),
+    /// A retry of that run cannot be made as asked (still going, nothing failed, no such step).
+    #[error("{0}")]
+    CannotRetry(String),
     /// The daemon is shutting down.
     #[error("the scheduler is shutting down")]
     ShuttingDown,

@@ -31,6 +31,8 @@ pub struct Origin {
     pub marks: Vec<(String, Value)>,
     /// Run every step even where the cache has a hit.
     pub no_cache: bool,
+    /// A retry of an ended run: its definition, params and the steps kept from it.
+    pub retry: Option<crate::engine::retry::RetryPlan>,
 }
 
 /// What a trigger led to.
@@ -58,13 +60,25 @@ impl Daemon {
         if self.shutdown.is_cancelled() {
             return Err(TriggerError::ShuttingDown);
         }
-        let (loaded, commit) = self
-            .with_catalog(|c| {
-                c.pipelines
-                    .get(pipeline)
-                    .map(|p| (p.clone(), c.commit.clone()))
-            })
-            .ok_or_else(|| TriggerError::UnknownPipeline(pipeline.to_string()))?;
+        // A retry runs the definition its run ran, from where that run started.
+        let (loaded, commit, base_dir) = match &origin.retry {
+            Some(plan) => (
+                plan.loaded.clone(),
+                plan.run.commit.clone(),
+                plan.run.base_dir.clone(),
+            ),
+            None => {
+                let (loaded, commit) = self
+                    .with_catalog(|c| {
+                        c.pipelines
+                            .get(pipeline)
+                            .map(|p| (p.clone(), c.commit.clone()))
+                    })
+                    .ok_or_else(|| TriggerError::UnknownPipeline(pipeline.to_string()))?;
+                let base_dir = base_dir_of(&loaded.path);
+                (loaded, commit, base_dir)
+            }
+        };
         let store = &self.engine.store;
         let engine_error = |e: crate::store::StoreError| TriggerError::Engine(e.into());
         if let Some(id) = &origin.run_id {
@@ -123,7 +137,7 @@ impl Daemon {
             marks.push((key, json!(seen)));
         }
         let request = RunRequest {
-            base_dir: base_dir_of(&loaded.path),
+            base_dir,
             loaded,
             overrides,
             trigger: origin.trigger.clone(),
@@ -133,6 +147,7 @@ impl Daemon {
             commit,
             waiting,
             no_cache: origin.no_cache,
+            retry: origin.retry.map(|plan| plan.retried),
         };
         let driver =
             RunDriver::create(self.engine.clone(), request, Box::new(Silent)).map_err(|err| {
@@ -145,6 +160,38 @@ impl Daemon {
         tracing::info!(run = %run.id, pipeline = %run.pipeline, trigger = %run.trigger, waiting, "Run started.");
         self.spawn_driver(driver, false);
         Ok(Started::New(run))
+    }
+
+    /// Starts a retry of run `id_or_prefix` (see [`crate::engine::retry`]), by `by` (an API
+    /// token's name), under the pipeline's concurrency policy like any run.
+    pub fn retry(
+        self: &Arc<Self>,
+        id_or_prefix: &str,
+        from: Option<&str>,
+        by: Option<String>,
+    ) -> Result<Started, TriggerError> {
+        let plan =
+            crate::engine::retry::plan(&self.engine.store, id_or_prefix, from).map_err(|err| {
+                match err {
+                    EngineError::UnknownRun(_) | EngineError::AmbiguousRun(_) => {
+                        TriggerError::UnknownRun(err.to_string())
+                    }
+                    EngineError::CannotRetry(message) => TriggerError::CannotRetry(message),
+                    other => TriggerError::Engine(other),
+                }
+            })?;
+        let pipeline = plan.run.pipeline.clone();
+        let params = plan.run.params.clone();
+        let origin = Origin {
+            trigger: TriggerOrigin::Retry {
+                run: plan.run.id.clone(),
+                by,
+            },
+            no_cache: plan.run.no_cache,
+            retry: Some(plan),
+            ..Origin::default()
+        };
+        self.start_run(&pipeline, params, origin)
     }
 
     /// Ids of the runs of `pipeline` in flight (running or waiting for a slot), oldest first.

@@ -12,6 +12,7 @@
 pub mod builtins;
 pub mod cache;
 mod driver;
+pub mod retry;
 pub mod state;
 pub mod tasks;
 
@@ -58,8 +59,12 @@ pub enum EngineError {
     #[error("`{0}` matches several runs; give more of the id")]
     AmbiguousRun(String),
     /// `--resume` named a run that already finished.
-    #[error("run `{0}` already finished ({1}); nothing to resume")]
+    #[error("run `{0}` already finished ({1}); nothing to resume (`sluice retry {0}` runs what did not succeed again)")]
     AlreadyFinished(String, &'static str),
+    /// `retry` cannot make a new run of that run as asked (it is still going, nothing failed,
+    /// `--from` names no step).
+    #[error("{0}")]
+    CannotRetry(String),
     /// The stored definition of a run cannot be read any more.
     #[error("the stored definition of run `{run}` is not valid: {message}")]
     BadDefinition {
@@ -112,6 +117,8 @@ pub struct RunRequest {
     pub waiting: bool,
     /// Run every step, cached or not (`--no-cache`); successes still refresh the cache.
     pub no_cache: bool,
+    /// The earlier run this one retries, with the steps kept from it (see [`retry`]).
+    pub retry: Option<retry::Retried>,
 }
 
 /// Largest value of one param: params travel in every task and every listing of runs.

@@ -130,6 +130,7 @@ impl RunState {
         run: RunRecord,
         definition: &PipelineRecord,
         marks: &[(String, serde_json::Value)],
+        kept: &[StepRecord],
         now: u64,
     ) -> RunState {
         let steps = pipeline
@@ -137,6 +138,18 @@ impl RunState {
             .keys()
             .enumerate()
             .map(|(i, name)| {
+                // A step a retry keeps: its record from the earlier run, as this run's.
+                if let Some(earlier) = kept.iter().find(|k| &k.name == name) {
+                    let record = StepRecord {
+                        run_id: run.id.clone(),
+                        index: i as u32,
+                        status: StepStatus::Succeeded,
+                        reason: Some(format!("kept from run {}", earlier.run_id)),
+                        retry_at_ms: None,
+                        ..earlier.clone()
+                    };
+                    return (name.clone(), record);
+                }
                 let record = StepRecord {
                     run_id: run.id.clone(),
                     name: name.clone(),

@@ -614,6 +614,7 @@ mod tests {
             step_count: 0,
             commit: None,
             no_cache: false,
+            retry_of: None,
         }
     }
 

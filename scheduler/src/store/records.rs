@@ -134,6 +134,9 @@ pub struct RunRecord {
     /// git work tree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
+    /// The run this one retries (`sluice retry`): its succeeded steps were kept, not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
 }
 
 /// One attempt of a step.
@@ -236,7 +239,7 @@ pub struct EventRecord {
 }
 
 /// What started a run. Stored and shown as the text runs have always recorded (`manual`,
-/// `api`, `api by NAME`, `cron EXPR @ INSTANT`, `webhook:NAME`, `watch PATH`, `after PIPELINE run RUN`), so older stores
+/// `api`, `api by NAME`, `cron EXPR @ INSTANT`, `webhook:NAME`, `watch PATH`, `after PIPELINE run RUN`, `retry of RUN [by WHO]`), so older stores
 /// read the same; text this version cannot parse reads as [`TriggerOrigin::Other`].
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(from = "String", into = "String")]
@@ -265,6 +268,13 @@ pub enum TriggerOrigin {
     Watch {
         /// The file.
         path: String,
+    },
+    /// `sluice retry` (or `POST /api/v1/runs/{id}/retry`) of an earlier run.
+    Retry {
+        /// The run retried.
+        run: String,
+        /// Who asked: `cli`, or the API token's name.
+        by: Option<String>,
     },
     /// An `after:` trigger, for a run of another pipeline that ended the way it asks.
     After {
@@ -313,6 +323,16 @@ impl From<String> for TriggerOrigin {
                 run: run.to_string(),
             };
         }
+        if let Some(rest) = text.strip_prefix("retry of ") {
+            let (run, by) = match rest.split_once(" by ") {
+                Some((run, by)) => (run, Some(by.to_string())),
+                None => (rest, None),
+            };
+            return TriggerOrigin::Retry {
+                run: run.to_string(),
+                by,
+            };
+        }
         if let Some(path) = text.strip_prefix("watch ") {
             return TriggerOrigin::Watch {
                 path: path.to_string(),
@@ -332,6 +352,8 @@ impl std::fmt::Display for TriggerOrigin {
             TriggerOrigin::Webhook { name } => write!(f, "webhook:{name}"),
             TriggerOrigin::Watch { path } => write!(f, "watch {path}"),
             TriggerOrigin::After { pipeline, run } => write!(f, "after {pipeline} run {run}"),
+            TriggerOrigin::Retry { run, by: None } => write!(f, "retry of {run}"),
+            TriggerOrigin::Retry { run, by: Some(by) } => write!(f, "retry of {run} by {by}"),
             TriggerOrigin::Other(text) => f.write_str(text),
         }
     }
@@ -478,6 +500,8 @@ mod tests {
             "webhook:s3-put",
             "watch /data/landing/a b.csv",
             "after monitor run 01KBX7ZQ0000000000000000AB",
+            "retry of 01KBX7ZQ0000000000000000AB",
+            "retry of 01KBX7ZQ0000000000000000AB by ci-bot",
             "something newer",
         ] {
             let origin: TriggerOrigin = serde_json::from_str(&format!("{text:?}")).unwrap();

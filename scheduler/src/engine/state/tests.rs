@@ -31,6 +31,7 @@ fn run_record(pipeline: &Pipeline) -> RunRecord {
         step_count: pipeline.steps.len(),
         commit: None,
         no_cache: false,
+        retry_of: None,
     }
 }
 
@@ -47,7 +48,7 @@ impl Sim {
     fn new(yaml: &str) -> Sim {
         let pipeline = pipeline(yaml);
         let run = run_record(&pipeline);
-        let state = RunState::created("/data".into(), pipeline, run, &definition(), &[], 0);
+        let state = RunState::created("/data".into(), pipeline, run, &definition(), &[], &[], 0);
         Sim { state, now: 1_000 }
     }
 

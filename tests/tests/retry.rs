@@ -1,5 +1,7 @@
-//! `sluice retry`: a new run of an ended run that keeps the steps that succeeded (and the
-//! outputs the steps after them read) and runs the others; embedded and through the API.
+//! Running again and running a part: `sluice retry` (a new run of an ended run that keeps the
+//! steps that succeeded, and the outputs the steps after them read, and runs the others;
+//! embedded and through the API) and `sluice run --only | --from | --until` (a subset on the
+//! outputs of earlier runs).
 
 use sluice_tests::cluster::{http, Server};
 use sluice_tests::{step, text, wait_until, Scratch};
@@ -145,4 +147,83 @@ fn the_api_retries_a_run_and_says_why_it_cannot() {
         text(&out.stderr)
     );
     assert!(text(&out.stdout).contains(&format!("(retry of {failed})")));
+}
+
+/// Each step counts its runs in `<step>-ran`; `train` reads what `ingest` wrote.
+const SLICED: &str = "name: sliced
+steps:
+  ingest:
+    run: echo x >> ../ingest-ran; echo data > \"$SLUICE_OUT/data.txt\"
+    outputs: [data.txt]
+  train:
+    depends: [ingest]
+    run: echo x >> ../train-ran; cat \"$SLUICE_IN/ingest/data.txt\"
+  report:
+    depends: [train]
+    run: echo x >> ../report-ran
+  lint:
+    run: echo x >> ../lint-ran
+";
+
+fn runs_of(s: &Scratch, step: &str) -> usize {
+    std::fs::read_to_string(s.path().join(format!("{step}-ran")))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+#[test]
+fn a_subset_runs_its_steps_on_the_inputs_an_earlier_run_made() {
+    let s = Scratch::new();
+    let file = s.write("p/sliced.yaml", SLICED);
+    let file = file.to_str().unwrap();
+    let out = s.run(&["run", file, "--only", "train"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("no earlier run of `sliced` has a successful `ingest`"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(runs_of(&s, "train"), 0, "nothing ran");
+
+    let out = s.run(&["run", file]);
+    assert_eq!(out.status.code(), Some(0));
+    let full = s.latest_run_id();
+
+    let out = s.run(&["run", file, "--from", "train"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains(&format!(
+            "--from train: running report, train; keeping ingest (run {full}); skipping 1 other step"
+        )),
+        "{stdout}"
+    );
+    let show = s.show(&s.latest_run_id());
+    assert_eq!(show["run"]["status"], "succeeded");
+    assert_eq!(
+        step(&show, "ingest")["reason"],
+        format!("kept from run {full}")
+    );
+    assert_eq!(step(&show, "lint")["status"], "skipped");
+    assert_eq!(step(&show, "lint")["reason"], "not selected (--from train)");
+    let counts = |s: &Scratch| ["ingest", "train", "report", "lint"].map(|n| runs_of(s, n));
+    assert_eq!(counts(&s), [1, 2, 2, 1]);
+
+    assert_eq!(
+        s.run(&["run", file, "--until", "train"]).status.code(),
+        Some(0)
+    );
+    assert_eq!(counts(&s), [2, 3, 2, 1]);
+    assert_eq!(
+        s.run(&["run", file, "--only", "lint,report"]).status.code(),
+        Some(0)
+    );
+    assert_eq!(counts(&s), [2, 3, 3, 2], "report ran on the newest train");
+
+    let out = s.run(&["run", file, "--from", "zz"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("`zz` is not a step of `sliced`"));
+    let out = s.run(&["run", file, "--only", "lint", "--from", "train"]);
+    assert_eq!(out.status.code(), Some(2), "--only and --from do not mix");
 }

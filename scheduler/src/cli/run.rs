@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::progress::Progress;
 use super::{human_ms, DataDirArg, EXIT_CANCELLED, EXIT_FAILED, EXIT_INVALID};
+use crate::engine::subset::{self, Selection, SubsetError};
 use crate::engine::{Engine, EngineError, RunDriver, RunRequest};
 use crate::spec::{self, Pipeline};
 use crate::store::TriggerOrigin;
@@ -56,6 +57,16 @@ pub struct RunArgs {
     /// and the data dir is not touched.
     #[arg(long, conflicts_with = "resume")]
     pub dry_run: bool,
+    /// Run only these steps (comma-separated); the steps they depend on keep the results of
+    /// the newest earlier run in which they succeeded.
+    #[arg(long, value_delimiter = ',', value_name = "STEP,...", conflicts_with_all = ["resume", "from", "until"])]
+    pub only: Vec<String>,
+    /// Run this step and everything downstream of it (with `--until`: up to that step).
+    #[arg(long, value_name = "STEP", conflicts_with = "resume")]
+    pub from: Option<String>,
+    /// Run this step and everything upstream of it.
+    #[arg(long, value_name = "STEP", conflicts_with = "resume")]
+    pub until: Option<String>,
     #[command(flatten)]
     pub secret_key: SecretKeyArg,
     #[command(flatten)]
@@ -64,11 +75,39 @@ pub struct RunArgs {
     pub data: DataDirArg,
 }
 
+/// The part of the DAG the flags select, if they select one.
+fn selection_of(args: &RunArgs) -> Option<Selection> {
+    if !args.only.is_empty() {
+        return Some(Selection::Only(args.only.clone()));
+    }
+    (args.from.is_some() || args.until.is_some()).then(|| Selection::Range {
+        from: args.from.clone(),
+        until: args.until.clone(),
+    })
+}
+
 /// Runs (or resumes) a pipeline; exit 0 succeeded, 1 failed, 2 invalid input, 130 cancelled.
 pub fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let selection = selection_of(&args);
     if let (true, Some(file)) = (args.dry_run, &args.file) {
         return Ok(match prepare_request(file, &args) {
             Ok(request) => {
+                if let Some(selection) = &selection {
+                    match subset::selected(&request.loaded.pipeline, selection) {
+                        Ok(chosen) => {
+                            let chosen: Vec<&str> = chosen.iter().map(String::as_str).collect();
+                            println!(
+                                "{}: runs {}; the steps they depend on keep an earlier run's results, the others are skipped",
+                                selection.describe(),
+                                chosen.join(", ")
+                            );
+                        }
+                        Err(message) => {
+                            eprintln!("error: {message}");
+                            return Ok(EXIT_INVALID);
+                        }
+                    }
+                }
                 let params =
                     crate::engine::resolve_params(&request.loaded.pipeline, &request.overrides)
                         .unwrap_or_default();
@@ -118,7 +157,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         }
     };
     let start = match (request, args.resume) {
-        (Some(request), _) => Start::New(Box::new(request)),
+        (Some(request), _) => Start::New(Box::new(request), selection),
         (None, Some(run)) => Start::Resume {
             run,
             parallelism: args.parallelism.map(|p| p as usize),
@@ -203,8 +242,8 @@ pub fn retry(args: RetryArgs) -> anyhow::Result<u8> {
 
 /// What [`run_embedded`] starts.
 enum Start {
-    /// A new run of a file.
-    New(Box<RunRequest>),
+    /// A new run of a file, or of the part of it a selection names.
+    New(Box<RunRequest>, Option<Selection>),
     /// A run whose runner died.
     Resume {
         run: String,
@@ -216,6 +255,38 @@ enum Start {
         from: Option<String>,
         parallelism: Option<usize>,
     },
+}
+
+/// What a subset keeps and skips (see [`subset`]), said before the run starts.
+fn subset_prior(
+    store: &Store,
+    pipeline: &Pipeline,
+    selection: &Selection,
+) -> Result<Vec<crate::store::StepRecord>, SubsetError> {
+    let chosen = subset::selected(pipeline, selection).map_err(SubsetError::Refused)?;
+    let prior = subset::prior(store, pipeline, &chosen, selection)?;
+    let kept: Vec<String> = prior
+        .iter()
+        .filter(|s| s.status == StepStatus::Succeeded)
+        .map(|s| format!("{} (run {})", s.name, s.run_id))
+        .collect();
+    let skipped = prior
+        .iter()
+        .filter(|s| s.status == StepStatus::Skipped)
+        .count();
+    let chosen: Vec<&str> = chosen.iter().map(String::as_str).collect();
+    println!(
+        "{}: running {}; keeping {}; skipping {skipped} other step{}",
+        selection.describe(),
+        chosen.join(", "),
+        if kept.is_empty() {
+            "nothing".to_string()
+        } else {
+            kept.join(", ")
+        },
+        if skipped == 1 { "" } else { "s" }
+    );
+    Ok(prior)
 }
 
 /// The request of a retry, planned from the store (see [`crate::engine::retry`]).
@@ -252,7 +323,8 @@ fn retry_request(
         commit: plan.run.commit.clone(),
         waiting: false,
         no_cache: plan.run.no_cache,
-        retry: Some(plan.retried),
+        retry_of: Some(plan.run.id.clone()),
+        prior: plan.retried.kept,
     })
 }
 
@@ -297,7 +369,8 @@ fn prepare_request(file: &Path, args: &RunArgs) -> Result<RunRequest, u8> {
         marks: Vec::new(),
         waiting: false,
         no_cache: args.no_cache,
-        retry: None,
+        retry_of: None,
+        prior: Vec::new(),
     })
 }
 
@@ -430,7 +503,7 @@ async fn run_embedded(embedded: Embedded, start: Start) -> anyhow::Result<u8> {
     } = embedded;
     let worker_name = embedded_worker_name();
     let mut executor = None;
-    if let Start::New(request) = &start {
+    if let Start::New(request, _) = &start {
         match executor_for(&request.loaded.pipeline, &worker_name, secret_key.clone()).await {
             Ok(ready) => executor = Some(ready),
             Err(message) => {
@@ -450,8 +523,18 @@ async fn run_embedded(embedded: Embedded, start: Start) -> anyhow::Result<u8> {
     };
 
     let driver = match start {
-        Start::New(request) => {
-            let request = *request;
+        Start::New(request, selection) => {
+            let mut request = *request;
+            if let Some(selection) = selection {
+                match subset_prior(&store, &request.loaded.pipeline, &selection) {
+                    Ok(prior) => request.prior = prior,
+                    Err(SubsetError::Refused(message)) => {
+                        eprintln!("error: {message}");
+                        return Ok(EXIT_INVALID);
+                    }
+                    Err(SubsetError::Store(err)) => return Err(err.into()),
+                }
+            }
             let widths = request.loaded.pipeline.steps.keys().map(String::len);
             let progress = Box::new(Progress::new(widths));
             RunDriver::create(engine.clone(), request, progress)

@@ -147,7 +147,11 @@ impl Daemon {
             commit,
             waiting,
             no_cache: origin.no_cache,
-            retry: origin.retry.map(|plan| plan.retried),
+            retry_of: origin.retry.as_ref().map(|plan| plan.run.id.clone()),
+            prior: origin
+                .retry
+                .map(|plan| plan.retried.kept)
+                .unwrap_or_default(),
         };
         let driver =
             RunDriver::create(self.engine.clone(), request, Box::new(Silent)).map_err(|err| {

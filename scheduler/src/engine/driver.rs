@@ -102,7 +102,7 @@ impl RunDriver {
             step_count: pipeline.steps.len(),
             commit: request.commit.clone(),
             no_cache: request.no_cache,
-            retry_of: request.retry.as_ref().map(|r| r.run.clone()),
+            retry_of: request.retry_of.clone(),
         };
         let definition = PipelineRecord {
             name: pipeline.name.clone(),
@@ -111,14 +111,13 @@ impl RunDriver {
             path: loaded.path,
         };
         let data_dir = engine.data_dir.clone();
-        let kept = request.retry.map(|r| r.kept).unwrap_or_default();
         let state = RunState::created(
             data_dir,
             pipeline,
             run,
             &definition,
             &request.marks,
-            &kept,
+            &request.prior,
             now_ms(),
         );
         let mut driver = RunDriver::new(engine, state, observer);

@@ -14,6 +14,7 @@ pub mod cache;
 mod driver;
 pub mod retry;
 pub mod state;
+pub mod subset;
 pub mod tasks;
 
 use std::collections::BTreeMap;
@@ -117,8 +118,11 @@ pub struct RunRequest {
     pub waiting: bool,
     /// Run every step, cached or not (`--no-cache`); successes still refresh the cache.
     pub no_cache: bool,
-    /// The earlier run this one retries, with the steps kept from it (see [`retry`]).
-    pub retry: Option<retry::Retried>,
+    /// The earlier run this one retries (see [`retry`]).
+    pub retry_of: Option<String>,
+    /// Steps decided before the run starts: succeeded ones kept from an earlier run (a retry,
+    /// or the steps upstream of a subset), skipped ones a subset does not run.
+    pub prior: Vec<StepRecord>,
 }
 
 /// Largest value of one param: params travel in every task and every listing of runs.

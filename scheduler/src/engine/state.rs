@@ -130,7 +130,7 @@ impl RunState {
         run: RunRecord,
         definition: &PipelineRecord,
         marks: &[(String, serde_json::Value)],
-        kept: &[StepRecord],
+        prior: &[StepRecord],
         now: u64,
     ) -> RunState {
         let steps = pipeline
@@ -138,13 +138,17 @@ impl RunState {
             .keys()
             .enumerate()
             .map(|(i, name)| {
-                // A step a retry keeps: its record from the earlier run, as this run's.
-                if let Some(earlier) = kept.iter().find(|k| &k.name == name) {
+                // A step decided before the run: a success kept from an earlier run (its
+                // record, as this run's), or a step a subset skips.
+                if let Some(earlier) = prior.iter().find(|k| &k.name == name) {
+                    let reason = match earlier.status {
+                        StepStatus::Succeeded => Some(format!("kept from run {}", earlier.run_id)),
+                        _ => earlier.reason.clone(),
+                    };
                     let record = StepRecord {
                         run_id: run.id.clone(),
                         index: i as u32,
-                        status: StepStatus::Succeeded,
-                        reason: Some(format!("kept from run {}", earlier.run_id)),
+                        reason,
                         retry_at_ms: None,
                         ..earlier.clone()
                     };

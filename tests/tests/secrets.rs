@@ -127,7 +127,7 @@ fn a_stored_secret_reaches_its_step_and_is_never_kept_in_clear() {
 }
 
 #[test]
-fn a_missing_or_wrong_key_fails_the_step_with_a_message_that_says_which() {
+fn a_missing_secret_or_key_is_refused_before_the_run_and_a_wrong_key_fails_the_step() {
     let s = Scratch::new();
     let key = keygen(&s, "key");
     let other = keygen(&s, "other-key");
@@ -148,11 +148,21 @@ fn a_missing_or_wrong_key_fails_the_step_with_a_message_that_says_which() {
             .unwrap_or_default()
             .to_string()
     };
-    let without = message(&[]);
+    // Embedded runs check every secret before anything runs, and name all that are missing.
+    let refused = |extra: &[&str]| {
+        let mut args = vec!["run", file];
+        args.extend_from_slice(extra);
+        let out = s.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+        text(&out.stderr)
+    };
+    let without = refused(&[]);
     assert!(
-        without.contains("this worker has no key") && without.contains("SLUICE_SECRET_KEY"),
+        without.contains("`API_TOKEN` (step `call`) is in the secret store, but no key was given"),
         "{without}"
     );
+    // A key that is not the one the secret was sealed with is found out when the step opens
+    // it, and the step says so.
     let wrong = message(&["--secret-key-file", other.to_str().unwrap()]);
     assert!(wrong.contains("was sealed with key"), "{wrong}");
 
@@ -166,9 +176,11 @@ fn a_missing_or_wrong_key_fails_the_step_with_a_message_that_says_which() {
     );
 
     assert!(s.run(&["secrets", "rm", "API_TOKEN"]).status.success());
-    let gone = message(&["--secret-key-file", key.to_str().unwrap()]);
+    let gone = refused(&["--secret-key-file", key.to_str().unwrap()]);
     assert!(
-        gone.contains("neither in the secret store nor set"),
+        gone.contains(
+            "`API_TOKEN` (step `call`) is neither in the secret store nor in this environment"
+        ),
         "{gone}"
     );
     assert_eq!(

@@ -257,6 +257,43 @@ enum Start {
     },
 }
 
+/// The secrets the pipeline's steps name that this runner cannot give them (neither in the
+/// data dir's store with a key to open it, nor in its environment), all in one message, so a
+/// run does not fail an hour in on the first step that needs one.
+fn missing_secrets(pipeline: &Pipeline, data_dir: &Path, have_key: bool) -> Option<String> {
+    let store = crate::store::secrets::SecretStore::in_data_dir(data_dir);
+    let mut problems: Vec<String> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for step in pipeline.steps.values() {
+        for name in &step.secrets {
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            match store.sealed(name) {
+                Ok(Some(_)) if have_key => {}
+                Ok(Some(_)) => problems.push(format!(
+                    "`{name}` (step `{}`) is in the secret store, but no key was given (--secret-key-file or SLUICE_SECRET_KEY_FILE)",
+                    step.name
+                )),
+                Ok(None) if std::env::var_os(name).is_some() => {}
+                Ok(None) => problems.push(format!(
+                    "`{name}` (step `{}`) is neither in the secret store nor in this environment",
+                    step.name
+                )),
+                Err(err) => problems.push(format!("`{name}` (step `{}`): {err}", step.name)),
+            }
+        }
+    }
+    (!problems.is_empty()).then(|| {
+        format!(
+            "{} secret{} the steps need cannot be given to them: {}",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" },
+            problems.join("; ")
+        )
+    })
+}
+
 /// What a subset keeps and skips (see [`subset`]), said before the run starts.
 fn subset_prior(
     store: &Store,
@@ -525,6 +562,12 @@ async fn run_embedded(embedded: Embedded, start: Start) -> anyhow::Result<u8> {
     let driver = match start {
         Start::New(request, selection) => {
             let mut request = *request;
+            if let Some(problem) =
+                missing_secrets(&request.loaded.pipeline, &data_dir, secret_key.is_some())
+            {
+                eprintln!("error: {problem}");
+                return Ok(EXIT_INVALID);
+            }
             if let Some(selection) = selection {
                 match subset_prior(&store, &request.loaded.pipeline, &selection) {
                     Ok(prior) => request.prior = prior,

@@ -1,5 +1,5 @@
 //! The client side of the HTTP API: `sluice trigger`, `cancel`, `workers`, and `runs`, `show`,
-//! `logs` with `--server`.
+//! `logs`, `pipelines` with `--server`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -9,13 +9,22 @@ use clap::Args;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use super::inspect::{LogsArgs, RunsArgs, ShowArgs};
-use super::printers::{print_run, print_runs, timestamp};
-use super::{EXIT_FAILED, EXIT_INVALID};
-use crate::store::{RunRecord, RunStatus, StepRecord};
+use super::inspect::{LogsArgs, PipelinesArgs, RunsArgs, ShowArgs};
+use super::printers::{
+    listed_triggers, print_pipelines, print_run, print_run_end, print_runs, timestamp,
+    ListedPipeline, UnloadedFile,
+};
+use super::signals::StopSignals;
+use super::{EXIT_CANCELLED, EXIT_FAILED, EXIT_INVALID};
+use crate::spec;
+use crate::store::{RunRecord, RunStatus, StepRecord, StepStatus};
 
 /// How often `trigger --wait` asks how the run stands.
 const WAIT_POLL: Duration = Duration::from_millis(300);
+/// Lines of a failed step's stderr shown when a followed run ends (as `sluice run` shows).
+const TAIL_LINES: usize = 10;
+/// Bytes of the end of a stderr log kept to find those lines (as `sluice run` reads).
+const TAIL_BYTES: usize = 8192;
 
 /// Arguments of `sluice trigger`.
 #[derive(Debug, Args)]
@@ -238,8 +247,41 @@ pub fn retry(args: &super::run::RetryArgs) -> anyhow::Result<u8> {
     })
 }
 
-/// Follows a run until it ends, printing each step's change; exit 0 if it succeeded.
+/// Follows a run until it ends (see [`follow`]). Ctrl-C or SIGTERM stops the following, not
+/// the run: it says so and how to cancel the run, and exits 130.
 async fn wait_for(api: &Api, run_id: &str) -> anyhow::Result<u8> {
+    let ended = match StopSignals::listen() {
+        None => follow(api, run_id).await?,
+        Some(mut signals) => tokio::select! {
+            ended = follow(api, run_id) => ended?,
+            () = signals.next() => {
+                eprintln!(
+                    "stopped waiting: run {run_id} goes on on the scheduler; to cancel it: sluice cancel {run_id} --server {}",
+                    api.base()
+                );
+                return Ok(EXIT_CANCELLED);
+            }
+        },
+    };
+    let (run, steps) = match ended {
+        Ok(ended) => ended,
+        Err(code) => return Ok(code),
+    };
+    print_summary(api, &run, &steps).await;
+    Ok(if run.status == RunStatus::Succeeded {
+        0
+    } else {
+        EXIT_FAILED
+    })
+}
+
+/// Polls a run until it ends, printing each step's change; the run and its steps as they
+/// ended, or `Err` with the exit code once the scheduler refused or stayed unreachable (after
+/// saying so).
+async fn follow(
+    api: &Api,
+    run_id: &str,
+) -> anyhow::Result<Result<(RunRecord, Vec<StepRecord>), u8>> {
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     let mut unreachable_since: Option<std::time::Instant> = None;
     loop {
@@ -252,12 +294,12 @@ async fn wait_for(api: &Api, run_id: &str) -> anyhow::Result<u8> {
             Err(err @ ApiFailure::Unreachable { .. }) => {
                 let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() > Duration::from_secs(120) {
-                    return Ok(failed(err));
+                    return Ok(Err(failed(err)));
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
-            Err(err) => return Ok(failed(err)),
+            Err(err) => return Ok(Err(failed(err))),
         };
         let run: RunRecord = serde_json::from_value(shown["run"].clone())?;
         let steps: Vec<StepRecord> = serde_json::from_value(shown["steps"].clone())?;
@@ -275,15 +317,60 @@ async fn wait_for(api: &Api, run_id: &str) -> anyhow::Result<u8> {
             }
         }
         if run.status.is_terminal() {
-            println!("run {} {}", run.id, run.status.as_str());
-            return Ok(if run.status == RunStatus::Succeeded {
-                0
-            } else {
-                EXIT_FAILED
-            });
+            return Ok(Ok((run, steps)));
         }
         tokio::time::sleep(WAIT_POLL).await;
     }
+}
+
+/// The end of a followed run, as `sluice run` prints it, with the failed steps' stderr tails
+/// read through the API.
+async fn print_summary(api: &Api, run: &RunRecord, steps: &[StepRecord]) {
+    let mut tails = BTreeMap::new();
+    for step in steps.iter().filter(|s| s.status == StepStatus::Failed) {
+        if let Some(attempt) = step.last_attempt() {
+            let tail = stderr_tail(api, &run.id, &step.name, attempt.number, TAIL_LINES).await;
+            tails.insert(step.name.clone(), tail);
+        }
+    }
+    print_run_end(run, steps, &tails, &format!(" --server {}", api.base()));
+}
+
+/// The last `n` lines of an attempt's stderr, through the API; none when it cannot be read
+/// (the summary still names the command that prints it). Only the end is kept as it streams:
+/// logs can be huge.
+async fn stderr_tail(api: &Api, run: &str, step: &str, attempt: u32, n: usize) -> Vec<String> {
+    let url = format!(
+        "{}/api/v1/runs/{}/steps/{}/logs",
+        api.base,
+        segment(run),
+        segment(step)
+    );
+    let query = [
+        ("stream", "stderr".to_string()),
+        ("attempt", attempt.to_string()),
+    ];
+    let Ok(response) = api.send(api.http.get(&url).query(&query)).await else {
+        return Vec::new();
+    };
+    let mut end: Vec<u8> = Vec::new();
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let Ok(chunk) = chunk else {
+            break;
+        };
+        end.extend_from_slice(&chunk);
+        if end.len() > 2 * TAIL_BYTES {
+            end.drain(..end.len() - TAIL_BYTES);
+        }
+    }
+    let end = &end[end.len().saturating_sub(TAIL_BYTES)..];
+    let text = String::from_utf8_lossy(end);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
 }
 
 /// `sluice cancel`.
@@ -356,6 +443,73 @@ pub fn workers(args: WorkersArgs) -> anyhow::Result<u8> {
     })
 }
 
+/// `sluice pipelines --server`: `GET /api/v1/pipelines`.
+pub fn pipelines(args: &PipelinesArgs) -> anyhow::Result<u8> {
+    let server = args.remote.server.clone().unwrap_or_default();
+    let api = Api::new(&server, args.remote.token.as_deref());
+    block_on(async move {
+        let answer = match api.get("/api/v1/pipelines").await {
+            Ok(answer) => answer,
+            Err(err) => return Ok(failed(err)),
+        };
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        let unloaded: Vec<UnloadedFile> = answer["errors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| UnloadedFile {
+                file: text(&e["file"]),
+                problems: e["problems"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(text)
+                    .collect(),
+                serving_last_good: e["serving_last_good"].as_str().map(str::to_string),
+            })
+            .collect();
+        let now = chrono::Utc::now();
+        let listed: Vec<ListedPipeline> = answer["pipelines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let (file, hash) = (text(&p["file"]), text(&p["hash"]));
+                let serving_last_good = unloaded.iter().any(|e| {
+                    e.file == file && e.serving_last_good.as_deref() == Some(hash.as_str())
+                });
+                ListedPipeline {
+                    name: text(&p["name"]),
+                    description: p["description"].as_str().map(str::to_string),
+                    steps: p["steps"].as_array().map_or(0, Vec::len),
+                    triggers: served_triggers(&file, &hash, now),
+                    file,
+                    hash,
+                    serving_last_good,
+                }
+            })
+            .collect();
+        print_pipelines(&listed, &unloaded, args.json)
+    })
+}
+
+/// The triggers of a served pipeline, which the API does not list: read from its file when
+/// that file is readable here (a scheduler on this machine, started from this folder) and is
+/// the very version served (same hash); `None` otherwise.
+fn served_triggers(
+    file: &str,
+    hash: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<Vec<super::printers::ListedTrigger>> {
+    let path = std::path::Path::new(file);
+    if file.is_empty() || !path.is_file() {
+        return None;
+    }
+    let (loaded, _warnings) =
+        spec::load_file_with_warnings(path, spec::DEFAULT_MAX_FILE_BYTES).ok()?;
+    (loaded.hash == hash).then(|| listed_triggers(&loaded.pipeline, now))
+}
+
 /// `sluice runs --server`.
 pub fn runs(args: &RunsArgs) -> anyhow::Result<u8> {
     let server = args.remote.server.clone().unwrap_or_default();
@@ -364,6 +518,12 @@ pub fn runs(args: &RunsArgs) -> anyhow::Result<u8> {
         let mut path = format!("/api/v1/runs?limit={}", args.limit);
         if let Some(before) = &args.before {
             path.push_str(&format!("&before={}", segment(before)));
+        }
+        if let Some(pipeline) = &args.pipeline {
+            path.push_str(&format!("&pipeline={}", segment(pipeline)));
+        }
+        if let Some(status) = args.status {
+            path.push_str(&format!("&status={}", status.status().as_str()));
         }
         let answer = match api.get(&path).await {
             Ok(answer) => answer,

@@ -1,13 +1,20 @@
-//! `sluice runs`, `sluice show` and `sluice logs`: reading what the store recorded.
+//! `sluice runs`, `sluice show` and `sluice logs`: reading what the store recorded; and
+//! `sluice pipelines` over a folder of pipeline files.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
-use super::printers::{print_run, print_runs};
+use super::printers::{
+    listed_triggers, print_pipelines, print_run, print_runs, ListedPipeline, UnloadedFile,
+};
 use super::{DataDirArg, EXIT_INVALID};
-use crate::store::{RunLookup, RunRecord, Store};
+use crate::spec;
+use crate::store::{RunLookup, RunRecord, RunStatus, Store};
+
+/// Runs read at once while filling a filtered `sluice runs`.
+const FILTER_PAGE: usize = 1000;
 
 /// Arguments of `sluice runs`.
 #[derive(Debug, Args)]
@@ -21,10 +28,58 @@ pub struct RunsArgs {
     /// List runs older than this run id (paging).
     #[arg(long)]
     pub before: Option<String>,
+    /// Only runs of this pipeline.
+    #[arg(long)]
+    pub pipeline: Option<String>,
+    /// Only runs that stand or ended this way.
+    #[arg(long, value_enum)]
+    pub status: Option<StatusFilter>,
     #[command(flatten)]
     pub remote: super::RemoteArgs,
     #[command(flatten)]
     pub data: DataDirArg,
+}
+
+/// A run status `sluice runs --status` selects (clap lists these when given another word).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFilter {
+    /// Accepted, not started.
+    Queued,
+    /// Steps are being run.
+    Running,
+    /// Every step succeeded or was skipped by its condition.
+    Succeeded,
+    /// A step failed.
+    Failed,
+    /// Someone cancelled it.
+    Cancelled,
+}
+
+impl StatusFilter {
+    /// The run status it selects.
+    pub fn status(self) -> RunStatus {
+        match self {
+            StatusFilter::Queued => RunStatus::Queued,
+            StatusFilter::Running => RunStatus::Running,
+            StatusFilter::Succeeded => RunStatus::Succeeded,
+            StatusFilter::Failed => RunStatus::Failed,
+            StatusFilter::Cancelled => RunStatus::Cancelled,
+        }
+    }
+}
+
+/// Arguments of `sluice pipelines`.
+#[derive(Debug, Args)]
+pub struct PipelinesArgs {
+    /// Print JSON (`pipelines` and `errors`) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// The folder to read when no `--server` is given: every `*.yaml`/`*.yml` in it, as a
+    /// scheduler started with `--pipelines DIR` would load them.
+    #[arg(long, default_value = "pipelines", conflicts_with = "server")]
+    pub pipelines: PathBuf,
+    #[command(flatten)]
+    pub remote: super::RemoteArgs,
 }
 
 /// Arguments of `sluice show`.
@@ -92,8 +147,79 @@ fn open_run(data: &DataDirArg, id: &str) -> anyhow::Result<Result<(Store, RunRec
 /// Lists runs, newest first.
 pub fn runs(args: RunsArgs) -> anyhow::Result<u8> {
     let store = open_store(&args.data)?;
-    let runs = store.list_runs(args.limit, args.before.as_deref())?;
+    let keep = |run: &RunRecord| {
+        args.pipeline.as_ref().is_none_or(|p| &run.pipeline == p)
+            && args.status.is_none_or(|s| run.status == s.status())
+    };
+    if args.pipeline.is_none() && args.status.is_none() {
+        let runs = store.list_runs(args.limit, args.before.as_deref())?;
+        return print_runs(&runs, args.json);
+    }
+    // Filtered: read pages until the limit is filled or history ends.
+    let mut runs = Vec::new();
+    let mut before = args.before.clone();
+    while runs.len() < args.limit {
+        let page = store.list_runs(FILTER_PAGE, before.as_deref())?;
+        let exhausted = page.len() < FILTER_PAGE;
+        before = page.last().map(|r| r.id.clone());
+        runs.extend(page.into_iter().filter(|r| keep(r)));
+        if exhausted {
+            break;
+        }
+    }
+    runs.truncate(args.limit);
     print_runs(&runs, args.json)
+}
+
+/// `sluice pipelines` without `--server`: what a scheduler would load from the folder.
+pub fn pipelines(args: PipelinesArgs) -> anyhow::Result<u8> {
+    if !args.pipelines.is_dir() {
+        eprintln!(
+            "error: no folder {} (pass --pipelines DIR, or --server URL to ask a scheduler)",
+            args.pipelines.display()
+        );
+        return Ok(EXIT_INVALID);
+    }
+    let now = chrono::Utc::now();
+    let mut listed: Vec<ListedPipeline> = Vec::new();
+    let mut unloaded = Vec::new();
+    for file in spec::find_pipeline_files(std::slice::from_ref(&args.pipelines))? {
+        let shown = file.display().to_string();
+        // Warnings are `sluice validate`'s to print; a listing shows only what stops a file.
+        match spec::load_file_with_warnings(&file, spec::DEFAULT_MAX_FILE_BYTES) {
+            Ok((loaded, _warnings)) => {
+                let name = &loaded.pipeline.name;
+                // As the scheduler does: a second file with a name already taken is not loaded.
+                if let Some(first) = listed.iter().find(|p| &p.name == name) {
+                    unloaded.push(UnloadedFile {
+                        problems: vec![format!(
+                            "{shown}: pipeline name `{name}` is already used by {}",
+                            first.file
+                        )],
+                        file: shown,
+                        serving_last_good: None,
+                    });
+                    continue;
+                }
+                listed.push(ListedPipeline {
+                    name: name.clone(),
+                    description: loaded.pipeline.description.clone(),
+                    file: shown,
+                    hash: loaded.hash.clone(),
+                    steps: loaded.pipeline.steps.len(),
+                    triggers: Some(listed_triggers(&loaded.pipeline, now)),
+                    serving_last_good: false,
+                });
+            }
+            Err(problems) => unloaded.push(UnloadedFile {
+                file: shown,
+                problems: problems.iter().map(ToString::to_string).collect(),
+                serving_last_good: None,
+            }),
+        }
+    }
+    listed.sort_by(|a, b| a.name.cmp(&b.name));
+    print_pipelines(&listed, &unloaded, args.json)
 }
 
 /// Shows one run in full.

@@ -109,6 +109,9 @@ pub enum Command {
     },
     /// List the scheduler's workers with their capacity and last heartbeat.
     Workers(client::WorkersArgs),
+    /// List the pipelines a scheduler serves (`--server`) or a folder holds (`--pipelines`),
+    /// with their triggers, the version served and the files that did not load.
+    Pipelines(inspect::PipelinesArgs),
     /// API tokens: `sluice token new NAME --role read|trigger|admin`.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -154,6 +157,7 @@ impl Command {
                 | Command::Show(_)
                 | Command::Logs(_)
                 | Command::Workers(_)
+                | Command::Pipelines(_)
         ) || matches!(self, Command::Artifacts(artifacts::ArtifactsCommand::Catalog(c)) if !c.writes())
             || matches!(self, Command::Models(m) if m.only_prints())
     }
@@ -201,6 +205,8 @@ pub fn main(cli: Cli) -> ExitCode {
             Ok(0)
         }
         Command::Workers(args) => client::workers(args),
+        Command::Pipelines(args) if args.remote.server.is_some() => client::pipelines(&args),
+        Command::Pipelines(args) => inspect::pipelines(args),
         Command::Secrets(command) => secrets::secrets(command),
         Command::Artifacts(command) => artifacts::artifacts(command),
         Command::Gc(args) => artifacts::collect(args),

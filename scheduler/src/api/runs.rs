@@ -23,6 +23,7 @@ const MAX_PAGE: usize = 1000;
 const MAX_SCANNED: usize = 20_000;
 
 pub(super) async fn pipelines(State(state): State<ApiState>) -> Json<Value> {
+    let now = chrono::Utc::now();
     state.daemon.with_catalog(|catalog| {
         let pipelines: Vec<Value> = catalog
             .pipelines
@@ -36,6 +37,8 @@ pub(super) async fn pipelines(State(state): State<ApiState>) -> Json<Value> {
                     "hash": loaded.hash,
                     "steps": p.steps.keys().collect::<Vec<_>>(),
                     "params": p.params.keys().collect::<Vec<_>>(),
+                    // Each with what it fires on and, for cron, the next instant.
+                    "triggers": crate::cli::printers::listed_triggers(p, now),
                 })
             })
             .collect();

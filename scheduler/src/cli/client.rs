@@ -482,7 +482,8 @@ pub fn pipelines(args: &PipelinesArgs) -> anyhow::Result<u8> {
                     name: text(&p["name"]),
                     description: p["description"].as_str().map(str::to_string),
                     steps: p["steps"].as_array().map_or(0, Vec::len),
-                    triggers: served_triggers(&file, &hash, now),
+                    triggers: api_triggers(&p["triggers"])
+                        .or_else(|| served_triggers(&file, &hash, now)),
                     file,
                     hash,
                     serving_last_good,
@@ -493,7 +494,34 @@ pub fn pipelines(args: &PipelinesArgs) -> anyhow::Result<u8> {
     })
 }
 
-/// The triggers of a served pipeline, which the API does not list: read from its file when
+/// The triggers the API lists for a pipeline (schedulers before this version list none).
+fn api_triggers(value: &Value) -> Option<Vec<super::printers::ListedTrigger>> {
+    let list = value.as_array()?;
+    Some(
+        list.iter()
+            .map(|t| {
+                let next = t["next"].as_str().map(str::to_string);
+                super::printers::ListedTrigger {
+                    kind: match t["kind"].as_str() {
+                        Some("cron") => "cron",
+                        Some("webhook") => "webhook",
+                        Some("watch") => "watch",
+                        Some("after") => "after",
+                        _ => "?",
+                    },
+                    what: t["what"].as_str().unwrap_or_default().to_string(),
+                    next_ms: next
+                        .as_deref()
+                        .and_then(|n| chrono::DateTime::parse_from_rfc3339(n).ok())
+                        .map(|d| d.timestamp_millis().max(0) as u64),
+                    next,
+                }
+            })
+            .collect(),
+    )
+}
+
+/// The triggers of a served pipeline when an older API does not list them: read from its file when
 /// that file is readable here (a scheduler on this machine, started from this folder) and is
 /// the very version served (same hash); `None` otherwise.
 fn served_triggers(

@@ -8,7 +8,7 @@ mod graph;
 mod inspect;
 mod models;
 mod plan;
-mod printers;
+pub(crate) mod printers;
 mod progress;
 mod run;
 mod secrets;

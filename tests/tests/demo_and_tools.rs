@@ -406,3 +406,67 @@ fn validate_prints_warnings_and_still_exits_0() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["files"][0]["warnings"][0]["field"], "steps.b.when");
 }
+
+#[test]
+fn validate_of_a_folder_passes_over_yaml_that_is_not_a_pipeline_but_not_a_named_file() {
+    let s = Scratch::new();
+    s.write("dir/good.yaml", "name: good\nsteps:\n  a: {run: x}\n");
+    let compose = s.write(
+        "dir/docker-compose.yml",
+        "services:\n  redis: {image: redis:7}\n",
+    );
+    s.write(
+        "dir/k8s/pod.yaml",
+        "apiVersion: v1\nkind: Pod\n---\napiVersion: v1\nkind: Service\n",
+    );
+    s.write("dir/typo.yaml", "name: typo\nstpes:\n  a: {run: x}\n");
+    let dir = s.path().join("dir").display().to_string();
+    let out = s.run(&["validate", &dir]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("note: skipped ")
+            && stderr.contains("docker-compose.yml: not a pipeline (no `steps`)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("pod.yaml: not a pipeline"), "{stderr}");
+    // One typo away from `steps` is a broken pipeline, not some other YAML.
+    assert!(
+        stderr.contains("error: unknown key `stpes` in the pipeline"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 errors in 1 of 2 files"), "{stderr}");
+
+    s.write("dir/typo.yaml", "name: typo\nsteps:\n  a: {run: x}\n");
+    let out = s.run(&["validate", "--format", "json", &dir]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["valid"], true);
+    assert_eq!(report["files"].as_array().unwrap().len(), 2);
+    let skipped: Vec<&str> = report["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert!(skipped[0].ends_with("docker-compose.yml"), "{skipped:?}");
+
+    // Named on the command line, it is checked, and fails.
+    let out = s.run(&["validate", compose.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("error: the pipeline has no `steps`"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A folder of other YAML only holds no pipeline to check.
+    let only = s.path().join("dir/k8s").display().to_string();
+    let out = s.run(&["validate", &only]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("no pipeline files under the given paths"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -11,7 +11,8 @@ use crate::spec::{self, Diagnostic};
 /// Arguments of `sluice validate`.
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
-    /// Pipeline files, or folders searched recursively for `*.yml` and `*.yaml`.
+    /// Pipeline files, or folders searched recursively for `*.yml` and `*.yaml` (YAML files
+    /// there without a top-level `steps` key are passed over with a note).
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
     /// `human` for people, `json` for machines.
@@ -43,17 +44,56 @@ struct FileReport {
     warnings: Vec<Diagnostic>,
 }
 
+/// A YAML file found in a folder that is not a pipeline, passed over.
+#[derive(Serialize)]
+struct Skipped {
+    file: String,
+    reason: &'static str,
+}
+
+/// The files to check: those named, and the pipelines found in the folders named. A YAML file
+/// of another kind in a folder (a Compose file, a CI workflow) is passed over with a note; one
+/// named on the command line is checked, and fails, whatever it holds.
+fn pipeline_files(args: &ValidateArgs) -> std::io::Result<(Vec<PathBuf>, Vec<Skipped>)> {
+    let mut files = Vec::new();
+    let mut skipped = Vec::new();
+    for path in &args.paths {
+        if !path.is_dir() {
+            files.push(path.clone());
+            continue;
+        }
+        for file in spec::find_pipeline_files(std::slice::from_ref(path))? {
+            if spec::is_other_yaml(&file, args.max_file_bytes) {
+                skipped.push(Skipped {
+                    file: file.display().to_string(),
+                    reason: spec::NOT_A_PIPELINE,
+                });
+            } else {
+                files.push(file);
+            }
+        }
+    }
+    Ok((files, skipped))
+}
+
 /// Exit 0 when every file is valid, 1 when any is not, 2 when a path cannot be read at all.
 pub fn validate(args: ValidateArgs) -> anyhow::Result<u8> {
-    let files = match spec::find_pipeline_files(&args.paths) {
-        Ok(files) => files,
+    let (files, skipped) = match pipeline_files(&args) {
+        Ok(found) => found,
         Err(err) => {
             eprintln!("error: cannot list pipeline files: {err}");
             return Ok(EXIT_INVALID);
         }
     };
+    for skip in &skipped {
+        eprintln!("note: skipped {}: {}", skip.file, skip.reason);
+    }
     if files.is_empty() {
-        eprintln!("error: no *.yml or *.yaml files under the given paths");
+        if skipped.is_empty() {
+            eprintln!("error: no *.yml or *.yaml files under the given paths");
+        } else {
+            eprintln!("error: no pipeline files under the given paths, only other YAML");
+        }
         return Ok(EXIT_INVALID);
     }
     let mut reports = Vec::new();
@@ -82,6 +122,7 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<u8> {
             let out = serde_json::json!({
                 "valid": invalid == 0,
                 "files": reports,
+                "skipped": skipped,
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
         }

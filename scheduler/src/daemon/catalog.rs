@@ -15,6 +15,9 @@ pub struct Catalog {
     pub pipelines: BTreeMap<String, LoadedPipeline>,
     /// Files that were skipped, with why.
     pub errors: Vec<LoadError>,
+    /// YAML files of the folder that are not pipelines (no `steps` key: Compose files, CI
+    /// workflows, manifests), passed over without an error.
+    pub not_pipelines: Vec<PathBuf>,
     /// The git commit of the folder, when it is in a git work tree.
     pub commit: Option<String>,
 }
@@ -41,6 +44,11 @@ impl Catalog {
         let mut roots = vec![dir.canonicalize()?];
         roots.extend(watch_allowed.iter().map(|p| resolved(p)));
         for file in spec::find_pipeline_files(&[dir.to_path_buf()])? {
+            if spec::is_other_yaml(&file, spec::DEFAULT_MAX_FILE_BYTES) {
+                tracing::info!(file = %file.display(), "Skipped a YAML file that is {}.", spec::NOT_A_PIPELINE);
+                catalog.not_pipelines.push(file);
+                continue;
+            }
             match spec::load_file(&file, spec::DEFAULT_MAX_FILE_BYTES) {
                 Ok(loaded) => {
                     let problems = watch_problems(&loaded, &roots, &file);
@@ -81,6 +89,7 @@ impl Catalog {
         tracing::info!(
             loaded = catalog.pipelines.len(),
             skipped = catalog.errors.len(),
+            not_pipelines = catalog.not_pipelines.len(),
             dir = %dir.display(),
             "Loaded pipelines."
         );
@@ -95,6 +104,20 @@ impl Catalog {
         previous: &Catalog,
     ) -> std::io::Result<Catalog> {
         let mut catalog = Catalog::load(dir, watch_allowed)?;
+        // A pipeline that lost its `steps` is a broken pipeline, not some other YAML: it keeps
+        // its last good version like any invalid file.
+        for file in &catalog.not_pipelines {
+            if previous.pipelines.values().any(|p| &p.path == file) {
+                catalog.errors.push(LoadError {
+                    file: file.clone(),
+                    problems: vec![format!(
+                        "{}: the pipeline has no `steps` any more",
+                        file.display()
+                    )],
+                    serving_last_good: None,
+                });
+            }
+        }
         for error in &mut catalog.errors {
             let last_good = previous
                 .pipelines
@@ -224,6 +247,43 @@ mod tests {
         // The link inside the folder is read (once) and is a second file naming `good`.
         assert_eq!(catalog.errors.len(), 1, "{problems}");
         assert!(problems.contains("alias.yaml"), "{problems}");
+    }
+
+    #[test]
+    fn yaml_that_is_not_a_pipeline_is_passed_over_unless_it_was_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let pipelines = dir.path();
+        write(
+            pipelines,
+            "good.yaml",
+            "name: good\nsteps:\n  a: {run: 'true'}\n",
+        );
+        write(
+            pipelines,
+            "docker-compose.yml",
+            "services:\n  redis: {image: redis:7}\n",
+        );
+        let catalog = Catalog::load(pipelines, &[]).unwrap();
+        assert_eq!(catalog.pipelines.keys().collect::<Vec<_>>(), ["good"]);
+        assert!(catalog.errors.is_empty(), "{:?}", catalog.errors);
+        assert_eq!(
+            catalog.not_pipelines,
+            [pipelines.join("docker-compose.yml")]
+        );
+        // A pipeline whose `steps` went away is broken, and keeps being served as it was.
+        write(pipelines, "good.yaml", "name: good\nstpes: {}\n");
+        let next = Catalog::reload(pipelines, &[], &catalog).unwrap();
+        assert_eq!(next.errors.len(), 1, "{:?}", next.errors);
+        write(pipelines, "good.yaml", "name: good\n");
+        let next = Catalog::reload(pipelines, &[], &catalog).unwrap();
+        assert!(next.pipelines.contains_key("good"), "{:?}", next.errors);
+        assert_eq!(next.errors.len(), 1, "{:?}", next.errors);
+        assert!(next.errors[0].serving_last_good.is_some());
+        assert!(
+            next.errors[0].problems[0].contains("no `steps` any more"),
+            "{:?}",
+            next.errors
+        );
     }
 
     #[test]

@@ -650,7 +650,12 @@ fn deploy(r: &mut Reader, with: &Node, path: &str) -> Option<DeployArgs> {
     });
     let alias = required(r, &fields, with, path, "alias")
         .and_then(|n| name(r, n, &join(path, "alias"), "alias"));
-    let run = required(r, &fields, with, path, "run").and_then(|n| r.string(n, &join(path, "run")));
+    let run = required(r, &fields, with, path, "run").and_then(|n| {
+        let field = join(path, "run");
+        let run = r.string(n, &field)?;
+        super::templates::check(r, &run, n.mark, &field, super::templates::Place::Run);
+        Some(run)
+    });
     let health = required(r, &fields, with, path, "health")
         .and_then(|n| health(r, n, &join(path, "health")));
     Some(DeployArgs {

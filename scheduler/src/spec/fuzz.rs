@@ -977,6 +977,24 @@ fn generated_pipeline(bytes: &[u8]) -> String {
                     out.push_str(&format!("  - {t}\n"));
                 }
             }
+            "timeout" => {
+                let t = g.draw(&Pool {
+                    good: &["2h", "90s"],
+                    bad: &["0s", "soon", "5"],
+                });
+                out.push_str(&format!("timeout: {t}\n"));
+            }
+            "notify" => {
+                let webhook = g.draw(&Pool {
+                    good: &["http://127.0.0.1:9/hook", "https://hooks.example/x"],
+                    bad: &["ftp://h/x", "not a url", "''"],
+                });
+                let on = g.draw(&Pool {
+                    good: &["[failed]", "[succeeded, cancelled]"],
+                    bad: &["[fail]", "{}"],
+                });
+                out.push_str(&format!("notify: [{{webhook: \"{webhook}\", on: {on}}}]\n"));
+            }
             _ => unreachable!("every pipeline key is generated: {key}"),
         }
     }

@@ -5,9 +5,11 @@ mod check;
 pub mod condition;
 pub mod diagnostic;
 pub mod model;
+pub mod notify;
 pub mod parse;
 mod reader;
 pub mod schema;
+mod templates;
 mod triggers;
 pub mod values;
 pub mod yaml;
@@ -113,11 +115,12 @@ pub fn parse_str_with_warnings(
     file: &str,
     text: &str,
 ) -> Result<(Pipeline, Vec<Diagnostic>), Vec<Diagnostic>> {
-    let mut r = Reader {
-        diags: Diagnostics::new(file),
-    };
     // A byte-order mark (editors on Windows write one) is allowed before the stream by YAML.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut r = Reader {
+        diags: Diagnostics::new(file),
+        source: text.to_string(),
+    };
     let tree = match yaml::parse(text) {
         Ok(tree) => tree,
         Err(err) => {
@@ -150,6 +153,34 @@ pub fn parse_str_with_warnings(
         }
         _ => Err(r.diags.into_sorted()),
     }
+}
+
+/// Why `sluice validate` and the daemon pass over a YAML file of a folder.
+pub const NOT_A_PIPELINE: &str = "not a pipeline (no `steps`)";
+
+/// Whether the file at `path` is YAML of another kind (a Compose file, a CI workflow, a
+/// Kubernetes manifest) rather than a pipeline: it reads as YAML and no document in it has a
+/// `steps` key at the top level, nor a key one typo away (`step`, `Steps`, `stpes`) or a merge
+/// key (`<<`) that could bring one. A file that cannot be read, is not YAML or is empty is taken
+/// for a pipeline, so that loading it says what is wrong.
+pub fn is_other_yaml(path: &Path, max_bytes: u64) -> bool {
+    let Ok(bytes) = read_pipeline_text(path, max_bytes) else {
+        return false;
+    };
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return false;
+    };
+    is_other_yaml_text(text.strip_prefix('\u{feff}').unwrap_or(text))
+}
+
+/// [`is_other_yaml`] on text.
+pub fn is_other_yaml_text(text: &str) -> bool {
+    let Some(keys) = yaml::top_level_keys(text) else {
+        return false;
+    };
+    !keys
+        .iter()
+        .any(|key| key == "<<" || strsim::damerau_levenshtein(&key.to_lowercase(), "steps") <= 1)
 }
 
 /// The bytes of a pipeline file, at most `max_bytes`; never blocks on a FIFO or device.

@@ -25,6 +25,10 @@ pub struct Pipeline {
     pub concurrency: Option<Concurrency>,
     /// What starts runs besides a person (validated now; fired by the scheduler daemon).
     pub triggers: Vec<Trigger>,
+    /// Longest the whole run may take; past it, it is stopped and ends failed.
+    pub timeout: Option<Duration>,
+    /// Where the daemon posts the run's summary when it ends (`notify:`).
+    pub notify: Vec<super::notify::Notify>,
     /// Steps in file order, each with the pipeline's defaults applied.
     pub steps: IndexMap<String, Step>,
 }

@@ -8,6 +8,7 @@ use super::builtins;
 use super::condition::Condition;
 use super::model::*;
 use super::reader::{join, Reader};
+use super::templates::{self, Place};
 use super::triggers;
 use super::values;
 use super::yaml::{Mark, Node, Value};
@@ -22,6 +23,8 @@ pub const PIPELINE_KEYS: &[&str] = &[
     "parallelism",
     "concurrency",
     "triggers",
+    "notify",
+    "timeout",
     "steps",
 ];
 /// Keys of a step.
@@ -141,7 +144,20 @@ pub fn pipeline(r: &mut Reader, root: &Node) -> Parsed {
         );
         return nothing();
     }
-    let Some(fields) = r.mapping(root, "", "the pipeline", PIPELINE_KEYS) else {
+    let step_names = step_names(root);
+    let step_key_hint = |key: &str, at: Mark| {
+        if !STEP_KEYS.contains(&key) {
+            return None;
+        }
+        Some(match step_names.iter().rev().find(|(_, mark)| *mark < at) {
+            Some((step, _)) => {
+                format!("`{key}` is a step key; did you mean to indent it under `{step}`?")
+            }
+            None => format!("`{key}` is a step key: it goes under a step's name in `steps`"),
+        })
+    };
+    let Some(fields) = r.mapping_with_hint(root, "", "the pipeline", PIPELINE_KEYS, step_key_hint)
+    else {
         return nothing();
     };
     let name = match fields.get("name") {
@@ -175,6 +191,12 @@ pub fn pipeline(r: &mut Reader, root: &Node) -> Parsed {
     let triggers = fields
         .get("triggers")
         .map_or(Some(Vec::new()), |(_, n)| triggers::triggers(r, n));
+    let notify = fields
+        .get("notify")
+        .map_or(Some(Vec::new()), |(_, n)| super::notify::notify(r, n));
+    let timeout = fields.get("timeout").map_or(Some(None), |(_, n)| {
+        r.positive_duration(n, "timeout").map(Some)
+    });
     let (steps, steps_ok) = match fields.get("steps") {
         Some((_, node)) => {
             // With broken `env` or `defaults` the steps are still read, for their own problems.
@@ -197,11 +219,39 @@ pub fn pipeline(r: &mut Reader, root: &Node) -> Parsed {
             parallelism: parallelism.unwrap_or(Some(0)).filter(|p| *p > 0),
             concurrency: concurrency.unwrap_or(Some(None))?,
             triggers: triggers?,
+            notify: notify?,
+            timeout: timeout?,
             steps: IndexMap::new(),
         })
     })()
     .filter(|_| steps_ok && defaults.is_some());
     Parsed { pipeline, steps }
+}
+
+/// The names under `steps:` and where each stands, as far as the file has them.
+fn step_names(root: &Node) -> Vec<(String, Mark)> {
+    let Value::Map(entries) = &root.value else {
+        return Vec::new();
+    };
+    let steps = entries
+        .iter()
+        .find(|(key, _)| key.value == Value::String("steps".into()));
+    match steps {
+        Some((
+            _,
+            Node {
+                value: Value::Map(steps),
+                ..
+            },
+        )) => steps
+            .iter()
+            .filter_map(|(key, value)| {
+                let name = key.value.scalar_text()?;
+                (!misplaced_step_key(&name, value)).then_some((name, key.mark))
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn params(r: &mut Reader, node: &Node) -> Option<IndexMap<String, ParamSpec>> {
@@ -522,7 +572,7 @@ fn steps(
     defaults: &StepDefaults,
 ) -> (Vec<ParsedStep>, bool) {
     let Value::Map(entries) = &node.value else {
-        r.error(
+        let d = r.diags.error(
             node.mark,
             "steps",
             format!(
@@ -530,6 +580,9 @@ fn steps(
                 node.value.kind()
             ),
         );
+        if let Value::Seq(_) = node.value {
+            d.help("GitHub Actions, Argo and Dagu write steps as a list; Sluice names each one: `steps: {train: {run: ...}}`");
+        }
         return (Vec::new(), false);
     };
     if entries.is_empty() {
@@ -538,9 +591,16 @@ fn steps(
     }
     let mut out = Vec::with_capacity(entries.len());
     let mut ok = true;
+    let mut above: Option<String> = None;
     for (key, value) in entries {
         let name = key.value.scalar_text().unwrap_or_default();
         let path = join("steps", &name);
+        if misplaced_step_key(&name, value) {
+            misplaced(r, key.mark, &name, above.as_deref());
+            ok = false;
+            continue;
+        }
+        above = Some(name.clone());
         if let Err(message) = values::step_name(&name) {
             r.error(key.mark, &path, message);
             ok = false;
@@ -550,6 +610,42 @@ fn steps(
         out.push(parsed);
     }
     (out, ok)
+}
+
+/// Whether an entry of `steps` is a step's key written one level too high: a step key whose
+/// value is not a step (`depends: [a]`, `run: x`, `env: {A: b}` rather than a mapping of step
+/// keys). A step may be called `run`, when it holds step keys.
+fn misplaced_step_key(name: &str, value: &Node) -> bool {
+    if !STEP_KEYS.contains(&name) {
+        return false;
+    }
+    match &value.value {
+        Value::Map(entries) => !entries.iter().any(
+            |(key, _)| matches!(&key.value, Value::String(k) if STEP_KEYS.contains(&k.as_str())),
+        ),
+        _ => true,
+    }
+}
+
+/// Reports a step key found among step names, pointing at the step above it.
+fn misplaced(r: &mut Reader, mark: Mark, key: &str, above: Option<&str>) {
+    let d = r.diags.error(
+        mark,
+        &join("steps", key),
+        format!("`{key}` is a step key, found where a step's name belongs"),
+    );
+    match above {
+        Some(step) => {
+            d.step = Some(step.to_string());
+            d.help(format!("did you mean to indent it under `{step}`?"))
+        }
+        None => {
+            d.step = None;
+            d.help(format!(
+                "a step's keys go under its name: `steps: {{train: {{{key}: ...}}}}`"
+            ))
+        }
+    };
 }
 
 fn step(
@@ -592,6 +688,10 @@ fn step(
         Some(n) => {
             let field = join(path, "when");
             let parsed = r.text(n, &field).and_then(|text| {
+                // A template would only add a parse error about its braces.
+                if !templates::check(r, &text, n.mark, &field, Place::When) {
+                    return None;
+                }
                 Condition::parse(&text)
                     .map_err(|m| r.error(n.mark, &field, m))
                     .ok()
@@ -822,9 +922,18 @@ fn action<'n>(
         );
     }
     match (run, command, uses) {
-        (Some(run), None, None) => r.string(run, &join(path, "run")).map(Action::Shell),
+        (Some(run), None, None) => {
+            let field = join(path, "run");
+            let script = r.string(run, &field)?;
+            templates::check(r, &script, run.mark, &field, Place::Run);
+            Some(Action::Shell(script))
+        }
         (None, Some(command), None) => {
-            let argv = r.text_list(command, &join(path, "command"))?;
+            let field = join(path, "command");
+            let argv = r.text_list(command, &field)?;
+            for (i, (arg, mark)) in argv.iter().enumerate() {
+                templates::check(r, arg, *mark, &format!("{field}[{i}]"), Place::Command);
+            }
             if argv.is_empty() {
                 r.error(
                     command.mark,

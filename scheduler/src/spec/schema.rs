@@ -149,6 +149,13 @@ pub fn pipeline_schema() -> Value {
                 "overlap": {"enum": ["queue", "skip", "cancel_running", "allow"]}
             })),
             "triggers": {"type": "array", "items": trigger},
+            "timeout": {"type": "string", "description": "Longest the whole run may take (`2h`); past it, it is stopped and ends failed."},
+            "notify": {"type": "array", "items": object(&["on", "webhook", "format", "secret_env"], json!({
+                "on": {"type": "array", "items": {"enum": ["succeeded", "failed", "cancelled"]}},
+                "webhook": {"type": "string", "pattern": "^https?://"},
+                "format": {"enum": ["json", "slack"]},
+                "secret_env": {"type": "string"}
+            })).with_required(&["webhook"])},
             "steps": {
                 "type": "object",
                 "minProperties": 1,

@@ -557,7 +557,7 @@ fn a_key_from_another_orchestrator_is_translated() {
             field: "steps.b.needs",
             step: Some("b"),
             message: "unknown key `needs` in step `b`",
-            help: Some("did you mean `depends`?"),
+            help: Some("`needs` is GitHub Actions' name; Sluice says `depends: [a, b]`"),
         },
     );
 }
@@ -579,7 +579,7 @@ fn an_unknown_key_with_no_likely_meaning_lists_the_keys() {
             step: None,
             message: "unknown key `zzz` in the pipeline",
             help: Some(
-                "expected one of: name, description, params, env, defaults, parallelism, concurrency, triggers, steps",
+                "expected one of: name, description, params, env, defaults, parallelism, concurrency, triggers, notify, timeout, steps",
             ),
         },
     );
@@ -1678,3 +1678,5 @@ fn cache_is_a_flag_or_the_globs_of_code_a_step_reads() {
 
 mod after;
 mod conditions;
+mod foreign;
+mod notify;

@@ -223,6 +223,9 @@ fn after(r: &mut Reader, node: &Node, path: &str) -> Option<Trigger> {
         Some((_, n)) => {
             let field = join(&inner_path, "when");
             let text = r.string(n, &field)?;
+            if !super::templates::check(r, &text, n.mark, &field, super::templates::Place::When) {
+                return None;
+            }
             let condition = Condition::parse(&text)
                 .map_err(|m| r.error(n.mark, &field, m))
                 .ok()?;

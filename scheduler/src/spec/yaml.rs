@@ -143,6 +143,54 @@ pub fn parse(text: &str) -> Result<Tree, SyntaxError> {
     })
 }
 
+/// The keys at the top level of every document in `text`, as written, without building a tree
+/// (a folder's Compose files and manifests are only looked at, not read); `None` when the text
+/// is not YAML or holds no document.
+pub fn top_level_keys(text: &str) -> Option<Vec<String>> {
+    let mut parser = Parser::new_from_str(text);
+    let mut keys = Vec::new();
+    let mut depth = 0usize;
+    let mut root_is_map = false;
+    let mut expecting_key = false;
+    let mut documents = 0usize;
+    loop {
+        let (event, _) = parser.next_token().ok()?;
+        // A node at depth 1 of a mapping is a key and a value in turn; a collection there counts
+        // once, at its start (what it holds is deeper).
+        let at_top = depth == 1 && root_is_map;
+        match event {
+            Event::StreamEnd => break,
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                if depth == 0 {
+                    documents += 1;
+                    root_is_map = matches!(event, Event::MappingStart(..));
+                    expecting_key = true;
+                } else if at_top {
+                    expecting_key = !expecting_key;
+                }
+                depth += 1;
+            }
+            Event::MappingEnd | Event::SequenceEnd => depth = depth.saturating_sub(1),
+            Event::Scalar(text, style, ..) => {
+                if depth == 0 {
+                    root_is_map = false;
+                    if !(text.is_empty() && style == TScalarStyle::Plain) {
+                        documents += 1;
+                    }
+                } else if at_top {
+                    if expecting_key {
+                        keys.push(text);
+                    }
+                    expecting_key = !expecting_key;
+                }
+            }
+            Event::Alias(_) if at_top => expecting_key = !expecting_key,
+            _ => {}
+        }
+    }
+    (documents > 0).then_some(keys)
+}
+
 /// The scanner reports an unexpected end of input one line past the last; point at the last.
 fn clamp(mark: Mark, text: &str) -> Mark {
     let all = super::diagnostic::source_lines(text);

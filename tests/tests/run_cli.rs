@@ -82,6 +82,30 @@ fn bad_params_and_bad_files_exit_2_before_anything_runs() {
 }
 
 #[test]
+fn a_run_past_its_timeout_is_stopped_and_fails() {
+    let s = Scratch::new();
+    let file = s.write(
+        "p.yaml",
+        "name: slow\ntimeout: 2s\nsteps:\n  quick: {run: 'true'}\n  long: {run: 'sleep 60', depends: [quick]}\n  after: {run: 'true', depends: [long]}\n",
+    );
+    let started = std::time::Instant::now();
+    let out = s.run(&["run", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "the step was not stopped"
+    );
+    let show = s.show(&s.latest_run_id());
+    assert_eq!(show["run"]["status"], "failed");
+    assert_eq!(step(&show, "quick")["status"], "succeeded");
+    assert_eq!(step(&show, "long")["status"], "cancelled");
+    assert_eq!(
+        step(&show, "after")["reason"],
+        "the run's timeout (2s) passed"
+    );
+}
+
+#[test]
 fn dry_run_prints_the_plan_and_touches_nothing() {
     let s = Scratch::new();
     let file = s.write(

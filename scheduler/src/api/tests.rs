@@ -67,6 +67,7 @@ impl Api {
             watch_allowed: Vec::new(),
             lease_holder: None,
             lease: Duration::from_secs(30),
+            notify: Vec::new(),
         };
         let shutdown = CancellationToken::new();
         let daemon = Daemon::start(

@@ -64,6 +64,24 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub allow_watch: Vec<PathBuf>,
+    /// Where to post the summary of runs of pipelines that have no `notify:` of their own
+    /// (a `notify:` target's `webhook`).
+    #[arg(long, env = "SLUICE_NOTIFY_WEBHOOK", value_name = "URL")]
+    pub notify_webhook: Option<String>,
+    /// With `--notify-webhook`: the run endings posted (`failed`, `succeeded`, `cancelled`).
+    #[arg(
+        long,
+        env = "SLUICE_NOTIFY_ON",
+        value_delimiter = ',',
+        default_value = "failed"
+    )]
+    pub notify_on: Vec<String>,
+    /// With `--notify-webhook`: `json` or `slack`.
+    #[arg(long, env = "SLUICE_NOTIFY_FORMAT", default_value = "json")]
+    pub notify_format: String,
+    /// With `--notify-webhook`: the variable holding the secret that signs each post.
+    #[arg(long, env = "SLUICE_NOTIFY_SECRET_ENV", value_name = "VAR")]
+    pub notify_secret_env: Option<String>,
     #[command(flatten)]
     pub artifacts: ArtifactArgs,
     #[command(flatten)]
@@ -348,8 +366,37 @@ async fn start_daemon(
         watch_allowed: serve.allow_watch.clone(),
         lease_holder,
         lease,
+        notify: default_notify(serve)?,
     };
     Daemon::start(engine, config, workers, shutdown.clone()).await
+}
+
+/// The daemon-wide notification target of `--notify-webhook`, checked as a `notify:` entry is.
+fn default_notify(serve: &ServeArgs) -> anyhow::Result<Vec<crate::spec::notify::Notify>> {
+    let Some(webhook) = &serve.notify_webhook else {
+        return Ok(Vec::new());
+    };
+    // Read by the pipeline reader itself (JSON is YAML), so the flags get its checks.
+    let mut target = serde_json::json!({
+        "webhook": webhook,
+        "on": serve.notify_on,
+        "format": serve.notify_format,
+    });
+    if let Some(var) = &serve.notify_secret_env {
+        target["secret_env"] = serde_json::json!(var);
+    }
+    let yaml = serde_json::json!({
+        "name": "flags",
+        "notify": [target],
+        "steps": {"a": {"run": "true"}},
+    });
+    let text = serde_json::to_string(&yaml)?;
+    crate::spec::parse_str("--notify-webhook", &text)
+        .map(|p| p.notify)
+        .map_err(|diags| {
+            let message = diags.first().map(|d| d.message.clone()).unwrap_or_default();
+            anyhow::anyhow!("--notify-*: {message}")
+        })
 }
 
 /// The tokens the API accepts; a tokens file that cannot be used stops the daemon (exit 2).

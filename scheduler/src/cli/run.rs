@@ -757,7 +757,7 @@ fn print_summary(store: &Store, run: &RunRecord, data_dir: &Path) {
     );
     for step in steps.iter().filter(|s| s.status == StepStatus::Failed) {
         if let Some(attempt) = step.last_attempt() {
-            let tail = tail_lines(&attempt.dir.join("stderr.log"), 10);
+            let tail = crate::logtail::tail_lines(&attempt.dir.join("stderr.log"), 10);
             if !tail.is_empty() {
                 println!("--- last lines of `{}` stderr:", step.name);
                 for line in tail {
@@ -770,24 +770,4 @@ fn print_summary(store: &Store, run: &RunRecord, data_dir: &Path) {
             run.id, step.name
         );
     }
-}
-
-/// The last `n` lines of a log file, reading only its end (logs can be huge).
-fn tail_lines(path: &Path, n: usize) -> Vec<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return Vec::new();
-    };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(8192);
-    let mut buf = Vec::new();
-    if file.seek(SeekFrom::Start(start)).is_err() || file.read_to_end(&mut buf).is_err() {
-        return Vec::new();
-    }
-    let text = String::from_utf8_lossy(&buf);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..]
-        .iter()
-        .map(|l| l.to_string())
-        .collect()
 }

@@ -92,7 +92,18 @@ fn follow(daemon: &Arc<Daemon>) -> Result<(), StoreError> {
         mark.forget_all_but(&in_feed);
         done.put_mark(&key, &mark);
     }
-    // Every trigger decided on every run read: they leave the feed with the pruned states.
+    // Every trigger decided on every run read: they leave the feed with the pruned states,
+    // and with the notices their endings call for.
+    for run in &runs {
+        let targets = daemon.with_catalog(|c| {
+            c.pipelines
+                .get(&run.pipeline)
+                .map(|p| p.pipeline.notify.clone())
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| daemon.config.notify.clone())
+        });
+        super::notify::enqueue(daemon, store, run, &targets, &mut done)?;
+    }
     for id in &feed {
         done.forget_finished(id);
     }

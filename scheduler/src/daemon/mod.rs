@@ -9,6 +9,7 @@
 mod catalog;
 mod follow;
 mod janitor;
+mod notify;
 mod router;
 mod schedule;
 mod start;
@@ -43,6 +44,8 @@ pub struct DaemonConfig {
     /// How long a worker may go without renewing a task's lease before the janitor takes the
     /// task back (Redis only).
     pub lease: Duration,
+    /// Notification targets of pipelines that have no `notify:` of their own.
+    pub notify: Vec<crate::spec::notify::Notify>,
 }
 
 /// Where the daemon learns which workers exist.
@@ -120,6 +123,9 @@ pub struct Daemon {
     trigger_lock: Mutex<()>,
     /// Wakes runs waiting for a concurrency slot.
     slot_freed: tokio::sync::Notify,
+    /// When this daemon started, ms since the epoch (runs that ended long before are not
+    /// notified about).
+    started_ms: u64,
     /// The last store probe of `/readyz` and when it ran: reused for a second, so that an
     /// unauthenticated caller cannot make the store flush (or reopen) at will.
     store_probe: Mutex<Option<(std::time::Instant, Result<(), String>)>>,
@@ -152,6 +158,7 @@ impl Daemon {
             drivers: TaskTracker::new(),
             trigger_lock: Mutex::new(()),
             slot_freed: tokio::sync::Notify::new(),
+            started_ms: sluice_worker::task::now_ms(),
             store_probe: Mutex::new(None),
         });
         // Before picking runs up: what an empty Redis lost must be queued again.

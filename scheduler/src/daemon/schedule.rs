@@ -74,6 +74,7 @@ pub(super) async fn run(daemon: Arc<Daemon>) {
             fire_due_crons(&worker, Utc::now());
             start_for_new_files(&worker, &mut seen);
             super::follow::follow_finished_runs(&worker);
+            super::notify::deliver_due(&worker);
             (fingerprint, seen)
         })
         .await;

@@ -274,6 +274,7 @@ impl RunDriver {
             let next_retry = self.state.next_retry_at();
             let cancel_deadline = self.cancel_deadline;
             let cancelling = cancel_deadline.is_some();
+            let run_deadline = self.run_deadline();
             let dirty = self.state.is_dirty();
             tokio::select! {
                 applied = self.next_events() => {
@@ -283,6 +284,7 @@ impl RunDriver {
                 _ = sleep_until_ms(next_retry) => {}
                 _ = tokio::time::sleep(LAZY_COMMIT), if dirty => self.commit()?,
                 _ = cancel.cancelled(), if !cancelling => self.cancel().await,
+                _ = deadline(run_deadline), if !cancelling && run_deadline.is_some() => self.time_out().await,
                 _ = deadline(cancel_deadline), if cancelling => self.state.abandon_in_flight(now_ms()),
             }
         }
@@ -540,6 +542,26 @@ impl RunDriver {
 
     /// Cancels the run: the state withdraws what has not started, workers are told to stop
     /// the rest, which get [`CANCEL_WAIT`] to confirm.
+    /// When the run's `timeout` passes (from its creation, so across restarts too).
+    fn run_deadline(&self) -> Option<tokio::time::Instant> {
+        let limit = self.state.pipeline().timeout?;
+        let ends_ms = self.state.run().created_ms + limit.as_millis() as u64;
+        let left = Duration::from_millis(ends_ms.saturating_sub(now_ms()));
+        Some(tokio::time::Instant::now() + left)
+    }
+
+    async fn time_out(&mut self) {
+        let Some(limit) = self.state.pipeline().timeout else {
+            return;
+        };
+        self.cancel_deadline = Some(tokio::time::Instant::now() + CANCEL_WAIT);
+        self.state.time_out(now_ms(), limit);
+        tracing::warn!(run = %self.state.run().id, "The run's timeout passed; stopping it.");
+        if let Err(err) = self.engine.queue.cancel_run(&self.state.run().id).await {
+            tracing::warn!(run = %self.state.run().id, error = %err, "Could not send the stop to workers.");
+        }
+    }
+
     async fn cancel(&mut self) {
         self.cancel_deadline = Some(tokio::time::Instant::now() + CANCEL_WAIT);
         self.state.cancel(now_ms());

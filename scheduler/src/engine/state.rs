@@ -36,6 +36,8 @@ pub struct RunState {
     next_seq: u64,
     /// The run is being cancelled: nothing new starts and nothing is retried.
     cancelling: bool,
+    /// Why the run is being stopped when its `timeout` passed (it then ends failed).
+    timed_out: Option<String>,
     /// Steps whose next failure is final whatever their retry policy (lost too often).
     give_up: HashSet<String>,
     pending: Pending,
@@ -117,6 +119,7 @@ impl RunState {
             in_flight: 0,
             next_seq,
             cancelling: false,
+            timed_out: None,
             give_up: HashSet::new(),
             pending: Pending::default(),
         }
@@ -734,8 +737,23 @@ impl RunState {
     /// Cancels the run: nothing new starts, pending and queued steps end cancelled (the driver
     /// withdraws queued tasks and tells workers), running steps are left to confirm.
     pub fn cancel(&mut self, now: u64) {
+        self.stop(now, "the run was cancelled".into());
+    }
+
+    /// The run's `timeout` passed: stopped as a cancel is, and it ends failed, saying why.
+    pub fn time_out(&mut self, now: u64, limit: std::time::Duration) {
+        let why = format!(
+            "the run's timeout ({}) passed",
+            humantime::format_duration(limit)
+        );
+        self.timed_out = Some(why.clone());
+        self.stop(now, why);
+    }
+
+    fn stop(&mut self, now: u64, why: String) {
         self.cancelling = true;
-        self.event(None, None, EventKind::RunCancelling, None, now);
+        let detail = self.timed_out.clone();
+        self.event(None, None, EventKind::RunCancelling, detail, now);
         self.ready.clear();
         self.retries.clear();
         let names: Vec<String> = self.steps.keys().cloned().collect();
@@ -746,7 +764,7 @@ impl RunState {
             }
             // Queued but not started: withdrawn from the queue. Should a worker have taken it in
             // the same instant, its result is refused as stale.
-            let reason = Some("the run was cancelled".into());
+            let reason = Some(why.clone());
             self.set_terminal(&name, StepStatus::Cancelled, reason, now);
             if status == StepStatus::Queued {
                 self.in_flight = self.in_flight.saturating_sub(1);
@@ -782,7 +800,9 @@ impl RunState {
     /// was, else succeeded.
     pub fn finish(&mut self, now: u64) {
         let statuses = || self.steps.values().map(|s| s.status);
-        self.run.status = if self.cancelling {
+        self.run.status = if self.timed_out.is_some() {
+            RunStatus::Failed
+        } else if self.cancelling {
             RunStatus::Cancelled
         } else if statuses().any(|s| s == StepStatus::Failed) {
             RunStatus::Failed
@@ -794,7 +814,8 @@ impl RunState {
         self.run.finished_ms = Some(now);
         self.pending.run = true;
         let kind = EventKind::run_ended(self.run.status);
-        self.event(None, None, kind, None, now);
+        let detail = self.timed_out.clone();
+        self.event(None, None, kind, detail, now);
     }
 
     fn set_terminal(&mut self, name: &str, status: StepStatus, reason: Option<String>, now: u64) {

@@ -191,6 +191,12 @@ impl Changes {
         self.put(format!("m/{key}"), value);
     }
 
+    /// Removes a trigger's or a notification's mark.
+    pub fn remove_mark(&mut self, key: &str) {
+        self.batch.remove(format!("m/{key}").as_bytes());
+        self.len += 1;
+    }
+
     /// Takes a run out of the feed of finished runs: every `after:` trigger has decided on it.
     pub fn forget_finished(&mut self, run_id: &str) {
         self.batch.remove(format!("f/{run_id}").as_bytes());

@@ -331,6 +331,28 @@ fn retries_wait_out_their_backoff_and_stop_at_the_limit() {
 }
 
 #[test]
+fn a_run_past_its_timeout_stops_its_steps_and_ends_failed_saying_why() {
+    let mut sim = Sim::new(
+        "name: p\ntimeout: 1h\nsteps:\n  a: {run: x}\n  b: {run: x, depends: [a]}\n  c: {run: x}\n",
+    );
+    assert_eq!(sim.tick(), ["a#1", "c#1"]);
+    sim.start("a", "w1");
+    sim.end("c", Outcome::Succeeded, Some(0));
+    sim.state
+        .time_out(sim.now, std::time::Duration::from_secs(3600));
+    assert_eq!(sim.status("b"), StepStatus::Cancelled);
+    assert_eq!(sim.reason("b"), "the run's timeout (1h) passed");
+    assert_eq!(sim.tick(), Vec::<String>::new(), "nothing new starts");
+    sim.end("a", Outcome::Cancelled, None);
+    assert_eq!(
+        sim.finish(),
+        RunStatus::Failed,
+        "a timeout is a failure, not a cancel"
+    );
+    assert_eq!(sim.status("c"), StepStatus::Succeeded);
+}
+
+#[test]
 fn a_gate_verdict_is_never_retried_but_a_gate_that_could_not_judge_is() {
     let yaml = "name: p
 steps:

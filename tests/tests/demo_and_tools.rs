@@ -470,3 +470,20 @@ fn validate_of_a_folder_passes_over_yaml_that_is_not_a_pipeline_but_not_a_named_
         text(&out.stderr)
     );
 }
+
+#[test]
+fn everyday_subcommands_show_examples_and_exit_codes_in_their_help() {
+    let s = Scratch::new();
+    for command in [
+        "run", "validate", "runs", "show", "logs", "trigger", "retry", "cancel",
+    ] {
+        let out = s.run(&[command, "--help"]);
+        assert!(out.status.success(), "{command}");
+        let help = text(&out.stdout);
+        assert!(
+            help.contains(&format!("Examples:\n  sluice {command} ")),
+            "{command} --help has no example:\n{help}"
+        );
+        assert!(help.contains("Exit codes: 0 "), "{command}:\n{help}");
+    }
+}

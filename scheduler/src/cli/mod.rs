@@ -73,18 +73,48 @@ pub struct RemoteArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a pipeline on this machine and follow it in the terminal.
+    #[command(after_help = r#"Examples:
+  sluice run pipelines/mlops.yaml -p seed=11
+  sluice run pipelines/mlops.yaml --from train   # train and what follows; the rest from earlier runs
+  sluice run pipelines/mlops.yaml --dry-run      # the plan; nothing runs
+  sluice run --resume 01J8Z                      # finish a run whose runner died
+
+Exit codes: 0 succeeded, 1 failed, 2 invalid input (nothing ran), 130 cancelled."#)]
     Run(run::RunArgs),
     /// Check pipeline files (or folders of them) and print every problem.
+    #[command(after_help = r#"Examples:
+  sluice validate pipelines/                     # every *.yml/*.yaml below; other YAML is passed over
+  sluice validate --format json pipelines/train.yaml
+
+Exit codes: 0 every file valid (warnings allowed), 1 a file has errors, 2 nothing to check."#)]
     Validate(validate::ValidateArgs),
     /// Print the JSON Schema of pipeline files, for editors.
     Schema,
     /// Print a pipeline's DAG as Graphviz dot or Mermaid.
     Graph(graph::GraphArgs),
     /// List recent runs, newest first.
+    #[command(after_help = r#"Examples:
+  sluice runs --pipeline mlops --status failed --limit 5
+  sluice runs --server http://127.0.0.1:8080 --json
+
+Exit codes: 0 listed; 2 invalid input, or refused by the scheduler; 1 no data dir here, or the
+scheduler cannot be reached."#)]
     Runs(inspect::RunsArgs),
     /// Show one run: steps, attempts, exit codes, durations, outputs, metrics.
+    #[command(after_help = r#"Examples:
+  sluice show 01J8Z                              # a unique start of the id is enough
+  sluice show 01J8Z --json
+
+Exit codes: 0 shown; 2 no such run (or several start that way); 1 no data dir here, or the
+scheduler cannot be reached."#)]
     Show(inspect::ShowArgs),
     /// Print the log of a step's attempt (stdout to stdout, stderr to stderr).
+    #[command(after_help = r#"Examples:
+  sluice logs 01J8Z train
+  sluice logs 01J8Z train --follow --server http://127.0.0.1:8080
+
+Exit codes: 0 printed; 2 no such run, step or attempt; 1 no data dir here, or the scheduler
+cannot be reached."#)]
     Logs(inspect::LogsArgs),
     /// The scheduler daemon: serves the API, queues ready steps in Redis for `sluice worker`s.
     Scheduler(daemon::SchedulerArgs),
@@ -93,11 +123,28 @@ pub enum Command {
     /// The scheduler with in-process workers and no Redis, for one machine.
     Server(daemon::ServerArgs),
     /// Start a run of a pipeline the scheduler has loaded.
+    #[command(after_help = r#"Examples:
+  sluice trigger mlops -p seed=11 --wait --server http://127.0.0.1:8080
+
+Exit codes: 0 started (with --wait: succeeded); 1 the run failed (--wait), or the scheduler
+cannot be reached; 2 refused (unknown pipeline, bad params, no permission); 130 interrupted
+while waiting (the run goes on)."#)]
     Trigger(client::TriggerArgs),
     /// Run again what did not succeed in an ended run (`--from STEP`: that step and what
     /// follows it too), keeping the steps that succeeded; here, or on `--server`.
+    #[command(after_help = r#"Examples:
+  sluice retry 01J8Z                             # the failed steps and what follows them
+  sluice retry 01J8Z --from train --server http://127.0.0.1:8080 --wait
+
+Exit codes: 0 the new run succeeded (with --server: started, or succeeded with --wait); 1 it
+failed, or the scheduler cannot be reached; 2 no such run, nothing to retry, the run is still
+going, or --from names no step; 130 cancelled here, or interrupted while waiting (--server)."#)]
     Retry(run::RetryArgs),
     /// Cancel a run on the scheduler.
+    #[command(after_help = r#"Examples:
+  sluice cancel 01J8Z --server http://127.0.0.1:8080
+
+Exit codes: 0 cancelling; 2 no such run, or it already ended; 1 the scheduler cannot be reached."#)]
     Cancel(client::CancelArgs),
     /// Print a shell completion script: `sluice completions bash > /etc/bash_completion.d/sluice`,
     /// `sluice completions zsh > "${fpath[1]}/_sluice"`, `sluice completions fish >

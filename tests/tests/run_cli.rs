@@ -129,6 +129,18 @@ fn dry_run_prints_the_plan_and_touches_nothing() {
         Some(2),
         "a bad param fails the dry run too"
     );
+    // With a selection, the plan says which steps keep an earlier run's results.
+    let out = s.run(&["run", file, "--dry-run", "--from", "b"]);
+    let plan = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{plan}");
+    assert!(
+        plan.contains(
+            "1. a  not run: kept from the newest earlier run in which it succeeded (--from b)"
+        ),
+        "{plan}"
+    );
+    assert!(plan.contains("2. b  run: touch ran-b"), "{plan}");
+    assert!(!s.data_dir().exists(), "the data dir was created");
 }
 
 #[test]

@@ -4,17 +4,28 @@
 //! no process started, so it is safe on any machine (a CI job checking a change, a laptop
 //! without the GPUs or images the steps want).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
 
 use crate::spec::builtins::Builtin;
 use crate::spec::{Action, Backoff, GpuRequest, LoadedPipeline, Pipeline, Step};
 
 /// The plan as text, ready to print.
+/// A subset's plan: the steps selected, and the steps they need (kept from an earlier run).
+pub struct Subset<'a> {
+    /// The flags, as written.
+    pub describe: String,
+    /// The steps that run.
+    pub chosen: &'a BTreeSet<String>,
+    /// The steps whose earlier results they read.
+    pub kept: &'a BTreeSet<String>,
+}
+
 pub fn render(
     loaded: &LoadedPipeline,
     overrides: &BTreeMap<String, String>,
     params: &BTreeMap<String, String>,
+    subset: Option<&Subset<'_>>,
 ) -> String {
     let pipeline = &loaded.pipeline;
     let mut out = String::new();
@@ -41,8 +52,22 @@ pub fn render(
     let width = pipeline.steps.keys().map(String::len).max().unwrap_or(0);
     for (i, name) in order(pipeline).iter().enumerate() {
         let step = &pipeline.steps[*name];
-        let _ = writeln!(out, "{:>3}. {name:<width$}  {}", i + 1, action(step));
         let pad = " ".repeat(width + 7);
+        if let Some(subset) = subset.filter(|s| !s.chosen.contains(*name)) {
+            let what = if subset.kept.contains(*name) {
+                "not run: kept from the newest earlier run in which it succeeded"
+            } else {
+                "skipped: not selected"
+            };
+            let _ = writeln!(
+                out,
+                "{:>3}. {name:<width$}  {what} ({})",
+                i + 1,
+                subset.describe
+            );
+            continue;
+        }
+        let _ = writeln!(out, "{:>3}. {name:<width$}  {}", i + 1, action(step));
         for line in details(step) {
             let _ = writeln!(out, "{pad}{line}");
         }
@@ -210,7 +235,7 @@ steps:
             ("lr".to_string(), "0.5".to_string()),
             ("seed".to_string(), "7".to_string()),
         ]);
-        let plan = render(&loaded, &overrides, &params);
+        let plan = render(&loaded, &overrides, &params, None);
         let at = |needle: &str| {
             plan.find(needle)
                 .unwrap_or_else(|| panic!("`{needle}` not in:\n{plan}"))

@@ -75,6 +75,40 @@ pub struct RunArgs {
     pub data: DataDirArg,
 }
 
+/// `--dry-run`: prints the plan (of the selected steps, with `--only/--from/--until`); the
+/// exit code.
+fn dry_run(request: &RunRequest, selection: Option<&Selection>) -> u8 {
+    let pipeline = &request.loaded.pipeline;
+    let chosen = match selection.map(|s| subset::selected(pipeline, s)) {
+        Some(Err(message)) => {
+            eprintln!("error: {message}");
+            return EXIT_INVALID;
+        }
+        Some(Ok(chosen)) => Some(chosen),
+        None => None,
+    };
+    let kept = chosen.as_ref().map(|c| subset::needed_by(pipeline, c));
+    let plan_subset = match (selection, &chosen, &kept) {
+        (Some(selection), Some(chosen), Some(kept)) => Some(super::plan::Subset {
+            describe: selection.describe(),
+            chosen,
+            kept,
+        }),
+        _ => None,
+    };
+    let params = crate::engine::resolve_params(pipeline, &request.overrides).unwrap_or_default();
+    print!(
+        "{}",
+        super::plan::render(
+            &request.loaded,
+            &request.overrides,
+            &params,
+            plan_subset.as_ref()
+        )
+    );
+    0
+}
+
 /// The part of the DAG the flags select, if they select one.
 fn selection_of(args: &RunArgs) -> Option<Selection> {
     if !args.only.is_empty() {
@@ -91,32 +125,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
     let selection = selection_of(&args);
     if let (true, Some(file)) = (args.dry_run, &args.file) {
         return Ok(match prepare_request(file, &args) {
-            Ok(request) => {
-                if let Some(selection) = &selection {
-                    match subset::selected(&request.loaded.pipeline, selection) {
-                        Ok(chosen) => {
-                            let chosen: Vec<&str> = chosen.iter().map(String::as_str).collect();
-                            println!(
-                                "{}: runs {}; the steps they depend on keep an earlier run's results, the others are skipped",
-                                selection.describe(),
-                                chosen.join(", ")
-                            );
-                        }
-                        Err(message) => {
-                            eprintln!("error: {message}");
-                            return Ok(EXIT_INVALID);
-                        }
-                    }
-                }
-                let params =
-                    crate::engine::resolve_params(&request.loaded.pipeline, &request.overrides)
-                        .unwrap_or_default();
-                print!(
-                    "{}",
-                    super::plan::render(&request.loaded, &request.overrides, &params)
-                );
-                0
-            }
+            Ok(request) => dry_run(&request, selection.as_ref()),
             Err(code) => code,
         });
     }

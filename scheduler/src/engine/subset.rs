@@ -110,11 +110,7 @@ pub fn prior(
     chosen: &BTreeSet<String>,
     selection: &Selection,
 ) -> Result<Vec<StepRecord>, SubsetError> {
-    let mut needed: BTreeSet<String> = BTreeSet::new();
-    for name in chosen {
-        needed.extend(closure(pipeline, name, Direction::Up));
-    }
-    needed.retain(|n| !chosen.contains(n));
+    let needed = needed_by(pipeline, chosen);
     let mut kept: BTreeMap<String, StepRecord> = BTreeMap::new();
     let mut before: Option<String> = None;
     let mut searched = 0;
@@ -152,6 +148,17 @@ pub fn prior(
         .filter(|n| !chosen.contains(*n) && !needed.contains(*n))
         .map(|name| skipped_record(name, &reason));
     Ok(kept.into_values().chain(skipped).collect())
+}
+
+/// The steps the `chosen` ones depend on, directly or not, that are not chosen themselves:
+/// a subset keeps their results from an earlier run.
+pub fn needed_by(pipeline: &Pipeline, chosen: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut needed = BTreeSet::new();
+    for name in chosen {
+        needed.extend(closure(pipeline, name, Direction::Up));
+    }
+    needed.retain(|n| !chosen.contains(n));
+    needed
 }
 
 fn skipped_record(name: &str, reason: &str) -> StepRecord {

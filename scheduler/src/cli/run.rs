@@ -21,7 +21,7 @@ use sluice_worker::queue::{MemoryQueue, TaskQueue};
 use tokio_util::sync::CancellationToken;
 
 use super::progress::Progress;
-use super::{human_ms, DataDirArg, EXIT_CANCELLED, EXIT_FAILED, EXIT_INVALID};
+use super::{DataDirArg, EXIT_CANCELLED, EXIT_FAILED, EXIT_INVALID};
 use crate::engine::subset::{self, Selection, SubsetError};
 use crate::engine::{Engine, EngineError, RunDriver, RunRequest};
 use crate::spec::{self, Pipeline};
@@ -137,34 +137,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         },
         None => None,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let gpus = match parse_gpus_flag(&args.gpus) {
-        Ok(gpus) => gpus,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return Ok(EXIT_INVALID);
-        }
+    let embedded = match Embedded::prepare(data_dir, &args.gpus, &args.secret_key, &args.artifacts)
+    {
+        Ok(embedded) => embedded,
+        Err(code) => return Ok(code),
     };
     if let Some(request) = &request {
-        if let Some(problem) = gpu_steps_without_gpus(&request.loaded.pipeline, &gpus) {
+        if let Some(problem) = gpu_steps_without_gpus(&request.loaded.pipeline, &embedded.gpus) {
             eprintln!("error: {problem}");
             return Ok(EXIT_INVALID);
         }
     }
-    let secret_key = match args.secret_key.load() {
-        Ok(key) => key,
-        Err(code) => return Ok(code),
-    };
-    let artifacts = match args.artifacts.open(&data_dir) {
-        Ok(artifacts) => artifacts,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return Ok(EXIT_INVALID);
-        }
-    };
     let start = match (request, args.resume) {
         (Some(request), _) => Start::New(Box::new(request), selection),
         (None, Some(run)) => Start::Resume {
@@ -173,13 +156,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         },
         (None, None) => unreachable!("clap requires a file or --resume"),
     };
-    let embedded = Embedded {
-        data_dir,
-        gpus,
-        secret_key,
-        artifacts,
-    };
-    runtime.block_on(run_embedded(embedded, start))
+    runtime()?.block_on(run_embedded(embedded, start))
 }
 
 /// Arguments of `sluice retry`.
@@ -213,40 +190,25 @@ pub struct RetryArgs {
 /// the others, followed in the terminal like `sluice run`.
 pub fn retry(args: RetryArgs) -> anyhow::Result<u8> {
     let data_dir = prepare_data_dir(&args.data.data_dir)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let gpus = match parse_gpus_flag(&args.gpus) {
-        Ok(gpus) => gpus,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return Ok(EXIT_INVALID);
-        }
-    };
-    let secret_key = match args.secret_key.load() {
-        Ok(key) => key,
+    let embedded = match Embedded::prepare(data_dir, &args.gpus, &args.secret_key, &args.artifacts)
+    {
+        Ok(embedded) => embedded,
         Err(code) => return Ok(code),
-    };
-    let artifacts = match args.artifacts.open(&data_dir) {
-        Ok(artifacts) => artifacts,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return Ok(EXIT_INVALID);
-        }
     };
     let start = Start::Retry {
         run: args.run_id,
         from: args.from,
         parallelism: args.parallelism.map(|p| p as usize),
     };
-    let embedded = Embedded {
-        data_dir,
-        gpus,
-        secret_key,
-        artifacts,
-    };
-    runtime.block_on(run_embedded(embedded, start))
+    runtime()?.block_on(run_embedded(embedded, start))
+}
+
+/// The runtime an embedded run is driven on.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 /// What [`run_embedded`] starts.
@@ -540,6 +502,32 @@ struct Embedded {
     artifacts: Arc<sluice_worker::artifacts::Artifacts>,
 }
 
+impl Embedded {
+    /// What `run` and `retry` need from their flags; `Err` is the exit code, the problem printed.
+    fn prepare(
+        data_dir: PathBuf,
+        gpus: &str,
+        secret_key: &SecretKeyArg,
+        artifacts: &ArtifactArgs,
+    ) -> Result<Embedded, u8> {
+        let gpus = parse_gpus_flag(gpus).map_err(|message| {
+            eprintln!("error: {message}");
+            EXIT_INVALID
+        })?;
+        let secret_key = secret_key.load()?;
+        let artifacts = artifacts.open(&data_dir).map_err(|message| {
+            eprintln!("error: {message}");
+            EXIT_INVALID
+        })?;
+        Ok(Embedded {
+            data_dir,
+            gpus,
+            secret_key,
+            artifacts,
+        })
+    }
+}
+
 async fn run_embedded(embedded: Embedded, start: Start) -> anyhow::Result<u8> {
     let Embedded {
         data_dir,
@@ -742,41 +730,14 @@ fn print_summary(store: &Store, run: &RunRecord, data_dir: &Path) {
         format!(" --data-dir {}", data_dir.display())
     };
     let steps = store.steps(&run.id).unwrap_or_default();
-    let count = |status: StepStatus| steps.iter().filter(|s| s.status == status).count();
-    let took = run
-        .finished_ms
-        .map(|f| human_ms(f.saturating_sub(run.created_ms)))
-        .unwrap_or_default();
-    let mut parts = vec![format!("{} succeeded", count(StepStatus::Succeeded))];
-    for (status, word) in [
-        (StepStatus::Failed, "failed"),
-        (StepStatus::Skipped, "skipped"),
-        (StepStatus::Cancelled, "cancelled"),
-    ] {
-        let n = count(status);
-        if n > 0 {
-            parts.push(format!("{n} {word}"));
-        }
-    }
-    println!(
-        "run {} {} in {took}: {}",
-        run.id,
-        run.status.as_str(),
-        parts.join(", ")
-    );
-    for step in steps.iter().filter(|s| s.status == StepStatus::Failed) {
-        if let Some(attempt) = step.last_attempt() {
+    let tails = steps
+        .iter()
+        .filter(|s| s.status == StepStatus::Failed)
+        .filter_map(|s| {
+            let attempt = s.last_attempt()?;
             let tail = crate::logtail::tail_lines(&attempt.dir.join("stderr.log"), 10);
-            if !tail.is_empty() {
-                println!("--- last lines of `{}` stderr:", step.name);
-                for line in tail {
-                    println!("    {line}");
-                }
-            }
-        }
-        println!(
-            "    full log: sluice logs {} {}{data_flag}",
-            run.id, step.name
-        );
-    }
+            Some((s.name.clone(), tail))
+        })
+        .collect();
+    super::printers::print_run_end(run, &steps, &tails, &data_flag);
 }

@@ -597,31 +597,45 @@ impl RunDriver {
     }
 }
 
-/// A run that has not finished, with the pipeline it follows and its steps, from the store.
-fn load_unfinished(
-    engine: &Engine,
-    run_id: &str,
-) -> Result<(RunRecord, Pipeline, IndexMap<String, StepRecord>), EngineError> {
-    let run = match engine.store.lookup_run(run_id)? {
-        RunLookup::Found(run) => run,
-        RunLookup::NotFound => return Err(EngineError::UnknownRun(run_id.to_string())),
-        RunLookup::Ambiguous => return Err(EngineError::AmbiguousRun(run_id.to_string())),
-    };
-    if run.status.is_terminal() {
-        return Err(EngineError::AlreadyFinished(run.id, run.status.as_str()));
+/// A run by its id or a prefix only it has.
+pub(crate) fn find_run(store: &Store, run_id: &str) -> Result<RunRecord, EngineError> {
+    match store.lookup_run(run_id)? {
+        RunLookup::Found(run) => Ok(run),
+        RunLookup::NotFound => Err(EngineError::UnknownRun(run_id.to_string())),
+        RunLookup::Ambiguous => Err(EngineError::AmbiguousRun(run_id.to_string())),
     }
-    let definition = engine
-        .store
-        .pipeline(&run.definition_hash)?
-        .ok_or_else(|| EngineError::BadDefinition {
-            run: run.id.clone(),
-            message: "the definition is missing from the store".into(),
-        })?;
+}
+
+/// The definition `run` ran, as stored with it, and read again.
+pub(crate) fn stored_definition(
+    store: &Store,
+    run: &RunRecord,
+) -> Result<(PipelineRecord, Pipeline), EngineError> {
+    let definition =
+        store
+            .pipeline(&run.definition_hash)?
+            .ok_or_else(|| EngineError::BadDefinition {
+                run: run.id.clone(),
+                message: "the definition is missing from the store".into(),
+            })?;
     let pipeline = spec::parse_str(&definition.path.display().to_string(), &definition.text)
         .map_err(|diags| EngineError::BadDefinition {
             run: run.id.clone(),
             message: diags.first().map(ToString::to_string).unwrap_or_default(),
         })?;
+    Ok((definition, pipeline))
+}
+
+/// A run that has not finished, with the pipeline it follows and its steps, from the store.
+fn load_unfinished(
+    engine: &Engine,
+    run_id: &str,
+) -> Result<(RunRecord, Pipeline, IndexMap<String, StepRecord>), EngineError> {
+    let run = find_run(&engine.store, run_id)?;
+    if run.status.is_terminal() {
+        return Err(EngineError::AlreadyFinished(run.id, run.status.as_str()));
+    }
+    let (_, pipeline) = stored_definition(&engine.store, &run)?;
     let steps: IndexMap<String, StepRecord> = engine
         .store
         .steps(&run.id)?

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::EngineError;
-use crate::spec::{self, LoadedPipeline, Pipeline};
-use crate::store::{RunLookup, RunRecord, StepRecord, StepStatus, Store};
+use crate::spec::{LoadedPipeline, Pipeline};
+use crate::store::{RunRecord, StepRecord, StepStatus, Store};
 
 /// The run retried and the steps kept from it.
 #[derive(Debug, Clone)]
@@ -33,11 +33,7 @@ pub struct RetryPlan {
 
 /// Plans a retry of `run_id` (an id or a unique prefix).
 pub fn plan(store: &Store, run_id: &str, from: Option<&str>) -> Result<RetryPlan, EngineError> {
-    let run = match store.lookup_run(run_id)? {
-        RunLookup::Found(run) => run,
-        RunLookup::NotFound => return Err(EngineError::UnknownRun(run_id.to_string())),
-        RunLookup::Ambiguous => return Err(EngineError::AmbiguousRun(run_id.to_string())),
-    };
+    let run = super::driver::find_run(store, run_id)?;
     if !run.status.is_terminal() {
         return Err(EngineError::CannotRetry(format!(
             "run `{}` is still {}; retry it once it has ended (or cancel it first)",
@@ -45,18 +41,7 @@ pub fn plan(store: &Store, run_id: &str, from: Option<&str>) -> Result<RetryPlan
             run.status.as_str()
         )));
     }
-    let definition =
-        store
-            .pipeline(&run.definition_hash)?
-            .ok_or_else(|| EngineError::BadDefinition {
-                run: run.id.clone(),
-                message: "the definition is missing from the store".into(),
-            })?;
-    let pipeline = spec::parse_str(&definition.path.display().to_string(), &definition.text)
-        .map_err(|diags| EngineError::BadDefinition {
-            run: run.id.clone(),
-            message: diags.first().map(ToString::to_string).unwrap_or_default(),
-        })?;
+    let (definition, pipeline) = super::driver::stored_definition(store, &run)?;
     let steps: BTreeMap<String, StepRecord> = store
         .steps(&run.id)?
         .into_iter()
@@ -141,7 +126,7 @@ mod tests {
     use super::*;
 
     fn pipeline() -> Pipeline {
-        spec::parse_str(
+        crate::spec::parse_str(
             "p.yaml",
             "name: p
 steps:

@@ -906,3 +906,32 @@ fn a_file_that_is_not_parquet_or_lacks_a_column_is_refused() {
         "a missing column lists the columns the file has: {message}"
     );
 }
+
+#[test]
+fn a_damaged_parquet_file_is_an_error_never_a_panic() {
+    let good = std::fs::read(fixtures().join("large_reference.parquet")).unwrap();
+    let dir = InDir::new();
+    std::fs::copy(
+        fixtures().join("large_current.parquet"),
+        dir.path().join("cur.parquet"),
+    )
+    .unwrap();
+    let spec = spec("ref.parquet", "cur.parquet", DataFormat::Parquet);
+    // Flipped bytes all over the file (pages, dictionary, footer), then cut files.
+    let mut damaged: Vec<Vec<u8>> = (0..good.len())
+        .step_by(97)
+        .map(|at| {
+            let mut bytes = good.clone();
+            bytes[at] ^= 0x5a;
+            bytes
+        })
+        .collect();
+    damaged.extend([8, good.len() / 2, good.len() - 9].map(|n| good[..n].to_vec()));
+    for bytes in damaged {
+        std::fs::write(dir.path().join("ref.parquet"), &bytes).unwrap();
+        // Ok (a flip in a value) or a clear error; run_compare fails the test on a panic.
+        if let Err(err) = dir.compare(&spec) {
+            assert!(err.to_string().contains("ref.parquet"), "{err}");
+        }
+    }
+}

@@ -39,6 +39,8 @@ const REMEMBERED_CANCELS: usize = 1024;
 #[derive(Default)]
 struct Running {
     tokens: HashMap<TaskKey, CancellationToken>,
+    /// Running tasks a cancel of their run does not stop (`finally:` steps).
+    outlive_cancel: std::collections::HashSet<TaskKey>,
     recently_cancelled: VecDeque<String>,
     /// Tasks stopped because their lease is gone: handed back, never reported (a report could
     /// only be refused, or, when Redis itself was away, end a step the scheduler still runs).
@@ -116,7 +118,9 @@ pub async fn run_worker_with(
         let token = CancellationToken::new();
         {
             let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
-            if running.recently_cancelled.contains(&task.key.run_id) {
+            if task.outlives_cancel {
+                running.outlive_cancel.insert(task.key.clone());
+            } else if running.recently_cancelled.contains(&task.key.run_id) {
                 token.cancel();
             }
             running.tokens.insert(task.key.clone(), token.clone());
@@ -184,11 +188,11 @@ pub async fn run_worker_with(
                     }
                 }
             };
-            running
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .tokens
-                .remove(&task.key);
+            {
+                let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
+                running.tokens.remove(&task.key);
+                running.outlive_cancel.remove(&task.key);
+            }
             busy.fetch_sub(1, Ordering::Relaxed);
             let handed_back = running
                 .lock()
@@ -310,7 +314,7 @@ async fn listen_for_cancels(
         };
         let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
         for (key, token) in &running.tokens {
-            if key.run_id == run_id {
+            if key.run_id == run_id && !running.outlive_cancel.contains(key) {
                 token.cancel();
             }
         }

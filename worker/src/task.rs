@@ -132,6 +132,10 @@ pub struct TaskSpec {
     /// them (`crate::drift::DriftSpec` for `drift`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub with: Option<serde_json::Value>,
+    /// A `finally:` step's attempt: it is the run's cleanup, so a cancel of its run does not
+    /// stop it (its own timeout and a worker's shutdown still do).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outlives_cancel: bool,
 }
 
 /// What [`TaskSpec::cache_probe`] offers.
@@ -183,6 +187,7 @@ impl TaskSpec {
             timeout: None,
             cache_probe: None,
             with: None,
+            outlives_cancel: false,
         }
     }
 }

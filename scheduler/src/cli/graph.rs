@@ -59,7 +59,12 @@ pub fn to_dot(pipeline: &Pipeline) -> String {
         } else {
             ""
         };
-        let _ = writeln!(out, "  \"{}\" [label=\"{}\"{style}];", step.name, step.name);
+        // Handlers are labelled with their section: they run after every other step.
+        let label = match step.phase.is_handler() {
+            true => format!("{}\\n({})", step.name, step.phase.section()),
+            false => step.name.clone(),
+        };
+        let _ = writeln!(out, "  \"{}\" [label=\"{label}\"{style}];", step.name);
     }
     for step in pipeline.steps.values() {
         for dep in &step.depends {

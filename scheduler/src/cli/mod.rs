@@ -13,6 +13,7 @@ mod progress;
 mod run;
 mod secrets;
 mod signals;
+mod sweeps;
 mod validate;
 
 use std::path::PathBuf;

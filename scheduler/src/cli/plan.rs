@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
 
 use crate::spec::builtins::Builtin;
-use crate::spec::{Action, Backoff, GpuRequest, LoadedPipeline, Pipeline, Step};
+use crate::spec::{Action, Backoff, GpuRequest, LoadedPipeline, Phase, Pipeline, Step};
 
 /// The plan as text, ready to print.
 /// A subset's plan: the steps selected, and the steps they need (kept from an earlier run).
@@ -100,6 +100,9 @@ fn order(pipeline: &Pipeline) -> Vec<&String> {
             }
         }
     }
+    // Handlers run after the run's steps, `on_failure` before `finally` (a stable sort keeps
+    // the order within each section; nothing depends on a later section).
+    out.sort_by_key(|name| pipeline.steps[*name].phase);
     out
 }
 
@@ -126,6 +129,13 @@ fn action(step: &Step) -> String {
 
 fn details(step: &Step) -> Vec<String> {
     let mut lines = Vec::new();
+    match step.phase {
+        Phase::Main => {}
+        Phase::OnFailure => {
+            lines.push("on_failure: after the steps, only if the run failed".into())
+        }
+        Phase::Finally => lines.push("finally: last, whatever happened (a cancel too)".into()),
+    }
     if !step.depends.is_empty() {
         lines.push(format!("after {}", step.depends.join(", ")));
     }

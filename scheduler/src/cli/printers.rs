@@ -9,7 +9,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use super::human_ms;
-use crate::spec::{AfterStatus, Pipeline, Trigger};
+use crate::spec::{AfterStatus, Phase, Pipeline, Trigger};
 use crate::store::{AttemptRecord, RunRecord, StepRecord, StepStatus};
 
 /// Prints runs as a table, or as JSON.
@@ -80,16 +80,28 @@ pub fn print_run(run: &RunRecord, steps: &[StepRecord], local: bool) -> anyhow::
         let params: Vec<String> = run.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
         writeln!(out, "params    {}", params.join(" "))?;
     }
-    writeln!(out)?;
     let width = steps.iter().map(|s| s.name.len()).max().unwrap_or(4).max(4);
-    writeln!(
-        out,
-        "{:<width$}  {:<9}  {:>8}  {:>4}  {:>8}  DETAIL",
-        "STEP", "STATUS", "ATTEMPTS", "EXIT", "TOOK"
-    )?;
-    for step in steps {
-        write_step(&mut out, step, width, local)?;
+    // The run's steps, then its `on_failure:` and `finally:` steps, each under its own heading.
+    for (phase, heading) in [
+        (Phase::Main, "STEP"),
+        (Phase::OnFailure, "ON FAILURE"),
+        (Phase::Finally, "FINALLY"),
+    ] {
+        let section: Vec<&StepRecord> = steps.iter().filter(|s| s.phase == phase).collect();
+        if section.is_empty() {
+            continue;
+        }
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{:<width$}  {:<9}  {:>8}  {:>4}  {:>8}  DETAIL",
+            heading, "STATUS", "ATTEMPTS", "EXIT", "TOOK"
+        )?;
+        for step in section {
+            write_step(&mut out, step, width, local)?;
+        }
     }
+    super::sweeps::write_sweeps(&mut out, steps)?;
     Ok(0)
 }
 

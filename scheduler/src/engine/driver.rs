@@ -272,9 +272,13 @@ impl RunDriver {
                 break;
             }
             let next_retry = self.state.next_retry_at();
-            let cancel_deadline = self.cancel_deadline;
-            let cancelling = cancel_deadline.is_some();
-            let run_deadline = self.run_deadline();
+            let cancelling = self.cancel_deadline.is_some();
+            // Handlers run after the run's own steps are over: the run's timeout and the wait
+            // for running steps to confirm a cancel are behind them (their own timeouts hold).
+            let (cancel_deadline, run_deadline) = match self.state.in_handlers() {
+                true => (None, None),
+                false => (self.cancel_deadline, self.run_deadline()),
+            };
             let dirty = self.state.is_dirty();
             tokio::select! {
                 applied = self.next_events() => {
@@ -285,7 +289,7 @@ impl RunDriver {
                 _ = tokio::time::sleep(LAZY_COMMIT), if dirty => self.commit()?,
                 _ = cancel.cancelled(), if !cancelling => self.cancel().await,
                 _ = deadline(run_deadline), if !cancelling && run_deadline.is_some() => self.time_out().await,
-                _ = deadline(cancel_deadline), if cancelling => self.state.abandon_in_flight(now_ms()),
+                _ = deadline(cancel_deadline), if cancel_deadline.is_some() => self.state.abandon_in_flight(now_ms()),
             }
         }
         self.state.finish(now_ms());

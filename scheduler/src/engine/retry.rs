@@ -48,7 +48,13 @@ pub fn plan(store: &Store, run_id: &str, from: Option<&str>) -> Result<RetryPlan
         .map(|s| (s.name.clone(), s))
         .collect();
     let rerun = steps_to_rerun(&pipeline, &steps, from).map_err(EngineError::CannotRetry)?;
-    if rerun.is_empty() {
+    let own_steps = rerun.iter().filter(|n| {
+        pipeline
+            .steps
+            .get(*n)
+            .is_some_and(|s| !s.phase.is_handler())
+    });
+    if own_steps.count() == 0 {
         return Err(EngineError::CannotRetry(format!(
             "every step of run `{}` succeeded; nothing to retry (`--from STEP` runs a step and what follows it again)",
             run.id
@@ -90,14 +96,19 @@ fn steps_to_rerun(
     steps: &BTreeMap<String, StepRecord>,
     from: Option<&str>,
 ) -> Result<BTreeSet<String>, String> {
+    // `on_failure:` and `finally:` steps run in every run, the retry too.
     let mut rerun: BTreeSet<String> = pipeline
         .steps
-        .keys()
-        .filter(|name| steps.get(*name).map(|s| s.status) != Some(StepStatus::Succeeded))
-        .cloned()
+        .values()
+        .filter(|s| {
+            s.phase.is_handler()
+                || steps.get(&s.name).map(|r| r.status) != Some(StepStatus::Succeeded)
+        })
+        .map(|s| s.name.clone())
         .collect();
     if let Some(from) = from {
-        if !pipeline.steps.contains_key(from) {
+        let named = pipeline.steps_named(from);
+        if named.is_empty() {
             let names: Vec<&str> = pipeline.steps.keys().map(String::as_str).collect();
             return Err(format!(
                 "`{from}` is not a step of `{}`; its steps are: {}",
@@ -105,7 +116,7 @@ fn steps_to_rerun(
                 names.join(", ")
             ));
         }
-        rerun.insert(from.to_string());
+        rerun.extend(named.iter().map(|s| s.name.clone()));
     }
     // Downstream of anything that runs again runs again (its inputs change), to a fixed point.
     loop {

@@ -14,7 +14,7 @@ use sluice_worker::task::{Outcome, TaskResult, TaskSpec, WorkerEvent};
 use super::tasks::{attempt_dir, build_task};
 use crate::spec::builtins::Builtin;
 use crate::spec::condition::Operand;
-use crate::spec::{Action, Pipeline};
+use crate::spec::{Action, Phase, Pipeline};
 use crate::store::*;
 
 #[cfg(test)]
@@ -40,6 +40,9 @@ pub struct RunState {
     timed_out: Option<String>,
     /// Steps whose next failure is final whatever their retry policy (lost too often).
     give_up: HashSet<String>,
+    /// Whether `on_failure:` or `finally:` steps have been started or decided: the run's own
+    /// steps are all over, so the run's timeout and the wait for a cancel no longer apply.
+    handlers_begun: bool,
     pending: Pending,
 }
 
@@ -80,8 +83,17 @@ impl RunState {
         let mut waiting_on = HashMap::new();
         let mut ready = VecDeque::new();
         let mut retries = BinaryHeap::new();
+        let mut handlers_begun = false;
         for step in pipeline.steps.values() {
-            for dep in &step.depends {
+            // A handler's dependency on an earlier section only brings its outputs: it neither
+            // holds the handler back nor skips it.
+            let ordering = |dep: &&String| {
+                pipeline
+                    .steps
+                    .get(*dep)
+                    .is_some_and(|d| d.phase == step.phase)
+            };
+            for dep in step.depends.iter().filter(ordering) {
                 dependents
                     .entry(dep.clone())
                     .or_default()
@@ -90,6 +102,7 @@ impl RunState {
             let waiting = step
                 .depends
                 .iter()
+                .filter(ordering)
                 .filter(|d| {
                     steps
                         .get(*d)
@@ -100,10 +113,14 @@ impl RunState {
             let pending = steps
                 .get(&step.name)
                 .is_some_and(|s| s.status == StepStatus::Pending);
+            handlers_begun |= step.phase.is_handler() && !pending;
             let retry_at = steps.get(&step.name).and_then(|s| s.retry_at_ms);
             match retry_at {
                 Some(at) if pending => retries.push(Reverse((at, step.name.clone()))),
-                _ if waiting == 0 && pending => ready.push_back(step.name.clone()),
+                // Handlers wait for the run's steps to be over (`open_handlers`).
+                _ if waiting == 0 && pending && !step.phase.is_handler() => {
+                    ready.push_back(step.name.clone())
+                }
                 _ => {}
             }
         }
@@ -121,6 +138,7 @@ impl RunState {
             cancelling: false,
             timed_out: None,
             give_up: HashSet::new(),
+            handlers_begun,
             pending: Pending::default(),
         }
     }
@@ -157,7 +175,13 @@ impl RunState {
                     };
                     return (name.clone(), record);
                 }
+                let step = &pipeline.steps[name];
                 let record = StepRecord {
+                    phase: step.phase,
+                    matrix: match &step.matrix {
+                        Some(crate::spec::Matrix::Cell { values, .. }) => values.clone(),
+                        _ => Default::default(),
+                    },
                     run_id: run.id.clone(),
                     name: name.clone(),
                     index: i as u32,
@@ -258,15 +282,7 @@ impl RunState {
             match record.status {
                 StepStatus::Queued => {
                     state.in_flight += 1;
-                    if let Some(step) = state.pipeline.steps.get(name) {
-                        redispatch.push(build_task(
-                            &state.data_dir,
-                            &state.run,
-                            step,
-                            record,
-                            &state.steps,
-                        ));
-                    }
+                    redispatch.extend(state.task_for(name));
                 }
                 StepStatus::Running => state.in_flight += 1,
                 _ => {}
@@ -393,8 +409,10 @@ impl RunState {
     }
 
     /// Starts ready steps up to the run's parallelism (skipping those whose `when` is false):
-    /// each gets a new attempt, and its task is returned to be queued once committed.
+    /// each gets a new attempt, and its task is returned to be queued once committed. Once the
+    /// run's own steps are over, its `on_failure:` and then its `finally:` steps become ready.
     pub fn start_ready_steps(&mut self, now: u64) -> Vec<TaskSpec> {
+        self.open_handlers(now);
         let mut tasks = Vec::new();
         while self.in_flight < self.run.parallelism {
             let Some(name) = self.ready.pop_front() else {
@@ -426,19 +444,84 @@ impl RunState {
             record.status = StepStatus::Queued;
             record.retry_at_ms = None;
             self.in_flight += 1;
-            if let Some(step) = self.pipeline.steps.get(&name) {
-                tasks.push(build_task(
-                    &self.data_dir,
-                    &self.run,
-                    step,
-                    &self.steps[&name],
-                    &self.steps,
-                ));
-            }
+            tasks.extend(self.task_for(&name));
             self.touch_step(&name);
             self.event(Some(&name), Some(number), EventKind::StepQueued, None, now);
         }
         tasks
+    }
+
+    /// When nothing else is left to do, the next section with pending steps begins: the
+    /// `on_failure:` steps when the run failed (they are skipped otherwise), then `finally:`.
+    fn open_handlers(&mut self, now: u64) {
+        if !self.is_settled() {
+            return;
+        }
+        for phase in [Phase::OnFailure, Phase::Finally] {
+            let pending: Vec<String> = self
+                .pipeline
+                .steps
+                .values()
+                .filter(|s| s.phase == phase)
+                .filter(|s| self.steps.get(&s.name).map(|r| r.status) == Some(StepStatus::Pending))
+                .map(|s| s.name.clone())
+                .collect();
+            if pending.is_empty() {
+                continue;
+            }
+            self.handlers_begun = true;
+            let skip_why = match (phase, self.outcome()) {
+                (Phase::OnFailure, RunStatus::Failed) => None,
+                (Phase::OnFailure, RunStatus::Cancelled) => Some("the run was cancelled"),
+                (Phase::OnFailure, _) => Some("the run did not fail"),
+                _ => None,
+            };
+            if let Some(why) = skip_why {
+                for name in pending {
+                    self.set_terminal(&name, StepStatus::Skipped, Some(why.into()), now);
+                    self.event(
+                        Some(&name),
+                        None,
+                        EventKind::StepSkipped,
+                        Some(why.into()),
+                        now,
+                    );
+                }
+                continue;
+            }
+            for name in pending {
+                if self.waiting_on.get(&name).copied().unwrap_or(0) == 0 {
+                    self.ready.push_back(name);
+                }
+            }
+            return;
+        }
+    }
+
+    /// Whether the run's own steps are over and its `on_failure:` or `finally:` steps began.
+    pub fn in_handlers(&self) -> bool {
+        self.handlers_begun
+    }
+
+    /// The task for the newest attempt of step `name`; a handler also learns how the run went
+    /// (`SLUICE_RUN_STATUS`, `SLUICE_FAILED_STEPS`).
+    fn task_for(&self, name: &str) -> Option<TaskSpec> {
+        let step = self.pipeline.steps.get(name)?;
+        let record = self.steps.get(name)?;
+        let mut task = build_task(&self.data_dir, &self.run, step, record, &self.steps);
+        if step.phase.is_handler() {
+            let failed: Vec<&str> = self
+                .steps
+                .values()
+                .filter(|s| s.status == StepStatus::Failed)
+                .map(|s| s.name.as_str())
+                .collect();
+            task.env.extend([
+                ("SLUICE_RUN_STATUS".into(), self.outcome().as_str().into()),
+                ("SLUICE_FAILED_STEPS".into(), failed.join(",")),
+            ]);
+        }
+        Some(task)
     }
 
     /// `Some(reason)` when the step has a `when` that does not hold: one that reads a value
@@ -762,6 +845,13 @@ impl RunState {
             if !matches!(status, StepStatus::Pending | StepStatus::Queued) {
                 continue;
             }
+            // `finally:` steps run whatever happened; `on_failure:` steps still run when the
+            // run failed by its timeout.
+            match self.pipeline.steps.get(&name).map(|s| s.phase) {
+                Some(Phase::Finally) => continue,
+                Some(Phase::OnFailure) if self.timed_out.is_some() => continue,
+                _ => {}
+            }
             // Queued but not started: withdrawn from the queue. Should a worker have taken it in
             // the same instant, its result is refused as stale.
             let reason = Some(why.clone());
@@ -796,11 +886,11 @@ impl RunState {
         self.in_flight = 0;
     }
 
-    /// Ends the run: cancelled when it was, failed when a step failed, cancelled when a step
-    /// was, else succeeded.
-    pub fn finish(&mut self, now: u64) {
+    /// How the run goes so far: failed when it timed out, cancelled when it was, failed when a
+    /// step failed, cancelled when a step was, else succeeded.
+    fn outcome(&self) -> RunStatus {
         let statuses = || self.steps.values().map(|s| s.status);
-        self.run.status = if self.timed_out.is_some() {
+        if self.timed_out.is_some() {
             RunStatus::Failed
         } else if self.cancelling {
             RunStatus::Cancelled
@@ -810,7 +900,12 @@ impl RunState {
             RunStatus::Cancelled
         } else {
             RunStatus::Succeeded
-        };
+        }
+    }
+
+    /// Ends the run with its [`outcome`](Self::outcome); a failed handler fails the run too.
+    pub fn finish(&mut self, now: u64) {
+        self.run.status = self.outcome();
         self.run.finished_ms = Some(now);
         self.pending.run = true;
         let kind = EventKind::run_ended(self.run.status);

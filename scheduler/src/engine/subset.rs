@@ -59,9 +59,11 @@ const RUNS_SEARCHED: usize = 5_000;
 
 /// The steps `selection` runs, checked against the pipeline's steps.
 pub fn selected(pipeline: &Pipeline, selection: &Selection) -> Result<BTreeSet<String>, String> {
-    let known = |name: &String| -> Result<(), String> {
-        if pipeline.steps.contains_key(name) {
-            return Ok(());
+    // A name is a step, or every expansion of a step written with `matrix:`.
+    let resolve = |name: &String| -> Result<Vec<String>, String> {
+        let steps = pipeline.steps_named(name);
+        if !steps.is_empty() {
+            return Ok(steps.iter().map(|s| s.name.clone()).collect());
         }
         let names: Vec<&str> = pipeline.steps.keys().map(String::as_str).collect();
         Err(format!(
@@ -70,25 +72,35 @@ pub fn selected(pipeline: &Pipeline, selection: &Selection) -> Result<BTreeSet<S
             names.join(", ")
         ))
     };
-    let chosen: BTreeSet<String> = match selection {
+    let around = |name: &String, direction: Direction| -> Result<BTreeSet<String>, String> {
+        let mut out = BTreeSet::new();
+        for step in resolve(name)? {
+            out.extend(closure(pipeline, &step, direction));
+        }
+        Ok(out)
+    };
+    let mut chosen: BTreeSet<String> = match selection {
         Selection::Only(names) => {
-            names.iter().try_for_each(known)?;
-            names.iter().cloned().collect()
+            let mut chosen = BTreeSet::new();
+            for name in names {
+                chosen.extend(resolve(name)?);
+            }
+            chosen
         }
         Selection::Range { from, until } => {
             let mut chosen: BTreeSet<String> = pipeline.steps.keys().cloned().collect();
             if let Some(from) = from {
-                known(from)?;
-                chosen = closure(pipeline, from, Direction::Down);
+                chosen = around(from, Direction::Down)?;
             }
             if let Some(until) = until {
-                known(until)?;
-                let upstream = closure(pipeline, until, Direction::Up);
+                let upstream = around(until, Direction::Up)?;
                 chosen.retain(|n| upstream.contains(n));
             }
             chosen
         }
     };
+    // `on_failure:` and `finally:` steps are not selected: they run in every run.
+    chosen.retain(|n| pipeline.steps.get(n).is_some_and(|s| !s.phase.is_handler()));
     if chosen.is_empty() {
         return Err(format!(
             "{} selects no step (`{}` is not downstream of the `--from` step)",
@@ -144,9 +156,10 @@ pub fn prior(
     let reason = format!("not selected ({})", selection.describe());
     let skipped = pipeline
         .steps
-        .keys()
-        .filter(|n| !chosen.contains(*n) && !needed.contains(*n))
-        .map(|name| skipped_record(name, &reason));
+        .values()
+        .filter(|s| !s.phase.is_handler())
+        .filter(|s| !chosen.contains(&s.name) && !needed.contains(&s.name))
+        .map(|s| skipped_record(&s.name, &reason));
     Ok(kept.into_values().chain(skipped).collect())
 }
 
@@ -177,6 +190,8 @@ fn skipped_record(name: &str, reason: &str) -> StepRecord {
         models: Default::default(),
         reason: Some(reason.to_string()),
         retry_at_ms: None,
+        phase: Default::default(),
+        matrix: Default::default(),
     }
 }
 

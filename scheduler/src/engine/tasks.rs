@@ -86,6 +86,7 @@ pub fn build_task(
         timeout: step.timeout,
         cache_probe: None,
         with: None,
+        outlives_cancel: step.phase == crate::spec::Phase::Finally,
     };
     task.env = step_env(data_dir, run, &step.env, &run.params, &task);
     task

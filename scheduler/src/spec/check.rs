@@ -24,6 +24,7 @@ pub fn check(r: &mut Reader, pipeline: Option<&Pipeline>, steps: &[ParsedStep], 
     let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
     let known: HashSet<&str> = names.iter().copied().collect();
     depends_targets(r, steps, &names, &known);
+    sections(r, steps);
     cycles(r, steps, &known);
     if let Some(pipeline) = pipeline {
         conditions(r, pipeline, steps);
@@ -45,7 +46,7 @@ fn builtin_references(r: &mut Reader, steps: &[ParsedStep]) {
             continue;
         };
         let builtin: &Builtin = builtin;
-        let field = format!("steps.{}.with", parsed.name);
+        let field = format!("{}.{}.with", parsed.phase.section(), parsed.name);
         for named in builtin.named_steps() {
             let direct = parsed.depends.iter().any(|d| d == named);
             let reachable = direct
@@ -122,12 +123,92 @@ fn builtin_references(r: &mut Reader, steps: &[ParsedStep]) {
     }
 }
 
+/// Handler sections run after the steps: a step may depend on a step of its own section (for
+/// order) or of an earlier one (a handler's `$SLUICE_IN` then has its outputs, when it
+/// succeeded), never of a later one; a name is used once across sections. A step with a
+/// `matrix` runs as its expansions: what reads one step's values cannot name it.
+fn sections(r: &mut Reader, steps: &[ParsedStep]) {
+    let mut first: HashMap<&str, &ParsedStep> = HashMap::new();
+    for parsed in steps {
+        if let Some(earlier) = first.get(parsed.name.as_str()) {
+            if earlier.phase != parsed.phase {
+                r.error(
+                    parsed.mark,
+                    &format!("{}.{}", parsed.phase.section(), parsed.name),
+                    format!(
+                        "step name `{}` is used in `{}` and in `{}`",
+                        parsed.name,
+                        earlier.phase.section(),
+                        parsed.phase.section()
+                    ),
+                );
+            }
+            continue;
+        }
+        first.insert(parsed.name.as_str(), parsed);
+    }
+    for parsed in steps {
+        let field = format!("{}.{}.depends", parsed.phase.section(), parsed.name);
+        for (dep, mark) in parsed.depends.iter().zip(&parsed.depends_marks) {
+            let Some(target) = first.get(dep.as_str()) else {
+                continue;
+            };
+            if target.phase > parsed.phase {
+                r.diags
+                    .error(
+                        *mark,
+                        &field,
+                        format!(
+                            "step `{}` depends on `{dep}`, a step of `{}`, which runs after it",
+                            parsed.name,
+                            target.phase.section()
+                        ),
+                    )
+                    .help("`on_failure` steps run after `steps`, and `finally` steps after both");
+            }
+        }
+        if let Some(mark) = parsed.when_mark {
+            let reads_matrix =
+                parsed
+                    .when
+                    .iter()
+                    .flat_map(|w| w.operands())
+                    .find_map(|o| match o {
+                        Operand::StepOutput { step, .. } => first
+                            .get(step.as_str())
+                            .filter(|t| t.has_matrix)
+                            .map(|_| step.clone()),
+                        Operand::Param(_) => None,
+                    });
+            if let Some(step) = reads_matrix {
+                r.error(
+                    mark,
+                    &format!("{}.{}.when", parsed.phase.section(), parsed.name),
+                    format!("`when` reads step `{step}`, which has a `matrix`: each of its expansions has its own outputs"),
+                );
+            }
+        }
+        let Some(Action::Uses { kind, builtin }) = parsed.step.as_ref().map(|s| &s.action) else {
+            continue;
+        };
+        for named in builtin.named_steps() {
+            if first.get(named).is_some_and(|t| t.has_matrix) {
+                r.error(
+                    parsed.mark,
+                    &format!("{}.{}.with", parsed.phase.section(), parsed.name),
+                    format!("step `{}` (`uses: {kind}`) reads step `{named}`, which has a `matrix`: name a step that joins its expansions' results instead", parsed.name),
+                );
+            }
+        }
+    }
+}
+
 fn depends_targets(r: &mut Reader, steps: &[ParsedStep], names: &[&str], known: &HashSet<&str>) {
     for parsed in steps {
         let step = parsed;
         let mut seen = HashSet::new();
         for (dep, mark) in step.depends.iter().zip(&parsed.depends_marks) {
-            let field = format!("steps.{}.depends", step.name);
+            let field = format!("{}.{}.depends", step.phase.section(), step.name);
             if dep == &step.name {
                 r.error(*mark, &field, format!("step `{dep}` depends on itself"));
             } else if !known.contains(dep.as_str()) {
@@ -195,7 +276,7 @@ fn cycles(r: &mut Reader, steps: &[ParsedStep], known: &HashSet<&str>) {
         r.diags
             .error(
                 mark,
-                &format!("steps.{start}.depends"),
+                &format!("{}.{start}.depends", parsed.phase.section()),
                 format!("dependency cycle: {}", chain.join(" -> ")),
             )
             .help("a step cannot depend, directly or through others, on itself");
@@ -251,7 +332,7 @@ fn conditions(r: &mut Reader, pipeline: &Pipeline, steps: &[ParsedStep]) {
         let (Some(when), Some(mark)) = (&parsed.when, parsed.when_mark) else {
             continue;
         };
-        let field = format!("steps.{}.when", parsed.name);
+        let field = format!("{}.{}.when", parsed.phase.section(), parsed.name);
         for operand in when.operands() {
             match operand {
                 Operand::StepOutput { step, .. } => {

@@ -202,9 +202,11 @@ impl Diagnostic {
     }
 }
 
-/// `steps.train.retry` belongs to step `train`.
+/// `steps.train.retry` belongs to step `train`, `finally.cleanup.run` to step `cleanup`.
 fn step_of(field: &str) -> Option<String> {
-    let rest = field.strip_prefix("steps.")?;
+    let rest = ["steps.", "on_failure.", "finally."]
+        .iter()
+        .find_map(|section| field.strip_prefix(section))?;
     Some(rest.split('.').next().unwrap_or(rest).to_string())
 }
 

@@ -811,6 +811,15 @@ fn step_value(g: &mut Gen, key: &str, upstream: &[String]) -> String {
             good: &["true", "false", "{inputs: ['src/*.py']}", "{}"],
             bad: &["sometimes", "{inputs: ['../x']}", "{input: [x]}"],
         }),
+        "matrix" => g
+            .pick(&[
+                "{LR: [1]}",
+                "{lr: []}",
+                "{lr: [a/b]}",
+                "[1, 2]",
+                "{lr: [1, 1]}",
+            ])
+            .to_string(),
         "models" => g.draw(&Pool {
             good: &[
                 "{current: churn@production}",
@@ -849,9 +858,14 @@ fn step(g: &mut Gen, out: &mut String, steps: &[String], index: usize) {
     let mut keys: Vec<&str> = action.to_vec();
     for key in STEP_KEYS {
         let percent = if *key == "depends" { 60 } else { 20 };
-        if !["run", "command", "uses", "with"].contains(key) && g.chance(percent) {
+        if !["run", "command", "uses", "with", "matrix"].contains(key) && g.chance(percent) {
             keys.push(key);
         }
+    }
+    // A good matrix is left to the unit tests: a `when` may read the step, which a matrix
+    // forbids, so only broken ones are drawn here.
+    if g.wrong() && g.chance(20) {
+        keys.push("matrix");
     }
     // Container settings belong to image steps; on a local step they are a mistake.
     if !keys.contains(&"image") && !g.wrong() {
@@ -994,6 +1008,15 @@ fn generated_pipeline(bytes: &[u8]) -> String {
                     bad: &["[fail]", "{}"],
                 });
                 out.push_str(&format!("notify: [{{webhook: \"{webhook}\", on: {on}}}]\n"));
+            }
+            "on_failure" | "finally" => {
+                let section = match g.wrong() {
+                    true => g
+                        .pick(&["[x]", "{}", "{zz_handler: {}}", "{a: {run: echo}}"])
+                        .to_string(),
+                    false => format!("{{zz_{key}: {{run: echo $SLUICE_RUN_STATUS}}}}"),
+                };
+                out.push_str(&format!("{key}: {section}\n"));
             }
             _ => unreachable!("every pipeline key is generated: {key}"),
         }

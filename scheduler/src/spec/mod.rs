@@ -4,6 +4,7 @@ pub mod builtins;
 mod check;
 pub mod condition;
 pub mod diagnostic;
+pub mod matrix;
 pub mod model;
 pub mod notify;
 pub mod parse;
@@ -149,6 +150,7 @@ pub fn parse_str_with_warnings(
                 .filter_map(|p| p.step)
                 .map(|step| (step.name.clone(), step))
                 .collect();
+            matrix::expand(&mut pipeline);
             Ok((pipeline, r.diags.into_parts().1))
         }
         _ => Err(r.diags.into_sorted()),

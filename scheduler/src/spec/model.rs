@@ -233,6 +233,61 @@ pub struct Step {
     /// Registered model versions the step takes as inputs, each materialised under
     /// `$SLUICE_IN/models/<name>/` (`models: {current: churn@production}`).
     pub models: IndexMap<String, crate::models::ModelRef>,
+    /// The section the step is written in, which decides when it runs.
+    pub phase: Phase,
+    /// `matrix:` as written (only until the pipeline is expanded), or the combination this
+    /// step is one expansion of.
+    pub matrix: Option<Matrix>,
+}
+
+/// Which section of the file a step is written in.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// `steps:`, the run's work.
+    #[default]
+    Main,
+    /// `on_failure:`, run after the steps when the run failed (skipped otherwise).
+    OnFailure,
+    /// `finally:`, run last whatever happened, even after a cancel.
+    Finally,
+}
+
+impl Phase {
+    /// The top-level key the section is written under.
+    pub fn section(self) -> &'static str {
+        match self {
+            Phase::Main => "steps",
+            Phase::OnFailure => "on_failure",
+            Phase::Finally => "finally",
+        }
+    }
+
+    /// Whether the step is a handler (`on_failure:` or `finally:`) rather than the run's work.
+    pub fn is_handler(self) -> bool {
+        self != Phase::Main
+    }
+
+    /// Whether the step is one of the run's own steps (for `skip_serializing_if`).
+    pub fn is_main(&self) -> bool {
+        *self == Phase::Main
+    }
+}
+
+/// A step's `matrix:`: one step per combination of values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Matrix {
+    /// The axes as written: each name with its values, in file order.
+    Axes(IndexMap<String, Vec<String>>),
+    /// One combination: the step written as `of`, with these values (`MATRIX_<NAME>`).
+    Cell {
+        /// The step's name as written (`train` for `train[lr=0.1]`).
+        of: String,
+        /// Each axis with this expansion's value.
+        values: IndexMap<String, String>,
+    },
 }
 
 /// `cache:` of a step: what besides the step's definition, params and inputs decides a hit.

@@ -26,6 +26,8 @@ pub const PIPELINE_KEYS: &[&str] = &[
     "notify",
     "timeout",
     "steps",
+    "on_failure",
+    "finally",
 ];
 /// Keys of a step.
 pub const STEP_KEYS: &[&str] = &[
@@ -49,6 +51,7 @@ pub const STEP_KEYS: &[&str] = &[
     "user",
     "cache",
     "models",
+    "matrix",
 ];
 /// Keys of `defaults`: the step settings that can have a pipeline-wide default.
 pub const DEFAULTS_KEYS: &[&str] = &[
@@ -100,6 +103,10 @@ pub struct ParsedStep {
     pub when_mark: Option<Mark>,
     /// The typed step, when every field was valid.
     pub step: Option<Step>,
+    /// The section it is written in.
+    pub phase: Phase,
+    /// Whether it has a `matrix:` (it runs as several steps, none of them under its name).
+    pub has_matrix: bool,
 }
 
 /// What a file yields: the pipeline when everything was valid, and the steps as far as they
@@ -197,19 +204,22 @@ pub fn pipeline(r: &mut Reader, root: &Node) -> Parsed {
     let timeout = fields.get("timeout").map_or(Some(None), |(_, n)| {
         r.positive_duration(n, "timeout").map(Some)
     });
-    let (steps, steps_ok) = match fields.get("steps") {
-        Some((_, node)) => {
-            // With broken `env` or `defaults` the steps are still read, for their own problems.
-            let fallback = (IndexMap::new(), StepDefaults::default());
-            let env_ref = env.as_ref().unwrap_or(&fallback.0);
-            let defaults_ref = defaults.as_ref().unwrap_or(&fallback.1);
-            steps(r, node, env_ref, defaults_ref)
+    // With broken `env` or `defaults` the steps are still read, for their own problems.
+    let fallback = (IndexMap::new(), StepDefaults::default());
+    let env_ref = env.as_ref().unwrap_or(&fallback.0);
+    let defaults_ref = defaults.as_ref().unwrap_or(&fallback.1);
+    let (mut steps, mut steps_ok) = (Vec::new(), true);
+    if !fields.contains_key("steps") {
+        r.error(FILE_START, "steps", "the pipeline has no `steps`");
+        steps_ok = false;
+    }
+    for phase in [Phase::Main, Phase::OnFailure, Phase::Finally] {
+        if let Some((_, node)) = fields.get(phase.section()) {
+            let (section, ok) = steps_in(r, node, env_ref, defaults_ref, phase);
+            steps.extend(section);
+            steps_ok &= ok;
         }
-        None => {
-            r.error(FILE_START, "steps", "the pipeline has no `steps`");
-            (Vec::new(), false)
-        }
-    };
+    }
     let pipeline = (|| {
         Some(Pipeline {
             name: name?,
@@ -565,18 +575,21 @@ fn queue_name(r: &mut Reader, node: &Node, path: &str) -> Option<String> {
     Some(name)
 }
 
-fn steps(
+/// The steps of one section (`steps`, `on_failure` or `finally`).
+fn steps_in(
     r: &mut Reader,
     node: &Node,
     env: &IndexMap<String, String>,
     defaults: &StepDefaults,
+    phase: Phase,
 ) -> (Vec<ParsedStep>, bool) {
+    let section = phase.section();
     let Value::Map(entries) = &node.value else {
         let d = r.diags.error(
             node.mark,
-            "steps",
+            section,
             format!(
-                "`steps` must be a mapping of step name to step, found {}",
+                "`{section}` must be a mapping of step name to step, found {}",
                 node.value.kind()
             ),
         );
@@ -586,7 +599,11 @@ fn steps(
         return (Vec::new(), false);
     };
     if entries.is_empty() {
-        r.error(node.mark, "steps", "the pipeline has no steps");
+        let message = match phase {
+            Phase::Main => "the pipeline has no steps".to_string(),
+            _ => format!("`{section}` has no steps"),
+        };
+        r.error(node.mark, section, message);
         return (Vec::new(), false);
     }
     let mut out = Vec::with_capacity(entries.len());
@@ -594,9 +611,9 @@ fn steps(
     let mut above: Option<String> = None;
     for (key, value) in entries {
         let name = key.value.scalar_text().unwrap_or_default();
-        let path = join("steps", &name);
+        let path = join(section, &name);
         if misplaced_step_key(&name, value) {
-            misplaced(r, key.mark, &name, above.as_deref());
+            misplaced(r, key.mark, section, &name, above.as_deref());
             ok = false;
             continue;
         }
@@ -605,7 +622,13 @@ fn steps(
             r.error(key.mark, &path, message);
             ok = false;
         }
-        let parsed = step(r, &name, key.mark, value, &path, env, defaults);
+        let at = StepAt {
+            name: &name,
+            mark: key.mark,
+            path: &path,
+            phase,
+        };
+        let parsed = step(r, at, value, env, defaults);
         ok &= parsed.step.is_some();
         out.push(parsed);
     }
@@ -628,10 +651,10 @@ fn misplaced_step_key(name: &str, value: &Node) -> bool {
 }
 
 /// Reports a step key found among step names, pointing at the step above it.
-fn misplaced(r: &mut Reader, mark: Mark, key: &str, above: Option<&str>) {
+fn misplaced(r: &mut Reader, mark: Mark, section: &str, key: &str, above: Option<&str>) {
     let d = r.diags.error(
         mark,
-        &join("steps", key),
+        &join(section, key),
         format!("`{key}` is a step key, found where a step's name belongs"),
     );
     match above {
@@ -648,15 +671,28 @@ fn misplaced(r: &mut Reader, mark: Mark, key: &str, above: Option<&str>) {
     };
 }
 
+/// Where a step is written: its name, its key's place, its field path and its section.
+#[derive(Clone, Copy)]
+struct StepAt<'a> {
+    name: &'a str,
+    mark: Mark,
+    path: &'a str,
+    phase: Phase,
+}
+
 fn step(
     r: &mut Reader,
-    name: &str,
-    mark: Mark,
+    at: StepAt,
     node: &Node,
-    path: &str,
     pipeline_env: &IndexMap<String, String>,
     defaults: &StepDefaults,
 ) -> ParsedStep {
+    let StepAt {
+        name,
+        mark,
+        path,
+        phase,
+    } = at;
     let mut parsed = ParsedStep {
         name: name.to_string(),
         mark,
@@ -665,6 +701,8 @@ fn step(
         when: None,
         when_mark: None,
         step: None,
+        phase,
+        has_matrix: false,
     };
     let Some(fields) = r.mapping(node, path, &format!("step `{name}`"), STEP_KEYS) else {
         return parsed;
@@ -776,6 +814,19 @@ fn step(
         Some(n) => builtins::model_inputs(r, n, &join(path, "models")),
         None => Some(IndexMap::new()),
     };
+    let matrix = match get("matrix") {
+        Some(n) if builtin => {
+            r.error(
+                n.mark,
+                &join(path, "matrix"),
+                format!("step `{name}` is a built-in (`uses:`), which cannot have a `matrix`"),
+            );
+            None
+        }
+        Some(n) => super::matrix::read(r, n, &join(path, "matrix")).map(|a| Some(Matrix::Axes(a))),
+        None => Some(None),
+    };
+    parsed.has_matrix = get("matrix").is_some();
     let is_image_step = matches!(image, Some(Some(_)));
     ok &= container_only(r, path, name, is_image_step, &get, &workdir);
     parsed.depends = depends.clone();
@@ -814,6 +865,8 @@ fn step(
             user: user?,
             cache: cache?,
             models: models?,
+            phase,
+            matrix: matrix?,
         })
     })();
     parsed

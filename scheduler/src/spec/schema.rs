@@ -84,9 +84,25 @@ pub fn pipeline_schema() -> Value {
             "outputs": string_or_list,
             "pull": {"enum": ["if_not_present", "always", "never"]},
             "user": {"type": ["string", "integer"], "description": "uid[:gid] or a user name the image knows."},
-            "cache": cache
+            "cache": cache,
+            "matrix": {
+                "type": "object",
+                "description": "One step per combination of values, named `step[a=1,b=x]`, each seeing MATRIX_<NAME>.",
+                "minProperties": 1,
+                "propertyNames": {"pattern": "^[a-z][a-z0-9_]{0,63}$"},
+                "additionalProperties": {"type": "array", "minItems": 1, "uniqueItems": true, "items": {"type": ["string", "number", "boolean"]}}
+            }
         }),
     );
+    let section = |about: &str| {
+        json!({
+            "type": "object",
+            "minProperties": 1,
+            "description": about,
+            "propertyNames": {"pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"},
+            "additionalProperties": step.clone()
+        })
+    };
     let param = json!({
         "oneOf": [
             {"type": ["string", "number", "boolean", "null"]},
@@ -156,12 +172,9 @@ pub fn pipeline_schema() -> Value {
                 "format": {"enum": ["json", "slack"]},
                 "secret_env": {"type": "string"}
             })).with_required(&["webhook"])},
-            "steps": {
-                "type": "object",
-                "minProperties": 1,
-                "propertyNames": {"pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"},
-                "additionalProperties": step
-            }
+            "steps": section("The run's steps, by name."),
+            "on_failure": section("Steps run after the others when the run failed; they see SLUICE_RUN_STATUS and SLUICE_FAILED_STEPS."),
+            "finally": section("Steps run last whatever happened, even after a cancel; they see SLUICE_RUN_STATUS.")
         }),
     )
     .with_required(&["name", "steps"]);

@@ -331,6 +331,8 @@ fn a_step_without_settings_of_its_own_gets_the_pipeline_defaults() {
             user: None,
             cache: None,
             models: Default::default(),
+            phase: Phase::Main,
+            matrix: None,
         }
     );
 }
@@ -579,7 +581,7 @@ fn an_unknown_key_with_no_likely_meaning_lists_the_keys() {
             step: None,
             message: "unknown key `zzz` in the pipeline",
             help: Some(
-                "expected one of: name, description, params, env, defaults, parallelism, concurrency, triggers, notify, timeout, steps",
+                "expected one of: name, description, params, env, defaults, parallelism, concurrency, triggers, notify, timeout, steps, on_failure, finally",
             ),
         },
     );
@@ -1680,3 +1682,4 @@ mod after;
 mod conditions;
 mod foreign;
 mod notify;
+mod sections;

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 pub use sluice_worker::task::Outcome;
 
@@ -202,6 +203,12 @@ pub struct StepRecord {
     pub reason: Option<String>,
     /// A retry waits until this time (ms since the epoch).
     pub retry_at_ms: Option<u64>,
+    /// The section it is written in: `on_failure` and `finally` steps are shown apart.
+    #[serde(default, skip_serializing_if = "crate::spec::Phase::is_main")]
+    pub phase: crate::spec::Phase,
+    /// Its values when it is one expansion of a `matrix:` (`lr` → `0.1`), in the file's order.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub matrix: IndexMap<String, String>,
 }
 
 impl StepRecord {

@@ -34,11 +34,23 @@ impl Default for ContainerLimits {
 }
 
 /// `sluice-<run>-<step>-<attempt>`: deterministic, so a retry or a restarted worker can find it.
+/// A step name Docker does not allow in a container name (a matrix expansion such as
+/// `train[lr=0.1]`) is written with `_` for each such character and a short hash of the real
+/// name, so two expansions never share a container.
 pub fn container_name(task: &TaskSpec) -> String {
-    format!(
-        "sluice-{}-{}-{}",
-        task.key.run_id, task.key.step, task.key.attempt
-    )
+    let step = &task.key.step;
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    let step = if step.chars().all(allowed) {
+        step.clone()
+    } else {
+        let plain: String = step
+            .chars()
+            .map(|c| if allowed(c) { c } else { '_' })
+            .collect();
+        let hash = blake3::hash(step.as_bytes()).to_hex();
+        format!("{}-{}", plain.trim_end_matches('_'), &hash[..8])
+    };
+    format!("sluice-{}-{}-{}", task.key.run_id, step, task.key.attempt)
 }
 
 /// The body of `POST /containers/create` for this attempt.
@@ -207,6 +219,20 @@ mod tests {
     fn the_container_is_named_labelled_confined_and_mounted() {
         let t = task(None, &[]);
         assert_eq!(container_name(&t), "sluice-R1-train-2");
+        let mut cell = t.clone();
+        cell.key.step = "train[lr=0.1,depth=3]".into();
+        let name = container_name(&cell);
+        assert!(
+            name.starts_with("sluice-R1-train_lr_0.1_depth_3-"),
+            "{name}"
+        );
+        assert!(name.ends_with("-2") && name.len() == "sluice-R1-train_lr_0.1_depth_3-".len() + 10);
+        cell.key.step = "train[lr=0.1,depth=5]".into();
+        assert_ne!(
+            container_name(&cell),
+            name,
+            "each expansion has its own container"
+        );
         let body = container_body(
             &t,
             "w1",

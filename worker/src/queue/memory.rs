@@ -106,7 +106,7 @@ impl TaskQueue for MemoryQueue {
     async fn cancel_run(&self, run_id: &str) -> Result<(), QueueError> {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         for queue in tasks.values_mut() {
-            queue.retain(|t| t.key.run_id != run_id);
+            queue.retain(|t| t.key.run_id != run_id || t.outlives_cancel);
         }
         drop(tasks);
         // No receiver simply means no worker is running anything.

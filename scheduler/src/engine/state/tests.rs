@@ -615,3 +615,5 @@ fn a_commit_holds_every_change_once_and_leaves_the_state_clean() {
     assert!(!commit.run);
     assert!(!sim.state.is_dirty() && !sim.state.is_urgent());
 }
+
+mod handlers;

@@ -117,7 +117,7 @@ impl RedisQueue {
         {
             return Ok(None);
         }
-        if cancelled {
+        if cancelled && !task.outlives_cancel {
             // Its run was cancelled before any worker took it: it never starts, and the
             // scheduler hears so (an attempt it still thinks queued ends).
             let mut result = TaskResult::error(

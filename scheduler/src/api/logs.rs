@@ -38,8 +38,36 @@ pub(super) async fn logs(
     query: Result<Query<LogQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(super::bad_query)?;
-    let store = state.daemon.engine().store.clone();
-    let run = match store.lookup_run(&run_id).map_err(ApiError::internal)? {
+    let source = LogSource {
+        store: state.daemon.engine().store.clone(),
+        redis: state.daemon.redis(),
+        shutdown: state.daemon.shutdown_token().clone(),
+    };
+    serve_log(source, &run_id, &step, query).await
+}
+
+/// Where logs are read from: the store's attempt folders, and Redis for workers elsewhere.
+pub(super) struct LogSource {
+    pub store: Store,
+    pub redis: Option<std::sync::Arc<sluice_worker::queue::RedisQueue>>,
+    /// Ends followed logs when the server stops.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// An attempt's log, whole or followed.
+pub(super) async fn serve_log(
+    source: LogSource,
+    run_id: &str,
+    step: &str,
+    query: LogQuery,
+) -> Result<Response, ApiError> {
+    let LogSource {
+        store,
+        redis,
+        shutdown,
+    } = source;
+    let step = step.to_string();
+    let run = match store.lookup_run(run_id).map_err(ApiError::internal)? {
         RunLookup::Found(run) => run,
         RunLookup::NotFound => return Err(ApiError::not_found(format!("no run `{run_id}`"))),
         RunLookup::Ambiguous => {
@@ -83,20 +111,14 @@ pub(super) async fn logs(
     // A worker on another machine, without the data dir shared, sent its output through Redis;
     // so did the worker of a step that tampered with the file (from the file it held open).
     let local = attempt.dir.exists() && opened.is_ok();
-    if let (false, Some(redis)) = (local, state.daemon.redis()) {
+    if let (false, Some(redis)) = (local, redis) {
         let key = TaskKey {
             run_id: run.id.clone(),
             step: step.clone(),
             attempt: number,
         };
         let stream = file.trim_end_matches(".log").to_string();
-        let body = Body::from_stream(from_redis(
-            redis,
-            key,
-            stream,
-            follow,
-            state.daemon.shutdown_token().clone(),
-        ));
+        let body = Body::from_stream(from_redis(redis, key, stream, follow, shutdown.clone()));
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response());
     }
     let opened = opened.map_err(|why| {
@@ -115,7 +137,7 @@ pub(super) async fn logs(
         attempt: number,
         follow,
         done: false,
-        shutdown: state.daemon.shutdown_token().clone(),
+        shutdown,
     }));
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
@@ -179,8 +201,12 @@ struct Follow {
 fn stream_file(state: Follow) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     futures_util::stream::unfold(state, |mut state| async move {
         loop {
-            if state.done || state.shutdown.is_cancelled() {
+            if state.done {
                 return None;
+            }
+            if state.shutdown.is_cancelled() {
+                // The server is stopping: what the log has is still sent, then it ends.
+                state.follow = false;
             }
             // Whether the attempt was over before this read: then what is read is the last.
             let over = !state.follow || attempt_over(&state);
@@ -195,7 +221,7 @@ fn stream_file(state: Follow) -> impl futures_util::Stream<Item = Result<Bytes, 
             }
             tokio::select! {
                 _ = tokio::time::sleep(FOLLOW_POLL) => {}
-                _ = state.shutdown.cancelled() => return None,
+                _ = state.shutdown.cancelled() => state.follow = false,
             }
         }
     })

@@ -9,6 +9,7 @@
 mod artifacts;
 pub mod auth;
 pub mod hooks;
+pub mod host;
 mod logs;
 pub mod models;
 mod runs;

@@ -15,7 +15,7 @@ use super::auth::Caller;
 use super::{ApiError, ApiState};
 use crate::daemon::{CancelError, Origin, Started, TriggerError};
 use crate::store::TriggerOrigin;
-use crate::store::{RunLookup, RunRecord};
+use crate::store::{RunLookup, RunRecord, Store};
 
 /// Most runs in one page.
 const MAX_PAGE: usize = 1000;
@@ -188,7 +188,12 @@ pub(super) async fn list(
     State(state): State<ApiState>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(mut query) = query.map_err(super::bad_query)?;
+    let Query(query) = query.map_err(super::bad_query)?;
+    list_runs(&state.daemon.engine().store, query).map(Json)
+}
+
+/// A page of runs, newest first, filtered as the query asks.
+pub(super) fn list_runs(store: &Store, mut query: ListQuery) -> Result<Value, ApiError> {
     if let Some(status) = &query.status {
         const STATUSES: &[&str] = &["queued", "running", "succeeded", "failed", "cancelled"];
         if !STATUSES.contains(&status.as_str()) {
@@ -203,7 +208,6 @@ pub(super) async fn list(
     }
     let limit = query.limit.unwrap_or(50).clamp(1, MAX_PAGE);
     let mut before = query.before.take();
-    let store = state.daemon.engine().store.clone();
     let filtered = query.pipeline.is_some() || query.status.is_some();
     let keep = move |run: &RunRecord| {
         query.pipeline.as_ref().is_none_or(|p| &run.pipeline == p)
@@ -240,17 +244,12 @@ pub(super) async fn list(
             }
         }
     }
-    Ok(Json(json!({ "runs": runs, "next_before": next.flatten() })))
+    Ok(json!({ "runs": runs, "next_before": next.flatten() }))
 }
 
-fn find_run(state: &ApiState, id: &str) -> Result<RunRecord, ApiError> {
-    match state
-        .daemon
-        .engine()
-        .store
-        .lookup_run(id)
-        .map_err(ApiError::internal)?
-    {
+/// A run by its id or a prefix only it has: 404 when none, 409 when several.
+pub(super) fn find_run(store: &Store, id: &str) -> Result<RunRecord, ApiError> {
+    match store.lookup_run(id).map_err(ApiError::internal)? {
         RunLookup::Found(run) => Ok(run),
         RunLookup::NotFound => Err(ApiError::not_found(format!("no run `{id}`"))),
         RunLookup::Ambiguous => Err(ApiError::new(
@@ -264,28 +263,28 @@ pub(super) async fn show(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let run = find_run(&state, &id)?;
-    let steps = state
-        .daemon
-        .engine()
-        .store
-        .steps(&run.id)
-        .map_err(ApiError::internal)?;
-    Ok(Json(json!({ "run": run, "steps": steps })))
+    show_run(&state.daemon.engine().store, &id).map(Json)
+}
+
+/// A run and its steps.
+pub(super) fn show_run(store: &Store, id: &str) -> Result<Value, ApiError> {
+    let run = find_run(store, id)?;
+    let steps = store.steps(&run.id).map_err(ApiError::internal)?;
+    Ok(json!({ "run": run, "steps": steps }))
 }
 
 pub(super) async fn events(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let run = find_run(&state, &id)?;
-    let events = state
-        .daemon
-        .engine()
-        .store
-        .events(&run.id)
-        .map_err(ApiError::internal)?;
-    Ok(Json(json!({ "run": run.id, "events": events })))
+    run_events(&state.daemon.engine().store, &id).map(Json)
+}
+
+/// A run's history of events.
+pub(super) fn run_events(store: &Store, id: &str) -> Result<Value, ApiError> {
+    let run = find_run(store, id)?;
+    let events = store.events(&run.id).map_err(ApiError::internal)?;
+    Ok(json!({ "run": run.id, "events": events }))
 }
 
 pub(super) async fn cancel(

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -58,8 +59,13 @@ pub struct CancelArgs {
     /// The run id, or an unambiguous start of it.
     pub run_id: String,
     #[command(flatten)]
-    pub remote: ServerArgs,
+    pub remote: super::RemoteArgs,
+    #[command(flatten)]
+    pub data: super::DataDirArg,
 }
+
+/// Where `cancel` goes without `--server` and without a `sluice run` holding the data dir.
+const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
 
 /// Arguments of `sluice workers`.
 #[derive(Debug, Args)]
@@ -76,7 +82,7 @@ pub struct WorkersArgs {
 pub(super) enum ApiFailure {
     #[error("{message} (HTTP {status})")]
     Status { status: u16, message: String },
-    #[error("cannot reach the scheduler at {url}: {source}")]
+    #[error("cannot reach {url}: {source}")]
     Unreachable {
         url: String,
         #[source]
@@ -94,10 +100,15 @@ impl ApiFailure {
     }
 }
 
-pub(super) struct Api {
+pub struct Api {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
+    /// How a printed command reaches the same place: `--server URL`, or `--data-dir DIR` for
+    /// the socket of the process holding a data dir.
+    flags: String,
+    /// The socket, for the API of the process holding a data dir.
+    socket: Option<std::path::PathBuf>,
 }
 
 impl Api {
@@ -112,11 +123,61 @@ impl Api {
     }
 
     pub(super) fn new(server: &str, token: Option<&str>) -> Api {
+        let base = server.trim_end_matches('/').to_string();
         Api {
-            base: server.trim_end_matches('/').to_string(),
+            flags: format!(" --server {base}"),
+            base,
             token: token.map(str::to_string),
             http: reqwest::Client::new(),
+            socket: None,
         }
+    }
+
+    /// The API of the `sluice run` holding a data dir, on its socket (see [`crate::host`]);
+    /// `data_flag` is how printed commands name that data dir (empty for the default one).
+    pub(super) fn unix(socket: &std::path::Path, data_flag: &str) -> anyhow::Result<Api> {
+        let http = reqwest::Client::builder()
+            .unix_socket(socket)
+            .build()
+            .context("cannot make an HTTP client for the data dir's socket")?;
+        Ok(Api {
+            base: "http://sluice".into(),
+            token: None,
+            http,
+            flags: data_flag.to_string(),
+            socket: Some(socket.to_path_buf()),
+        })
+    }
+
+    /// The API to ask for `runs`, `show`, `logs` and `cancel`: the scheduler of `--server`,
+    /// else the process holding the data dir when one does, else none (read the store).
+    pub fn for_reads(
+        remote: &super::RemoteArgs,
+        data: &super::DataDirArg,
+    ) -> anyhow::Result<Option<Api>> {
+        if let Some(server) = &remote.server {
+            return Ok(Some(Api::new(server, remote.token.as_deref())));
+        }
+        match crate::host::live_socket(&data.data_dir) {
+            Some(socket) => Api::unix(&socket, &super::data_dir_flag(&data.data_dir)).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Where requests go, for messages.
+    fn place(&self) -> String {
+        match &self.socket {
+            Some(socket) => format!(
+                "the `sluice run` holding the data dir ({})",
+                socket.display()
+            ),
+            None => self.base.clone(),
+        }
+    }
+
+    /// The flags a printed command needs to reach the same place.
+    pub(super) fn flags(&self) -> &str {
+        &self.flags
     }
 
     pub(super) async fn send(
@@ -131,7 +192,7 @@ impl Api {
             .send()
             .await
             .map_err(|source| ApiFailure::Unreachable {
-                url: self.base.clone(),
+                url: self.place(),
                 source,
             })?;
         if response.status().is_success() {
@@ -154,7 +215,7 @@ impl Api {
             .json()
             .await
             .map_err(|source| ApiFailure::Unreachable {
-                url: self.base.clone(),
+                url: self.place(),
                 source,
             })
     }
@@ -166,7 +227,7 @@ impl Api {
             .json()
             .await
             .map_err(|source| ApiFailure::Unreachable {
-                url: self.base.clone(),
+                url: self.place(),
                 source,
             })
     }
@@ -256,8 +317,8 @@ async fn wait_for(api: &Api, run_id: &str) -> anyhow::Result<u8> {
             ended = follow(api, run_id) => ended?,
             () = signals.next() => {
                 eprintln!(
-                    "stopped waiting: run {run_id} goes on on the scheduler; to cancel it: sluice cancel {run_id} --server {}",
-                    api.base()
+                    "stopped waiting: run {run_id} goes on on the scheduler; to cancel it: sluice cancel {run_id}{}",
+                    api.flags()
                 );
                 return Ok(EXIT_CANCELLED);
             }
@@ -333,7 +394,7 @@ async fn print_summary(api: &Api, run: &RunRecord, steps: &[StepRecord]) {
             tails.insert(step.name.clone(), tail);
         }
     }
-    print_run_end(run, steps, &tails, &format!(" --server {}", api.base()));
+    print_run_end(run, steps, &tails, api.flags());
 }
 
 /// The last `n` lines of an attempt's stderr, through the API; none when it cannot be read
@@ -375,7 +436,10 @@ async fn stderr_tail(api: &Api, run: &str, step: &str, attempt: u32, n: usize) -
 
 /// `sluice cancel`.
 pub fn cancel(args: CancelArgs) -> anyhow::Result<u8> {
-    let api = Api::new(&args.remote.server, args.remote.token.as_deref());
+    let api = match Api::for_reads(&args.remote, &args.data)? {
+        Some(api) => api,
+        None => Api::new(DEFAULT_SERVER, args.remote.token.as_deref()),
+    };
     block_on(async move {
         let path = format!("/api/v1/runs/{}/cancel", segment(&args.run_id));
         match api.post(&path, json!({})).await {
@@ -538,10 +602,8 @@ fn served_triggers(
     (loaded.hash == hash).then(|| listed_triggers(&loaded.pipeline, now))
 }
 
-/// `sluice runs --server`.
-pub fn runs(args: &RunsArgs) -> anyhow::Result<u8> {
-    let server = args.remote.server.clone().unwrap_or_default();
-    let api = Api::new(&server, args.remote.token.as_deref());
+/// `sluice runs` through an API (`--server`, or the socket of the process holding the data dir).
+pub fn runs(args: &RunsArgs, api: Api) -> anyhow::Result<u8> {
     block_on(async move {
         let mut path = format!("/api/v1/runs?limit={}", args.limit);
         if let Some(before) = &args.before {
@@ -562,10 +624,8 @@ pub fn runs(args: &RunsArgs) -> anyhow::Result<u8> {
     })
 }
 
-/// `sluice show --server`.
-pub fn show(args: &ShowArgs) -> anyhow::Result<u8> {
-    let server = args.remote.server.clone().unwrap_or_default();
-    let api = Api::new(&server, args.remote.token.as_deref());
+/// `sluice show` through an API.
+pub fn show(args: &ShowArgs, api: Api) -> anyhow::Result<u8> {
     block_on(async move {
         let id = segment(&args.run_id);
         let answer = match api.get(&format!("/api/v1/runs/{id}")).await {
@@ -586,10 +646,8 @@ pub fn show(args: &ShowArgs) -> anyhow::Result<u8> {
     })
 }
 
-/// `sluice logs --server`: stdout to stdout, stderr to stderr; `--follow` streams stdout.
-pub fn logs(args: &LogsArgs) -> anyhow::Result<u8> {
-    let server = args.remote.server.clone().unwrap_or_default();
-    let api = Api::new(&server, args.remote.token.as_deref());
+/// `sluice logs` through an API: stdout to stdout, stderr to stderr; `--follow` streams stdout.
+pub fn logs(args: &LogsArgs, api: Api) -> anyhow::Result<u8> {
     block_on(async move {
         let base = format!(
             "{}/api/v1/runs/{}/steps/{}/logs",
@@ -604,7 +662,7 @@ pub fn logs(args: &LogsArgs) -> anyhow::Result<u8> {
         if !args.stdout {
             streams.push("stderr");
         }
-        for stream in streams {
+        for (i, stream) in streams.iter().copied().enumerate() {
             let mut query: Vec<(&str, String)> = vec![("stream", stream.to_string())];
             if let Some(attempt) = args.attempt {
                 query.push(("attempt", attempt.to_string()));
@@ -614,6 +672,14 @@ pub fn logs(args: &LogsArgs) -> anyhow::Result<u8> {
             }
             let response = match api.send(api.http.get(&base).query(&query)).await {
                 Ok(response) => response,
+                Err(ApiFailure::Unreachable { .. }) if api.socket.is_some() => {
+                    // The `sluice run` holding the data dir ended meanwhile: the rest is read
+                    // from the data dir itself.
+                    let mut rest = args.clone();
+                    rest.stdout = streams[i..] == ["stdout"];
+                    rest.stderr = streams[i..] == ["stderr"];
+                    return super::inspect::logs(rest);
+                }
                 Err(err) => return Ok(failed(err)),
             };
             let mut body = response.bytes_stream();
@@ -629,5 +695,76 @@ pub fn logs(args: &LogsArgs) -> anyhow::Result<u8> {
             }
         }
         Ok(0)
+    })
+}
+
+/// `sluice run FILE` on a data dir another `sluice run` holds: the holder runs the pipeline
+/// beside its own, and this process follows it as if it ran it (a line per step, the same
+/// summary and exit codes; Ctrl-C cancels the run). `None` when the holder is gone or
+/// finishing: then this process runs it itself.
+pub(super) fn run_on_holder(
+    socket: &std::path::Path,
+    data_flag: &str,
+    submission: &crate::host::Submission,
+) -> anyhow::Result<Option<u8>> {
+    let api = Api::unix(socket, data_flag)?;
+    let body = serde_json::to_value(submission)?;
+    let outcome = block_on(async move {
+        let created = match api.post("/api/v1/local/runs", body).await {
+            Ok(created) => created,
+            Err(ApiFailure::Status { status: 503, .. } | ApiFailure::Unreachable { .. }) => {
+                return Ok(u8::MAX);
+            }
+            Err(ApiFailure::Status {
+                status: 422,
+                message,
+            }) => {
+                eprintln!("{message}");
+                return Ok(EXIT_INVALID);
+            }
+            Err(err) => return Ok(failed(err)),
+        };
+        let run: RunRecord = serde_json::from_value(created["run"].clone())?;
+        println!(
+            "run {} of `{}`: {} steps, parallelism {}; run by the `sluice run` that holds this data dir",
+            run.id, run.pipeline, run.step_count, run.parallelism
+        );
+        follow_cancelling(&api, &run.id).await
+    })?;
+    Ok((outcome != u8::MAX).then_some(outcome))
+}
+
+/// [`follow`]s a run to its end; Ctrl-C or SIGTERM cancels it (as `sluice run` does) and goes
+/// on following until it has stopped. 0 succeeded, 130 cancelled, 1 otherwise.
+async fn follow_cancelling(api: &Api, run_id: &str) -> anyhow::Result<u8> {
+    let mut signals = StopSignals::listen();
+    let following = follow(api, run_id);
+    tokio::pin!(following);
+    let mut cancelled = false;
+    let ended = loop {
+        tokio::select! {
+            ended = &mut following => break ended?,
+            () = async { match signals.as_mut() {
+                Some(signals) => signals.next().await,
+                None => std::future::pending().await,
+            } }, if !cancelled => {
+                cancelled = true;
+                eprintln!("cancelling the run...");
+                let path = format!("/api/v1/runs/{}/cancel", segment(run_id));
+                if let Err(err) = api.post(&path, json!({})).await {
+                    eprintln!("error: could not cancel run {run_id}: {err}");
+                }
+            }
+        }
+    };
+    let (run, steps) = match ended {
+        Ok(ended) => ended,
+        Err(code) => return Ok(code),
+    };
+    print_summary(api, &run, &steps).await;
+    Ok(match run.status {
+        RunStatus::Succeeded => 0,
+        RunStatus::Cancelled => EXIT_CANCELLED,
+        _ => EXIT_FAILED,
     })
 }

@@ -97,7 +97,7 @@ pub struct ShowArgs {
 }
 
 /// Arguments of `sluice logs`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct LogsArgs {
     /// The run id, or an unambiguous start of it.
     pub run_id: String,
@@ -112,8 +112,9 @@ pub struct LogsArgs {
     /// Only standard error.
     #[arg(long)]
     pub stderr: bool,
-    /// Keep printing as the step writes more, until the attempt ends (with `--server`).
-    #[arg(short, long, requires = "server")]
+    /// Keep printing as the step writes more, until the attempt ends (through `--server`, or
+    /// the `sluice run` holding the data dir; otherwise nothing runs and the log is printed).
+    #[arg(short, long)]
     pub follow: bool,
     #[command(flatten)]
     pub remote: super::RemoteArgs,
@@ -128,7 +129,17 @@ pub(super) fn open_store(data: &DataDirArg) -> anyhow::Result<Store> {
             data.data_dir.display()
         );
     }
-    Ok(Store::open(&data.data_dir)?)
+    // A `sluice run` handing the data dir over (its socket gone, the store not yet closed)
+    // gets a moment to finish.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match Store::open(&data.data_dir) {
+            Err(crate::store::StoreError::Locked { .. }) if std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            opened => return Ok(opened?),
+        }
+    }
 }
 
 /// Opens the store and finds a run by id or unique prefix; `Err` is the exit code, after the

@@ -70,6 +70,18 @@ pub struct RemoteArgs {
     pub token: Option<String>,
 }
 
+/// ` --data-dir DIR` for printed commands that must reach `data_dir`, or nothing when it is the
+/// default one here (the hint must work when pasted).
+pub(crate) fn data_dir_flag(data_dir: &std::path::Path) -> String {
+    let default_dir = std::path::Path::new(".sluice").canonicalize().ok();
+    let given = data_dir.canonicalize().ok();
+    if given.is_some() && default_dir == given {
+        String::new()
+    } else {
+        format!(" --data-dir {}", data_dir.display())
+    }
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -234,12 +246,22 @@ pub fn main(cli: Cli) -> ExitCode {
         }
         Command::Graph(args) => graph::graph(args),
         // The same printers either way: the data dir here, or a scheduler's API.
-        Command::Runs(args) if args.remote.server.is_some() => client::runs(&args),
-        Command::Runs(args) => inspect::runs(args),
-        Command::Show(args) if args.remote.server.is_some() => client::show(&args),
-        Command::Show(args) => inspect::show(args),
-        Command::Logs(args) if args.remote.server.is_some() => client::logs(&args),
-        Command::Logs(args) => inspect::logs(args),
+        // With `--server`, or while another process holds the data dir, through its API.
+        Command::Runs(args) => match client::Api::for_reads(&args.remote, &args.data) {
+            Ok(Some(api)) => client::runs(&args, api),
+            Ok(None) => inspect::runs(args),
+            Err(err) => Err(err),
+        },
+        Command::Show(args) => match client::Api::for_reads(&args.remote, &args.data) {
+            Ok(Some(api)) => client::show(&args, api),
+            Ok(None) => inspect::show(args),
+            Err(err) => Err(err),
+        },
+        Command::Logs(args) => match client::Api::for_reads(&args.remote, &args.data) {
+            Ok(Some(api)) => client::logs(&args, api),
+            Ok(None) => inspect::logs(args),
+            Err(err) => Err(err),
+        },
         Command::Scheduler(args) => daemon::scheduler(args),
         Command::Worker(args) => daemon::worker(args),
         Command::Server(args) => daemon::server(args),

@@ -24,6 +24,7 @@ use super::progress::Progress;
 use super::{DataDirArg, EXIT_CANCELLED, EXIT_FAILED, EXIT_INVALID};
 use crate::engine::subset::{self, Selection, SubsetError};
 use crate::engine::{Engine, EngineError, RunDriver, RunRequest};
+use crate::host::{Host, Launched, Launcher, Refused, Submission};
 use crate::spec::{self, Pipeline};
 use crate::store::TriggerOrigin;
 use crate::store::{RunLookup, RunRecord, RunStatus, StepStatus, Store};
@@ -130,6 +131,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         });
     }
     let data_dir = prepare_data_dir(&args.data.data_dir)?;
+    if let Some(socket) = crate::host::live_socket(&data_dir) {
+        if let Some(code) = hand_to_holder(&socket, &data_dir, &args)? {
+            return Ok(code);
+        }
+    }
     let request = match &args.file {
         Some(file) => match prepare_request(file, &args) {
             Ok(request) => Some(request),
@@ -157,6 +163,36 @@ pub fn run(args: RunArgs) -> anyhow::Result<u8> {
         (None, None) => unreachable!("clap requires a file or --resume"),
     };
     runtime()?.block_on(run_embedded(embedded, start))
+}
+
+/// Another `sluice run` holds the data dir: it runs this pipeline (see [`crate::host`]) and
+/// this process follows it; `None` when that process is gone by now (this one runs it).
+fn hand_to_holder(socket: &Path, data_dir: &Path, args: &RunArgs) -> anyhow::Result<Option<u8>> {
+    let Some(file) = &args.file else {
+        eprintln!(
+            "error: another `sluice run` is using {}; resume the run once it has finished",
+            data_dir.display()
+        );
+        return Ok(Some(EXIT_FAILED));
+    };
+    // Checked here first, so problems print as they would for a run of this process.
+    if let Err(code) = prepare_request(file, args) {
+        return Ok(Some(code));
+    }
+    let params = match super::param_pairs(&args.params) {
+        Ok(params) => params.into_iter().collect(),
+        Err(code) => return Ok(Some(code)),
+    };
+    let submission = Submission {
+        file: file.canonicalize().unwrap_or_else(|_| file.clone()),
+        params,
+        parallelism: args.parallelism.map(|p| p as usize),
+        no_cache: args.no_cache,
+        only: args.only.clone(),
+        from: args.from.clone(),
+        until: args.until.clone(),
+    };
+    super::client::run_on_holder(socket, &super::data_dir_flag(data_dir), &submission)
 }
 
 /// Arguments of `sluice retry`.
@@ -345,20 +381,31 @@ pub(super) fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Loads and checks everything the user gave; prints problems and returns the exit code if any.
 fn prepare_request(file: &Path, args: &RunArgs) -> Result<RunRequest, u8> {
+    let overrides = super::param_pairs(&args.params)?;
+    let parallelism = args.parallelism.map(|p| p as usize);
+    request_for(file, overrides, parallelism, args.no_cache).map_err(|problem| {
+        eprintln!("{problem}");
+        EXIT_INVALID
+    })
+}
+
+/// The request to run `file`; `Err` is every problem, as printed for people.
+fn request_for(
+    file: &Path,
+    overrides: std::collections::BTreeMap<String, String>,
+    parallelism: Option<usize>,
+    no_cache: bool,
+) -> Result<RunRequest, String> {
     let loaded = match spec::load_file(file, spec::DEFAULT_MAX_FILE_BYTES) {
         Ok(loaded) => loaded,
         Err(errors) => {
             let source = std::fs::read_to_string(file).unwrap_or_default();
-            for error in &errors {
-                eprintln!("{}", error.render(&source));
-            }
-            return Err(EXIT_INVALID);
+            let rendered: Vec<String> = errors.iter().map(|e| e.render(&source)).collect();
+            return Err(rendered.join("\n"));
         }
     };
-    let overrides = super::param_pairs(&args.params)?;
     if let Err(err) = crate::engine::resolve_params(&loaded.pipeline, &overrides) {
-        eprintln!("error: {err}");
-        return Err(EXIT_INVALID);
+        return Err(format!("error: {err}"));
     }
     let base_dir = file
         .parent()
@@ -370,13 +417,13 @@ fn prepare_request(file: &Path, args: &RunArgs) -> Result<RunRequest, u8> {
         loaded,
         overrides,
         trigger: TriggerOrigin::Manual,
-        parallelism: args.parallelism.map(|p| p as usize),
+        parallelism,
         commit: crate::spec::git_commit(&base_dir),
         base_dir,
         id: None,
         marks: Vec::new(),
         waiting: false,
-        no_cache: args.no_cache,
+        no_cache,
         retry_of: None,
         prior: Vec::new(),
     })
@@ -546,9 +593,8 @@ async fn run_embedded(embedded: Embedded, start: Start) -> anyhow::Result<u8> {
             }
         }
     }
-    let store = Store::open(&data_dir)?;
+    let store = open_store_waiting(&data_dir).await?;
     let queue: Arc<dyn TaskQueue> = Arc::new(MemoryQueue::default());
-    let shutdown = CancellationToken::new();
     let engine = Engine {
         store: store.clone(),
         queue: queue.clone(),
@@ -620,7 +666,7 @@ async fn run_embedded(embedded: Embedded, start: Start) -> anyhow::Result<u8> {
     };
     let executor = match executor {
         Some(ready) => ready,
-        None => match executor_for(driver.pipeline(), &worker_name, secret_key).await {
+        None => match executor_for(driver.pipeline(), &worker_name, secret_key.clone()).await {
             Ok(ready) => ready,
             Err(message) => {
                 eprintln!("error: {message}; the run stays resumable");
@@ -638,41 +684,212 @@ async fn run_embedded(embedded: Embedded, start: Start) -> anyhow::Result<u8> {
         data_dir.display()
     );
 
-    let executor = executor.with_artifacts(artifacts);
+    let executor = executor.with_artifacts(artifacts.clone());
     let docker = executor.docker();
-    let workers = tokio::spawn(run_worker(
+    let all_runs = CancellationToken::new();
+    tokio::spawn(cancel_on_signals(all_runs.clone(), docker));
+    // From here other sluice commands on this data dir go through this process.
+    let host = Host::start(
+        store.clone(),
+        &data_dir,
+        launcher(Hosting {
+            store: store.clone(),
+            data_dir: data_dir.clone(),
+            artifacts,
+            gpus: gpus.clone(),
+            secret_key,
+        }),
+        all_runs.clone(),
+    )
+    .await;
+    let cancel = match &host {
+        Some(host) => host.track(&started.id),
+        None => all_runs.child_token(),
+    };
+    let run_id = started.id.clone();
+    let worker = WorkerConfig {
+        name: worker_name,
+        queues: queues_of(driver.pipeline()),
+        slots: started.parallelism,
+        gpus: gpus.clone(),
+        data_dir: None,
+    };
+    let driven = drive_here(driver, queue, executor, worker, cancel).await;
+    if let Some(host) = &host {
+        host.wind_down().await;
+    }
+    let run = match driven {
+        Driven::Ended(ended) => match *ended {
+            Ok(run) => run,
+            Err(_) => return Ok(EXIT_FAILED),
+        },
+        Driven::WorkersFailed(why) => {
+            // The run stays in the store as it was: `--resume` can finish it.
+            eprintln!("error: the worker loop failed ({why}); finish the run with `sluice run --resume {run_id}`");
+            return Ok(EXIT_FAILED);
+        }
+    };
+    print_summary(&store, &run, &data_dir);
+    Ok(match run.status {
+        RunStatus::Succeeded => 0,
+        RunStatus::Cancelled => EXIT_CANCELLED,
+        _ => EXIT_FAILED,
+    })
+}
+
+/// Opens the store; a process that is handing the data dir over (its socket gone, the store
+/// not yet closed) gets a moment to finish.
+async fn open_store_waiting(data_dir: &Path) -> anyhow::Result<Store> {
+    let until = std::time::Instant::now() + HANDOVER_WAIT;
+    loop {
+        match Store::open(data_dir) {
+            Err(crate::store::StoreError::Locked { .. }) if std::time::Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            opened => return Ok(opened?),
+        }
+    }
+}
+
+/// How long a runner waits for another process to let go of the data dir.
+const HANDOVER_WAIT: Duration = Duration::from_secs(3);
+
+/// What the holder of a data dir needs to run other `sluice run`s' pipelines beside its own.
+struct Hosting {
+    store: Store,
+    data_dir: PathBuf,
+    artifacts: Arc<sluice_worker::artifacts::Artifacts>,
+    gpus: Vec<String>,
+    secret_key: Option<SecretKey>,
+}
+
+/// Starts a submitted pipeline here as `sluice run` would (checked the same way, each with an
+/// in-memory queue and a worker pool of its own, so it needs no routing of events between
+/// runs), sharing this process's store.
+fn launcher(hosting: Hosting) -> Launcher {
+    let hosting = Arc::new(hosting);
+    Arc::new(move |submission: Submission, cancel: CancellationToken| {
+        let hosting = hosting.clone();
+        Box::pin(async move { launch(&hosting, submission, cancel).await })
+    })
+}
+
+async fn launch(
+    hosting: &Hosting,
+    submission: Submission,
+    cancel: CancellationToken,
+) -> Result<Launched, Refused> {
+    let overrides = submission.params.iter().cloned().collect();
+    let mut request = request_for(
+        &submission.file,
+        overrides,
+        submission.parallelism,
+        submission.no_cache,
+    )
+    .map_err(Refused::Invalid)?;
+    let pipeline = &request.loaded.pipeline;
+    let invalid = |message: String| Refused::Invalid(format!("error: {message}"));
+    if let Some(problem) =
+        missing_secrets(pipeline, &hosting.data_dir, hosting.secret_key.is_some())
+    {
+        return Err(invalid(format!(
+            "{problem} (the process holding the data dir, pid {}, runs it)",
+            std::process::id()
+        )));
+    }
+    if let Some(problem) = gpu_steps_without_gpus(pipeline, &hosting.gpus) {
+        return Err(invalid(problem));
+    }
+    let selection = if !submission.only.is_empty() {
+        Some(Selection::Only(submission.only.clone()))
+    } else if submission.from.is_some() || submission.until.is_some() {
+        Some(Selection::Range {
+            from: submission.from.clone(),
+            until: submission.until.clone(),
+        })
+    } else {
+        None
+    };
+    if let Some(selection) = &selection {
+        let chosen = subset::selected(pipeline, selection).map_err(invalid)?;
+        request.prior = subset::prior(&hosting.store, pipeline, &chosen, selection)
+            .map_err(|err| invalid(err.to_string()))?;
+    }
+    let worker_name = embedded_worker_name();
+    let executor = executor_for(pipeline, &worker_name, hosting.secret_key.clone())
+        .await
+        .map_err(invalid)?
+        .with_artifacts(hosting.artifacts.clone());
+    let queue: Arc<dyn TaskQueue> = Arc::new(MemoryQueue::default());
+    let engine = Engine {
+        store: hosting.store.clone(),
+        queue: queue.clone(),
+        data_dir: hosting.data_dir.clone(),
+        artifacts: hosting.artifacts.clone(),
+    };
+    let driver = RunDriver::create(engine, request, Box::new(crate::engine::Silent)).map_err(
+        |err| match err {
+            EngineError::Params(_) | EngineError::BadDefinition { .. } => invalid(err.to_string()),
+            other => Refused::Failed(other.to_string()),
+        },
+    )?;
+    let run = driver.run().clone();
+    let worker = WorkerConfig {
+        name: worker_name,
+        queues: queues_of(driver.pipeline()),
+        slots: run.parallelism,
+        gpus: hosting.gpus.clone(),
+        data_dir: None,
+    };
+    let drive = Box::pin(async move {
+        if let Driven::WorkersFailed(why) =
+            drive_here(driver, queue, executor, worker, cancel).await
+        {
+            eprintln!("error: the worker loop of a hosted run failed ({why})");
+        }
+    });
+    Ok(Launched { run, drive })
+}
+
+/// How a run driven here ended.
+enum Driven {
+    /// The run reached its end, or the engine failed (already said).
+    Ended(Box<Result<RunRecord, EngineError>>),
+    /// The worker loop stopped under the run; why.
+    WorkersFailed(String),
+}
+
+/// Drives a run here with a worker pool of its own on `queue`, then stops the pool (killing
+/// what outlives the run).
+async fn drive_here(
+    driver: RunDriver,
+    queue: Arc<dyn TaskQueue>,
+    executor: StepExecutor,
+    worker: WorkerConfig,
+    cancel: CancellationToken,
+) -> Driven {
+    let run_id = driver.run().id.clone();
+    let shutdown = CancellationToken::new();
+    let mut workers = tokio::spawn(run_worker(
         queue.clone(),
         Arc::new(executor),
-        WorkerConfig {
-            name: worker_name,
-            queues: queues_of(driver.pipeline()),
-            slots: started.parallelism,
-            gpus: gpus.clone(),
-            data_dir: None,
-        },
+        worker,
         shutdown.clone(),
     ));
-    let cancel = CancellationToken::new();
-    tokio::spawn(cancel_on_signals(cancel.clone(), docker));
-    let run_id = started.id.clone();
-    let mut workers = workers;
     let outcome = tokio::select! {
         outcome = driver.drive(cancel) => outcome,
         joined = &mut workers => {
-            // The run stays in the store as it was: `--resume` can finish it.
-            let why = match joined {
+            kill_running_groups();
+            return Driven::WorkersFailed(match joined {
                 Ok(Err(err)) => err.to_string(),
                 Ok(Ok(())) => "it stopped".to_string(),
                 Err(err) => err.to_string(),
-            };
-            eprintln!("error: the worker loop failed ({why}); finish the run with `sluice run --resume {run_id}`");
-            kill_running_groups();
-            return Ok(EXIT_FAILED);
+            });
         }
     };
     if let Err(err) = &outcome {
         // Say so now, not after the steps still running have finished on their own.
-        eprintln!("error: {err:#}; stopping the steps still running");
+        eprintln!("error: run {run_id}: {err:#}; stopping the steps still running");
     }
     // Anything still running belongs to a run that is over (or failed): stop it.
     let _ = queue.cancel_run(&run_id).await;
@@ -684,16 +901,7 @@ async fn run_embedded(embedded: Embedded, start: Start) -> anyhow::Result<u8> {
     {
         kill_running_groups();
     }
-    let run = match outcome {
-        Ok(run) => run,
-        Err(_) => return Ok(EXIT_FAILED),
-    };
-    print_summary(&store, &run, &data_dir);
-    Ok(match run.status {
-        RunStatus::Succeeded => 0,
-        RunStatus::Cancelled => EXIT_CANCELLED,
-        _ => EXIT_FAILED,
-    })
+    Driven::Ended(Box::new(outcome))
 }
 
 /// The embedded worker serves every queue the run's steps use.
@@ -722,13 +930,7 @@ async fn cancel_on_signals(cancel: CancellationToken, docker: Option<Arc<DockerE
 }
 
 fn print_summary(store: &Store, run: &RunRecord, data_dir: &Path) {
-    // The hint must work when pasted: name the data dir unless it is the default one here.
-    let default_dir = Path::new(".sluice").canonicalize().ok();
-    let data_flag = if default_dir.as_deref() == Some(data_dir) {
-        String::new()
-    } else {
-        format!(" --data-dir {}", data_dir.display())
-    };
+    let data_flag = super::data_dir_flag(data_dir);
     let steps = store.steps(&run.id).unwrap_or_default();
     let tails = steps
         .iter()

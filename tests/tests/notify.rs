@@ -198,3 +198,53 @@ fn only_the_endings_asked_for_are_posted_and_the_daemon_default_covers_the_rest(
     );
     assert!(text.contains("`a` failed (exit code 3)"), "{text}");
 }
+
+/// The pipeline of the embedded tests: fails, notifies `url` about it.
+fn failing_with_notify(url: &str) -> String {
+    format!(
+        "name: local\nnotify:\n  - webhook: {url}\nsteps:\n  fit:\n    run: echo boom >&2; exit 1\n"
+    )
+}
+
+#[test]
+fn sluice_run_posts_its_own_notices_before_it_exits() {
+    let (url, got) = receiver(1);
+    let s = Scratch::new();
+    let file = s.write("p/local.yaml", &failing_with_notify(&url));
+    let out = s.run(&["run", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = sluice_tests::text(&out.stderr);
+    assert!(stderr.contains(&format!("notified {url}")), "{stderr}");
+    let posts = got.lock().unwrap().clone();
+    assert_eq!(posts.len(), 2, "refused once, then accepted");
+    let summary: serde_json::Value = serde_json::from_str(&posts[1].body).unwrap();
+    assert_eq!(summary["status"], "failed");
+    assert_eq!(summary["failed_steps"][0]["log_tail"][0], "boom");
+}
+
+#[test]
+fn a_notice_sluice_run_could_not_post_is_posted_by_the_next_daemon_once() {
+    // Refused three times: more than `sluice run` tries.
+    let (url, got) = receiver(3);
+    let s = Scratch::new();
+    let file = s.write("p/local.yaml", &failing_with_notify(&url));
+    let out = s.run(&["run", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = sluice_tests::text(&out.stderr);
+    assert!(
+        stderr.contains("the next `sluice server` or `sluice scheduler`"),
+        "{stderr}"
+    );
+    assert_eq!(got.lock().unwrap().len(), 3);
+
+    std::fs::create_dir_all(s.path().join("pipelines")).unwrap();
+    let _server = Server::start(&s, &[]);
+    wait_until(
+        "the daemon to post the notice",
+        Duration::from_secs(30),
+        || got.lock().unwrap().len() >= 4,
+    );
+    // It is posted from the notice left pending, not notified about a second time.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(got.lock().unwrap().len(), 4);
+}

@@ -707,6 +707,7 @@ async fn run_embedded(embedded: Embedded, start: Start) -> anyhow::Result<u8> {
         None => all_runs.child_token(),
     };
     let run_id = started.id.clone();
+    let targets = driver.pipeline().notify.clone();
     let worker = WorkerConfig {
         name: worker_name,
         queues: queues_of(driver.pipeline()),
@@ -730,6 +731,7 @@ async fn run_embedded(embedded: Embedded, start: Start) -> anyhow::Result<u8> {
         }
     };
     print_summary(&store, &run, &data_dir);
+    notify(&store, &run, &targets).await;
     Ok(match run.status {
         RunStatus::Succeeded => 0,
         RunStatus::Cancelled => EXIT_CANCELLED,
@@ -841,14 +843,38 @@ async fn launch(
         gpus: hosting.gpus.clone(),
         data_dir: None,
     };
+    let (store, targets) = (hosting.store.clone(), driver.pipeline().notify.clone());
     let drive = Box::pin(async move {
-        if let Driven::WorkersFailed(why) =
-            drive_here(driver, queue, executor, worker, cancel).await
-        {
-            eprintln!("error: the worker loop of a hosted run failed ({why})");
+        match drive_here(driver, queue, executor, worker, cancel).await {
+            Driven::Ended(ended) => {
+                if let Ok(run) = *ended {
+                    notify(&store, &run, &targets).await;
+                }
+            }
+            Driven::WorkersFailed(why) => {
+                eprintln!("error: the worker loop of a hosted run failed ({why})")
+            }
         }
     });
     Ok(Launched { run, drive })
+}
+
+/// Posts the run's `notify:` notices before the process exits (see
+/// [`crate::daemon::notify::notify_embedded`]), saying how each went.
+async fn notify(store: &Store, run: &RunRecord, targets: &[crate::spec::notify::Notify]) {
+    match crate::daemon::notify::notify_embedded(store, run, targets).await {
+        Ok(outcomes) => {
+            for (url, outcome) in outcomes {
+                match outcome {
+                    Ok(()) => eprintln!("notified {url}"),
+                    Err(why) => eprintln!(
+                        "warning: could not notify {url} ({why}); the notice stays in the data dir, and the next `sluice server` or `sluice scheduler` on it posts it"
+                    ),
+                }
+            }
+        }
+        Err(err) => eprintln!("warning: could not record the run's notifications: {err}"),
+    }
 }
 
 /// How a run driven here ended.

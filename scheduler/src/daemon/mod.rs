@@ -9,7 +9,7 @@
 mod catalog;
 mod follow;
 mod janitor;
-mod notify;
+pub mod notify;
 mod router;
 mod schedule;
 mod start;

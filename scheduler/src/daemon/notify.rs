@@ -61,25 +61,47 @@ pub(super) fn enqueue(
     targets: &[Notify],
     changes: &mut Changes,
 ) -> Result<(), StoreError> {
-    let ended = match run.status {
-        RunStatus::Succeeded => NotifyOn::Succeeded,
-        RunStatus::Failed => NotifyOn::Failed,
-        RunStatus::Cancelled => NotifyOn::Cancelled,
-        RunStatus::Queued | RunStatus::Running => return Ok(()),
-    };
     let finished = run.finished_ms.unwrap_or(run.created_ms);
     if finished.saturating_add(STALE) < daemon.started_ms {
         return Ok(());
     }
+    // The `sluice run` that ran it notified (or left its notices pending) itself.
+    if store.mark::<bool>(&notified_mark(&run.id))?.is_some() {
+        return Ok(());
+    }
+    for (key, notice) in notices(store, run, targets)? {
+        changes.put_mark(&key, &notice);
+    }
+    Ok(())
+}
+
+/// The mark a `sluice run` leaves once it took care of its run's notices.
+fn notified_mark(run: &str) -> String {
+    format!("notified/{run}")
+}
+
+/// The notices `run` calls for, each with the key of its pending mark.
+fn notices(
+    store: &Store,
+    run: &RunRecord,
+    targets: &[Notify],
+) -> Result<Vec<(String, PendingNotice)>, StoreError> {
+    let ended = match run.status {
+        RunStatus::Succeeded => NotifyOn::Succeeded,
+        RunStatus::Failed => NotifyOn::Failed,
+        RunStatus::Cancelled => NotifyOn::Cancelled,
+        RunStatus::Queued | RunStatus::Running => return Ok(Vec::new()),
+    };
     let wanted: Vec<(usize, &Notify)> = targets
         .iter()
         .enumerate()
         .filter(|(_, t)| t.on.contains(&ended))
         .collect();
     if wanted.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let summary = summary(store, run)?;
+    let mut out = Vec::with_capacity(wanted.len());
     for (i, target) in wanted {
         let body = match target.format {
             NotifyFormat::Json => summary.to_string(),
@@ -92,9 +114,51 @@ pub(super) fn enqueue(
             attempts: 0,
             next_ms: 0,
         };
-        changes.put_mark(&format!("{PREFIX}{}/{i}", run.id), &notice);
+        out.push((format!("{PREFIX}{}/{i}", run.id), notice));
     }
-    Ok(())
+    Ok(out)
+}
+
+/// Tries an embedded run makes before it leaves a notice to a daemon.
+const EMBEDDED_ATTEMPTS: u32 = 3;
+
+/// Notifies about a run that `sluice run` drove, before the process exits: the notices are
+/// recorded as pending (with a mark that keeps a daemon from notifying again), posted with a
+/// few quick tries, and those still refused stay pending for the next daemon on the data dir
+/// (`sluice server` or `sluice scheduler`). Returns each target's outcome, for the terminal.
+pub async fn notify_embedded(
+    store: &Store,
+    run: &RunRecord,
+    targets: &[Notify],
+) -> Result<Vec<(String, Result<(), String>)>, StoreError> {
+    let pending = notices(store, run, targets)?;
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut changes = Changes::default();
+    changes.put_mark(&notified_mark(&run.id), &true);
+    for (key, notice) in &pending {
+        changes.put_mark(key, notice);
+    }
+    store.commit(&changes)?;
+    let mut outcomes = Vec::with_capacity(pending.len());
+    for (key, notice) in pending {
+        let mut outcome = Err(String::new());
+        for attempt in 0..EMBEDDED_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
+            }
+            outcome = post(&key, &notice).await;
+            if outcome.is_ok() {
+                let mut done = Changes::default();
+                done.remove_mark(&key);
+                store.commit(&done)?;
+                break;
+            }
+        }
+        outcomes.push((notice.url, outcome));
+    }
+    Ok(outcomes)
 }
 
 /// The run's summary: what a person needs to act on it without opening anything else.

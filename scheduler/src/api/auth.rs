@@ -39,7 +39,8 @@ impl Role {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    /// The role's name, as tokens files write it.
+    pub fn as_str(self) -> &'static str {
         match self {
             Role::Read => "read",
             Role::Trigger => "trigger",
@@ -115,6 +116,11 @@ impl Tokens {
     /// Whether any token is configured (then every API route needs one).
     pub fn required(&self) -> bool {
         !self.entries.is_empty()
+    }
+
+    /// The name and role of the token `given`, if it is one of these (the web UI's sign-in).
+    pub fn identify(&self, given: &str) -> Option<(String, Role)> {
+        self.find(given).map(|e| (e.name.clone(), e.role))
     }
 
     /// The entry whose token is `given`. Every entry is compared, each in constant time, so

@@ -16,6 +16,7 @@ mod runs;
 pub mod serve;
 #[cfg(test)]
 mod tests;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -147,7 +148,9 @@ pub fn router(state: ApiState) -> Router {
         .merge(triggers)
         .merge(admin)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
-        .with_state(state)
+        .with_state(state.clone())
+        // The web UI: pages under `/ui` (and `/`), signed in with a session of its own.
+        .merge(ui::router(state))
 }
 
 /// A query string that does not parse is the caller's mistake: 422 with why, as JSON.

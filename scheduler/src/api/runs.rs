@@ -173,12 +173,16 @@ fn started_response(created: Result<Started, TriggerError>) -> Result<Response, 
 }
 
 /// Query of the run list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub(super) struct ListQuery {
-    limit: Option<usize>,
-    before: Option<String>,
-    pipeline: Option<String>,
-    status: Option<String>,
+    /// Most runs in the page (50 by default).
+    pub(super) limit: Option<usize>,
+    /// Runs older than this one.
+    pub(super) before: Option<String>,
+    /// Only this pipeline's.
+    pub(super) pipeline: Option<String>,
+    /// Only runs in this state.
+    pub(super) status: Option<String>,
 }
 
 /// Longest param value shown in a list of runs; `GET /api/v1/runs/{id}` has them whole.

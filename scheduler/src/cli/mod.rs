@@ -2,6 +2,7 @@
 
 mod artifact_args;
 mod artifacts;
+pub use artifacts::human_bytes;
 mod client;
 mod daemon;
 mod graph;

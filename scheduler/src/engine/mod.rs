@@ -27,6 +27,7 @@ use crate::spec::{LoadedPipeline, Pipeline};
 use crate::store::TriggerOrigin;
 use crate::store::{RunRecord, StepRecord, Store, StoreError};
 
+pub(crate) use driver::stored_definition;
 pub use driver::{RoutedEvent, RunDriver};
 
 /// What every run needs from its surroundings: the store, the queue to workers, and the data

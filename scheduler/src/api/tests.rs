@@ -18,19 +18,19 @@ use crate::store::Store;
 
 /// A daemon over a scratch folder with pipelines `good` (an integer param) and `broken`, no
 /// workers, the admin token `s3cret` and the read token `viewer` returns.
-struct Api {
-    router: axum::Router,
-    viewer: String,
+pub(super) struct Api {
+    pub(super) router: axum::Router,
+    pub(super) viewer: String,
     /// The daemon's store, to seed the model registry.
-    store: Store,
+    pub(super) store: Store,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
 }
 
-const ADMIN: &str = "s3cret";
+pub(super) const ADMIN: &str = "s3cret";
 
 impl Api {
-    async fn start() -> Api {
+    pub(super) async fn start() -> Api {
         let dir = tempfile::tempdir().unwrap();
         let pipelines = dir.path().join("pipelines");
         std::fs::create_dir(&pipelines).unwrap();
@@ -93,7 +93,7 @@ impl Api {
     }
 
     /// The status and body of one request.
-    async fn call(
+    pub(super) async fn call(
         &self,
         method: &str,
         path: &str,

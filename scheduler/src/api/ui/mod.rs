@@ -13,6 +13,8 @@ mod pipelines;
 mod run;
 mod runs;
 pub mod session;
+#[cfg(test)]
+mod tests;
 mod workers;
 
 use std::collections::HashMap;

@@ -2,6 +2,10 @@
 // Every page works without this file; it only saves reloading.
 "use strict";
 
+// Script errors of the page, kept where a browser test (or a person in the console) can read them.
+window.sluiceErrors = window.sluiceErrors || [];
+window.addEventListener("error", (event) => window.sluiceErrors.push(String(event.message)));
+
 (function live() {
   const page = document.querySelector("[data-live]");
   if (!page || !window.EventSource) return;

@@ -25,7 +25,7 @@ params:
   label: first
 steps:
   hold:
-    run: while [ ! -e ../release ]; do sleep 0.05; done; echo \"rounds=$PARAM_ROUNDS label=$PARAM_LABEL\"
+    run: i=0; while [ ! -e ../release ]; do i=$((i+1)); echo \"tick $i\"; sleep 0.1; done; echo \"rounds=$PARAM_ROUNDS label=$PARAM_LABEL\"
   after:
     depends: [hold]
     run: echo done
@@ -199,6 +199,22 @@ async fn a_person_signs_in_starts_a_run_watches_it_live_and_cancels_another() {
         client.screenshot().await.unwrap(),
     )
     .unwrap();
+
+    // The selected step's log tail grows under the same page.
+    client
+        .goto(&format!("{}?step=hold", run_page.as_str()))
+        .await
+        .unwrap();
+    client
+        .execute("window.stillHere = true; window.ticksAtLoad = document.getElementById('stdout-tail').textContent.split('tick').length; return true;", vec![])
+        .await
+        .unwrap();
+    wait_for(
+        &client,
+        "more log lines without a reload",
+        "return window.stillHere === true && document.getElementById('stdout-tail').textContent.split('tick').length > window.ticksAtLoad + 3;",
+    )
+    .await;
 
     std::fs::write(s.path().join("release"), "").unwrap();
     // When the run ends the page reloads with the details: both steps succeeded.

@@ -41,6 +41,10 @@ pub(super) struct RunQuery {
     step: Option<String>,
     expand: Option<String>,
     page: Option<usize>,
+    /// Live updates: the attempt of `step` whose stdout the page shows...
+    attempt: Option<u32>,
+    /// ...and the byte of it the page's tail ends at.
+    from: Option<u64>,
 }
 
 /// What a run's page is made of, read off the async threads.
@@ -104,13 +108,25 @@ fn render(loaded: &Loaded, query: &RunQuery, viewer: &Viewer) -> Markup {
         .as_ref()
         .map(|e| format!("&expand={}", encode(e)))
         .unwrap_or_default();
+    let selected = query.step.as_deref().and_then(|s| by_name.get(s).copied());
+    // A selected step's stdout goes on from where the page's tail ends.
+    let follow = selected
+        .and_then(|step| step.last_attempt().map(|a| (step, a)))
+        .map(|(step, a)| {
+            let size = std::fs::symlink_metadata(a.dir.join("stdout.log")).map_or(0, |m| m.len());
+            format!(
+                "&step={}&attempt={}&from={size}",
+                encode(&step.name),
+                a.number
+            )
+        })
+        .unwrap_or_default();
     let live = (!run.status.is_terminal()).then(|| {
         format!(
-            "{base}/live?expand={}",
+            "{base}/live?expand={}{follow}",
             encode(query.expand.as_deref().unwrap_or(""))
         )
     });
-    let selected = query.step.as_deref().and_then(|s| by_name.get(s).copied());
     html! {
         div data-live=[live] {
             h1 { "Run " span.mono { (run.id) } " " span class={ "badge st-" (run.status.as_str()) } data-run-status { (run.status.as_str()) } }
@@ -412,7 +428,7 @@ fn step_detail(run: &RunRecord, step: &StepRecord) -> Markup {
                 a href=(log_link(&run.id, &step.name, "stderr")) { "whole stderr" }
                 @if !attempt.status.is_terminal() { " · " a href={ (log_link(&run.id, &step.name, "stdout")) "&follow=true" } { "follow stdout" } }
             }
-            pre.log { (tail("stdout.log")) }
+            pre.log #stdout-tail { (tail("stdout.log")) }
             @let errors = tail("stderr.log");
             @if !errors.is_empty() { pre.log { (errors) } }
         }
@@ -430,12 +446,18 @@ pub(super) async fn live(
     let store = ui.api.daemon.engine().store.clone();
     let shutdown = ui.api.daemon.shutdown_token().clone();
     let expand = query.expand.filter(|e| !e.is_empty());
+    let log = query.step.filter(|s| !s.is_empty()).map(|step| LogFollow {
+        step,
+        attempt: query.attempt.unwrap_or(0),
+        offset: query.from.unwrap_or(0),
+    });
     let stream = futures_util::stream::unfold(
         Live {
             ui,
             store,
             id,
             expand,
+            log,
             graph: None,
             nodes: HashMap::new(),
             steps: HashMap::new(),
@@ -471,6 +493,8 @@ struct Live {
     store: Store,
     id: String,
     expand: Option<String>,
+    /// The selected step's stdout, followed.
+    log: Option<LogFollow>,
     graph: Option<Graph>,
     nodes: HashMap<String, &'static str>,
     steps: HashMap<String, &'static str>,
@@ -528,11 +552,63 @@ impl Live {
                     .data(serde_json::Value::Object(steps).to_string()),
             );
         }
+        if let Some(text) = self.more_log(&loaded.steps).await {
+            events.push(Event::default().event("log").data(text));
+        }
         self.ended = loaded.run.status.is_terminal();
         let run = serde_json::json!({"status": loaded.run.status.as_str(), "ended": self.ended});
         events.push(Event::default().event("run").data(run.to_string()));
         events
     }
+}
+
+/// Where a followed stdout stands.
+struct LogFollow {
+    step: String,
+    attempt: u32,
+    offset: u64,
+}
+
+/// Most of a log sent in one live update.
+const LOG_CHUNK: u64 = 64 * 1024;
+
+impl Live {
+    /// What the followed step wrote to stdout since the last update (from its start when a new
+    /// attempt began), as JSON text `{"reset": bool, "text": "..."}`.
+    async fn more_log(&mut self, steps: &[StepRecord]) -> Option<String> {
+        let follow = self.log.as_mut()?;
+        let attempt = steps
+            .iter()
+            .find(|s| s.name == follow.step)?
+            .last_attempt()?
+            .clone();
+        let reset = attempt.number != follow.attempt;
+        if reset {
+            follow.attempt = attempt.number;
+            follow.offset = 0;
+        }
+        let (path, offset) = (attempt.dir.join("stdout.log"), follow.offset);
+        let read = tokio::task::spawn_blocking(move || read_from(&path, offset))
+            .await
+            .ok()??;
+        follow.offset += read.len() as u64;
+        if read.is_empty() && !reset {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&read).into_owned();
+        Some(serde_json::json!({"reset": reset, "text": text}).to_string())
+    }
+}
+
+/// Up to [`LOG_CHUNK`] bytes of a log from `offset`; never through a link, never a FIFO (a
+/// step may have replaced its log's name).
+fn read_from(path: &std::path::Path, offset: u64) -> Option<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = sluice_worker::safe_fs::open_regular(path).ok()??;
+    file.seek(SeekFrom::Start(offset)).ok()?;
+    let mut bytes = Vec::new();
+    file.take(LOG_CHUNK).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
 }
 
 fn status_str(status: StepStatus) -> &'static str {

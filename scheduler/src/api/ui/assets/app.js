@@ -27,6 +27,14 @@ window.addEventListener("error", (event) => window.sluiceErrors.push(String(even
       }
     }
   });
+  source.addEventListener("log", (event) => {
+    const log = JSON.parse(event.data);
+    const tail = document.getElementById("stdout-tail");
+    if (!tail) return;
+    if (log.reset) tail.textContent = "";
+    tail.textContent = (tail.textContent + log.text).slice(-200000);
+    tail.scrollTop = tail.scrollHeight;
+  });
   source.addEventListener("run", (event) => {
     const run = JSON.parse(event.data);
     const badge = document.querySelector("[data-run-status]");

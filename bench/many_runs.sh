@@ -11,7 +11,8 @@
 #    says which.
 # 2. Restarts the scheduler on the same store and measures: time until it listens, its VmRSS
 #    after start, the time of `GET /api/v1/runs?limit=50` (curl's time_total, median of 10), its
-#    VmRSS after those, `sluice runs --server URL` (the whole command, median of 10).
+#    VmRSS after those, `sluice runs --server URL` (the whole command, median of 10), and the web
+#    UI's runs page (`GET /ui/runs`, median of 10).
 # 3. Stops the scheduler and times `sluice runs --data-dir DATA` (the store read directly, median
 #    of 10, with its peak RSS from /usr/bin/time).
 # Also: an idle worker's VmRSS, and the store's size on disk; the first batch's trigger answer
@@ -135,6 +136,13 @@ for _ in $(seq 10); do
     t=$(date +%s%N); "$SLUICE" runs --server "$URL" > "$WORK/runs_remote.txt"; echo $(( ($(date +%s%N) - t) / 1000 ))
 done > "$WORK/remote.txt"
 REMOTE_MS=$(python3 -c "print($(median < "$WORK/remote.txt") / 1000)")
+# The web UI's runs page (an open scheduler: no token; the first answer makes the session).
+curl -s -c "$WORK/ui.cookies" -o /dev/null "$URL/ui/runs"
+for _ in $(seq 10); do
+    curl -s -b "$WORK/ui.cookies" -o "$WORK/ui.html" -w '%{time_total}\n' "$URL/ui/runs"
+done > "$WORK/ui.txt"
+UI_MS=$(python3 -c "import statistics;print(round(statistics.median(float(l) for l in open('$WORK/ui.txt')) * 1000, 1))")
+UI_KB=$(python3 -c "import os;print(round(os.path.getsize('$WORK/ui.html') / 1000, 1))")
 SCHED_AFTER_RSS=$(rss "$SCHED_PID")
 LAST_PAGE=$(curl -s -o /dev/null -w '%{time_total}' "$URL/api/v1/runs?limit=50&before=$(curl -s "$URL/api/v1/runs?limit=1000" | python3 -c 'import json,sys; print(json.load(sys.stdin)["next_before"])')")
 stop_scheduler
@@ -167,6 +175,7 @@ echo "| scheduler VmRSS after the $TOTAL runs (peak while filling) | $SCHED_LOAD
 echo "| scheduler restart on $TOTAL runs, until it listens | $RESTART_MS ms |"
 echo "| scheduler VmRSS after restart, idle 2 s | $SCHED_START_RSS MiB |"
 echo "| \`GET /api/v1/runs?limit=50\` (curl time_total, median / max of 10) | $CURL_MS / $CURL_MAX_MS ms ($PAGE_N runs: $PAGE_ST) |"
+echo "| \`GET /ui/runs\` (the web UI's runs page, curl time_total, median of 10) | $UI_MS ms, $UI_KB KB |"
 echo "| \`GET /api/v1/runs?limit=50&before=<1000th newest>\` (once) | $(python3 -c "print(round($LAST_PAGE * 1000, 1))") ms |"
 echo "| \`sluice runs --server URL\` (whole command, median of 10) | $REMOTE_MS ms |"
 echo "| scheduler VmRSS after those requests | $SCHED_AFTER_RSS MiB |"

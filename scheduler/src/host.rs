@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::store::{RunLookup, RunRecord, Store, StoreError};
+use crate::daemon::CancelError;
+use crate::store::{RunLookup, RunRecord, Store};
 
 /// How long the hand-over waits for answers in flight (a client reading slowly cannot hold the
 /// process).
@@ -87,27 +88,6 @@ pub type Launcher = Arc<
         + Send
         + Sync,
 >;
-
-/// Why a cancel through the socket did not go through.
-#[derive(Debug, thiserror::Error)]
-pub enum HostCancelError {
-    /// No run has that id (or prefix).
-    #[error("no run `{0}`")]
-    UnknownRun(String),
-    /// Several runs start with that prefix.
-    #[error("`{0}` matches several runs; give more of the id")]
-    Ambiguous(String),
-    /// The run already ended.
-    #[error("run `{0}` already finished ({1})")]
-    Finished(String, &'static str),
-    /// The run is unfinished but nothing in this process drives it (its runner died:
-    /// `sluice run --resume` finishes it).
-    #[error("run `{0}` is not being run by the process holding this data dir")]
-    NotDriven(String),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 /// The holder's side: its store, the runs it drives, and the socket's server.
 pub struct Host {
@@ -193,14 +173,14 @@ impl Host {
     }
 
     /// Cancels a run driven in this process.
-    pub fn cancel(&self, id: &str) -> Result<RunRecord, HostCancelError> {
+    pub fn cancel(&self, id: &str) -> Result<RunRecord, CancelError> {
         let run = match self.store.lookup_run(id)? {
             RunLookup::Found(run) => run,
-            RunLookup::NotFound => return Err(HostCancelError::UnknownRun(id.to_string())),
-            RunLookup::Ambiguous => return Err(HostCancelError::Ambiguous(id.to_string())),
+            RunLookup::NotFound => return Err(CancelError::UnknownRun(id.to_string())),
+            RunLookup::Ambiguous => return Err(CancelError::Ambiguous(id.to_string())),
         };
         if run.status.is_terminal() {
-            return Err(HostCancelError::Finished(run.id, run.status.as_str()));
+            return Err(CancelError::Finished(run.id, run.status.as_str()));
         }
         let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         match live.get(&run.id) {
@@ -208,7 +188,7 @@ impl Host {
                 token.cancel();
                 Ok(run)
             }
-            None => Err(HostCancelError::NotDriven(run.id)),
+            None => Err(CancelError::NotDriven(run.id)),
         }
     }
 

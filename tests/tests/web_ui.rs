@@ -89,6 +89,12 @@ async fn browser(driver: &Driver) -> Client {
         .expect("a browser session")
 }
 
+/// Clicks the first element `css` finds.
+async fn click(client: &Client, css: &str) {
+    let element = client.find(Locator::Css(css)).await.expect(css);
+    element.click().await.expect("a click");
+}
+
 /// Polls a script until it returns `true`.
 async fn wait_for(client: &Client, what: &str, script: &str) {
     let until = Instant::now() + WAIT;
@@ -140,13 +146,7 @@ async fn a_person_signs_in_starts_a_run_watches_it_live_and_cancels_another() {
         .send_keys(TOKEN)
         .await
         .unwrap();
-    client
-        .find(Locator::Css("form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "form button[type=submit]").await;
     wait_for(
         &client,
         "the pipeline page",
@@ -166,13 +166,7 @@ async fn a_person_signs_in_starts_a_run_watches_it_live_and_cancels_another() {
     );
     rounds.clear().await.unwrap();
     rounds.send_keys("5").await.unwrap();
-    client
-        .find(Locator::Css("form.panel button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "form.panel button[type=submit]").await;
     wait_for(
         &client,
         "the run page",
@@ -249,26 +243,14 @@ async fn a_person_signs_in_starts_a_run_watches_it_live_and_cancels_another() {
         .goto(&format!("{base}/ui/pipelines/gated"))
         .await
         .unwrap();
-    client
-        .find(Locator::Css("form.panel button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "form.panel button[type=submit]").await;
     wait_for(
         &client,
         "the second run's page",
         "return !!document.querySelector('button.danger');",
     )
     .await;
-    client
-        .find(Locator::Css("button.danger"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "button.danger").await;
     wait_for(
         &client,
         "the run to end cancelled",

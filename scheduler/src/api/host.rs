@@ -13,9 +13,9 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::logs::{serve_log, LogQuery, LogSource};
-use super::runs::{list_runs, run_events, show_run, ListQuery};
+use super::runs::{cancel_answer, list_runs, run_events, show_run, ListQuery};
 use super::ApiError;
-use crate::host::{Host, HostCancelError, Refused, Submission};
+use crate::host::{Host, Refused, Submission};
 
 /// The socket's routes.
 pub fn router(host: Arc<Host>) -> Router {
@@ -75,22 +75,7 @@ async fn cancel(
     State(host): State<Arc<Host>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    match host.cancel(&id) {
-        Ok(run) => Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({ "run": run.id, "status": "cancelling" })),
-        )
-            .into_response()),
-        Err(err @ HostCancelError::UnknownRun(_)) => Err(ApiError::not_found(err.to_string())),
-        Err(err @ (HostCancelError::Finished(..) | HostCancelError::Ambiguous(_))) => {
-            Err(ApiError::new(StatusCode::CONFLICT, err.to_string()))
-        }
-        Err(err @ HostCancelError::NotDriven(_)) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            err.to_string(),
-        )),
-        Err(HostCancelError::Store(err)) => Err(ApiError::internal(err)),
-    }
+    cancel_answer(host.cancel(&id))
 }
 
 async fn submit(

@@ -297,7 +297,15 @@ pub(super) async fn cancel(
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
     let by = caller.0.as_deref().unwrap_or("api");
-    match state.daemon.cancel(&id, by) {
+    cancel_answer(state.daemon.cancel(&id, by))
+}
+
+/// What a cancel answers: 202 while the run stops, 404, 409 when it is over or the prefix is
+/// ambiguous, 503 when nothing here drives it.
+pub(super) fn cancel_answer(
+    cancelled: Result<RunRecord, CancelError>,
+) -> Result<Response, ApiError> {
+    match cancelled {
         Ok(run) => Ok((
             StatusCode::ACCEPTED,
             Json(json!({ "run": run.id, "status": "cancelling" })),

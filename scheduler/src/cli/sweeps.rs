@@ -4,20 +4,13 @@
 
 use std::io::Write;
 
-use indexmap::{IndexMap, IndexSet};
+use indexmap::IndexSet;
 
 use crate::store::StepRecord;
 
 /// Writes one table per step written with `matrix:`; nothing when the run has none.
 pub fn write_sweeps(out: &mut impl Write, steps: &[StepRecord]) -> std::io::Result<()> {
-    let mut sweeps: IndexMap<&str, Vec<&StepRecord>> = IndexMap::new();
-    for step in steps.iter().filter(|s| !s.matrix.is_empty()) {
-        let written = step
-            .name
-            .split_once('[')
-            .map_or(step.name.as_str(), |(w, _)| w);
-        sweeps.entry(written).or_default().push(step);
-    }
+    let sweeps = crate::store::sweeps(steps);
     for (written, cells) in sweeps {
         let axes: IndexSet<&str> = cells
             .iter()

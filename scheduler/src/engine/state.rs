@@ -182,20 +182,7 @@ impl RunState {
                         Some(crate::spec::Matrix::Cell { values, .. }) => values.clone(),
                         _ => Default::default(),
                     },
-                    run_id: run.id.clone(),
-                    name: name.clone(),
-                    index: i as u32,
-                    status: StepStatus::Pending,
-                    attempts: Vec::new(),
-                    outputs: Default::default(),
-                    metrics: Default::default(),
-                    artifacts: Vec::new(),
-                    image_digest: None,
-                    cache: None,
-                    gate: None,
-                    models: Default::default(),
-                    reason: None,
-                    retry_at_ms: None,
+                    ..StepRecord::pending(&run.id, name, i as u32)
                 };
                 (name.clone(), record)
             })

@@ -176,22 +176,9 @@ pub fn needed_by(pipeline: &Pipeline, chosen: &BTreeSet<String>) -> BTreeSet<Str
 
 fn skipped_record(name: &str, reason: &str) -> StepRecord {
     StepRecord {
-        run_id: String::new(),
-        name: name.to_string(),
-        index: 0,
         status: StepStatus::Skipped,
-        attempts: Vec::new(),
-        outputs: Default::default(),
-        metrics: Default::default(),
-        artifacts: Vec::new(),
-        image_digest: None,
-        cache: None,
-        gate: None,
-        models: Default::default(),
         reason: Some(reason.to_string()),
-        retry_at_ms: None,
-        phase: Default::default(),
-        matrix: Default::default(),
+        ..StepRecord::pending("", name, 0)
     }
 }
 

@@ -212,6 +212,29 @@ pub struct StepRecord {
 }
 
 impl StepRecord {
+    /// Step `name` (at `index` in its pipeline) of `run_id`, not started: no attempts, nothing
+    /// recorded.
+    pub fn pending(run_id: &str, name: &str, index: u32) -> StepRecord {
+        StepRecord {
+            run_id: run_id.to_string(),
+            name: name.to_string(),
+            index,
+            status: StepStatus::Pending,
+            attempts: Vec::new(),
+            outputs: Default::default(),
+            metrics: Default::default(),
+            artifacts: Vec::new(),
+            image_digest: None,
+            cache: None,
+            gate: None,
+            models: Default::default(),
+            reason: None,
+            retry_at_ms: None,
+            phase: Default::default(),
+            matrix: Default::default(),
+        }
+    }
+
     /// The latest attempt, if any.
     pub fn last_attempt(&self) -> Option<&AttemptRecord> {
         self.attempts.last()
@@ -223,6 +246,20 @@ impl StepRecord {
         let end = self.attempts.last()?.finished_ms?;
         Some(end.saturating_sub(start))
     }
+}
+
+/// The expansions of each `matrix:` step among `steps`, by the step's name as written
+/// (`train` for `train[lr=0.1]`), in the order they come.
+pub fn sweeps(steps: &[StepRecord]) -> indexmap::IndexMap<&str, Vec<&StepRecord>> {
+    let mut sweeps: indexmap::IndexMap<&str, Vec<&StepRecord>> = indexmap::IndexMap::new();
+    for step in steps.iter().filter(|s| !s.matrix.is_empty()) {
+        let written = step
+            .name
+            .split_once('[')
+            .map_or(step.name.as_str(), |(w, _)| w);
+        sweeps.entry(written).or_default().push(step);
+    }
+    sweeps
 }
 
 /// An entry in a run's history.

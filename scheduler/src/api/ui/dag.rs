@@ -407,22 +407,8 @@ mod tests {
             section: 0,
         };
         let record = |name: &str, status| StepRecord {
-            run_id: "r".into(),
-            name: name.into(),
-            index: 0,
             status,
-            attempts: Vec::new(),
-            outputs: Default::default(),
-            metrics: Default::default(),
-            artifacts: Vec::new(),
-            image_digest: None,
-            cache: None,
-            gate: None,
-            models: Default::default(),
-            reason: None,
-            retry_at_ms: None,
-            phase: Default::default(),
-            matrix: Default::default(),
+            ..StepRecord::pending("r", name, 0)
         };
         let (a, b) = (
             record("a", StepStatus::Running),

@@ -230,6 +230,24 @@ async fn logout(
     response
 }
 
+/// Why a form may not act, as the answer to send: a CSRF token that is not the session's, or
+/// a viewer without the `trigger` role (`what` says what was asked, for the message).
+fn refuse_action(viewer: &session::Viewer, csrf: &str, what: &str) -> Option<Response> {
+    if !session::csrf_ok(viewer, csrf) {
+        return Some(forbidden());
+    }
+    if !viewer.can_trigger() {
+        let message = format!("{what} needs a token with the `trigger` role");
+        return Some(problem(StatusCode::FORBIDDEN, viewer, &message));
+    }
+    None
+}
+
+/// Who acted, as a run's trigger or the registry's history records it.
+fn acted_by(viewer: &session::Viewer) -> String {
+    format!("{} (web UI)", viewer.name.as_deref().unwrap_or("someone"))
+}
+
 /// The answer to a form whose CSRF token is not the session's.
 fn forbidden() -> Response {
     (

@@ -8,8 +8,8 @@ use maud::html;
 use serde::Deserialize;
 
 use super::pages::{csrf, encode, frame, when, Section};
-use super::session::{csrf_ok, Viewer};
-use super::{forbidden, problem, UiState};
+use super::session::Viewer;
+use super::{acted_by, problem, refuse_action, UiState};
 use crate::api::models::{self, AliasChange, ModelDetail, ModelHistory};
 
 /// History entries shown per model, newest first.
@@ -135,21 +135,11 @@ async fn move_alias(
     form: AliasForm,
     promote: bool,
 ) -> Response {
-    if !csrf_ok(&viewer, &form.csrf) {
-        return forbidden();
-    }
-    if !viewer.can_trigger() {
-        return problem(
-            StatusCode::FORBIDDEN,
-            &viewer,
-            "moving aliases needs a token with the `trigger` role",
-        );
+    if let Some(refused) = refuse_action(&viewer, &form.csrf, "moving aliases") {
+        return refused;
     }
     let store = ui.api.daemon.engine().store.clone();
-    let who = format!(
-        "{} (web UI)",
-        viewer.name.clone().unwrap_or_else(|| "someone".into())
-    );
+    let who = acted_by(&viewer);
     let moved = tokio::task::spawn_blocking(move || {
         let change = AliasChange {
             model: &model,

@@ -11,8 +11,8 @@ use maud::{html, Markup};
 
 use super::pages::{badge, csrf, encode, frame, raw, took, when, Section};
 use super::runs::started;
-use super::session::{csrf_ok, Viewer};
-use super::{forbidden, problem, UiState};
+use super::session::Viewer;
+use super::{acted_by, problem, refuse_action, UiState};
 use crate::daemon::Origin;
 use crate::spec::{LoadedPipeline, ParamType};
 use crate::store::{RunRecord, TriggerOrigin};
@@ -218,18 +218,9 @@ pub(super) async fn trigger(
     Path(name): Path<String>,
     Form(form): Form<BTreeMap<String, String>>,
 ) -> Response {
-    if !form
-        .get("csrf")
-        .is_some_and(|given| csrf_ok(&viewer, given))
-    {
-        return forbidden();
-    }
-    if !viewer.can_trigger() {
-        return problem(
-            StatusCode::FORBIDDEN,
-            &viewer,
-            "starting runs needs a token with the `trigger` role",
-        );
+    let given = form.get("csrf").map(String::as_str).unwrap_or_default();
+    if let Some(refused) = refuse_action(&viewer, given, "starting runs") {
+        return refused;
     }
     let overrides: BTreeMap<String, String> = form
         .iter()
@@ -237,10 +228,7 @@ pub(super) async fn trigger(
         .collect();
     let origin = Origin {
         trigger: TriggerOrigin::Api {
-            by: Some(format!(
-                "{} (web UI)",
-                viewer.name.clone().unwrap_or_else(|| "someone".into())
-            )),
+            by: Some(acted_by(&viewer)),
         },
         no_cache: form.get("no_cache").is_some_and(|v| v == "true"),
         ..Origin::default()

@@ -336,14 +336,7 @@ fn values(step: &StepRecord) -> String {
 
 /// One table per `matrix:` step: its values, state and metrics side by side.
 fn sweeps(steps: &[StepRecord]) -> Markup {
-    let mut sweeps: indexmap::IndexMap<&str, Vec<&StepRecord>> = indexmap::IndexMap::new();
-    for step in steps.iter().filter(|s| !s.matrix.is_empty()) {
-        let written = step
-            .name
-            .split_once('[')
-            .map_or(step.name.as_str(), |(w, _)| w);
-        sweeps.entry(written).or_default().push(step);
-    }
+    let sweeps = crate::store::sweeps(steps);
     html! {
         @for (written, cells) in &sweeps {
             @let axes: IndexSet<&str> = cells.iter().flat_map(|c| c.matrix.keys().map(String::as_str)).collect();

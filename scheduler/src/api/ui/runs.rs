@@ -9,8 +9,8 @@ use maud::html;
 use serde::Deserialize;
 
 use super::pages::{badge, encode, frame, took, when, Section};
-use super::session::{csrf_ok, Viewer};
-use super::{forbidden, problem, UiState};
+use super::session::Viewer;
+use super::{acted_by, problem, refuse_action, UiState};
 use crate::api::logs::{serve_log, LogQuery, LogSource};
 use crate::api::runs::{list_runs, ListQuery};
 use crate::daemon::{CancelError, Started, TriggerError};
@@ -148,18 +148,10 @@ pub(super) async fn cancel(
     Path(id): Path<String>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    if !csrf_ok(&viewer, &form.csrf) {
-        return forbidden();
+    if let Some(refused) = refuse_action(&viewer, &form.csrf, "cancelling") {
+        return refused;
     }
-    if !viewer.can_trigger() {
-        return problem(
-            StatusCode::FORBIDDEN,
-            &viewer,
-            "cancelling needs a token with the `trigger` role",
-        );
-    }
-    let by = viewer.name.clone().unwrap_or_else(|| "web UI".into());
-    match ui.api.daemon.cancel(&id, &format!("{by} (web UI)")) {
+    match ui.api.daemon.cancel(&id, &acted_by(&viewer)) {
         Ok(run) => Redirect::to(&format!("/ui/runs/{}", encode(&run.id))).into_response(),
         Err(err @ (CancelError::UnknownRun(_) | CancelError::Ambiguous(_))) => {
             problem(StatusCode::NOT_FOUND, &viewer, &err.to_string())
@@ -177,22 +169,12 @@ pub(super) async fn retry(
     Path(id): Path<String>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    if !csrf_ok(&viewer, &form.csrf) {
-        return forbidden();
-    }
-    if !viewer.can_trigger() {
-        return problem(
-            StatusCode::FORBIDDEN,
-            &viewer,
-            "retrying needs a token with the `trigger` role",
-        );
+    if let Some(refused) = refuse_action(&viewer, &form.csrf, "retrying") {
+        return refused;
     }
     let daemon = ui.api.daemon.clone();
     let from = form.from.filter(|f| !f.is_empty());
-    let by = Some(format!(
-        "{} (web UI)",
-        viewer.name.clone().unwrap_or_else(|| "someone".into())
-    ));
+    let by = Some(acted_by(&viewer));
     let created = tokio::task::spawn_blocking(move || daemon.retry(&id, from.as_deref(), by)).await;
     started(created.map_err(|e| e.to_string()), &viewer)
 }

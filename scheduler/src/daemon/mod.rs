@@ -16,9 +16,11 @@ mod start;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use sluice_worker::gpu::GpuInventory;
 use sluice_worker::queue::{RedisQueue, WorkerInfo};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -53,7 +55,18 @@ pub enum Workers {
     /// Workers that heartbeat through Redis.
     Redis(Arc<RedisQueue>),
     /// The in-process workers of `sluice server`.
-    InProcess(Vec<WorkerInfo>),
+    InProcess(Vec<InProcessWorker>),
+}
+
+/// An in-process worker of `sluice server`: what it advertises, with its live load (read by
+/// `/api/v1/workers` and `/metrics` as a Redis worker's heartbeat would say it).
+pub struct InProcessWorker {
+    /// Name, queues, slots and GPUs.
+    pub info: WorkerInfo,
+    /// How many tasks it runs now: the counter its worker loop keeps (`WorkerHooks::busy`).
+    pub busy: Arc<AtomicUsize>,
+    /// The GPUs its worker loop leases to steps (`WorkerHooks::gpus`).
+    pub gpus: Arc<GpuInventory>,
 }
 
 /// A run being driven: how to reach its driver.
@@ -241,10 +254,18 @@ impl Daemon {
                 .iter()
                 .map(|w| WorkerInfo {
                     heartbeat_ms: sluice_worker::task::now_ms(),
-                    ..w.clone()
+                    running: w.busy.load(Ordering::Relaxed),
+                    gpus_free: Some(w.gpus.free_count()),
+                    ..w.info.clone()
                 })
                 .collect()),
         }
+    }
+
+    /// Whether `worker` heartbeated within the lease at `now_ms`: one silent for longer is gone,
+    /// and its tasks are being taken back.
+    pub fn is_alive(&self, worker: &WorkerInfo, now_ms: u64) -> bool {
+        u128::from(now_ms.saturating_sub(worker.heartbeat_ms)) <= self.config.lease.as_millis()
     }
 
     /// How long a worker may be silent before its tasks are taken back.

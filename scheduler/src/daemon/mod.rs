@@ -4,7 +4,8 @@
 //! every run and hands each run its share; a batch is acknowledged to the queue only once every
 //! run it touched has committed it (commit first, then acknowledge, across runs). With Redis, a
 //! janitor takes back tasks whose worker stopped heartbeating and notices when Redis lost its
-//! data; on start the daemon picks up every run that was in flight.
+//! data; on start the daemon picks up every run that was in flight. Every driver counts what it
+//! commits into the daemon's [`Metrics`] (see [`crate::metrics`]).
 
 mod catalog;
 mod follow;
@@ -12,6 +13,7 @@ mod janitor;
 pub mod notify;
 mod router;
 mod schedule;
+mod scrape;
 mod start;
 
 use std::collections::HashMap;
@@ -26,7 +28,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::engine::{Engine, EngineError, RoutedEvent, RunDriver, Silent};
+use crate::engine::{Engine, EngineError, RoutedEvent, RunDriver};
+use crate::metrics::{Metrics, RunTally};
 use crate::store::marks::{self, CancelMark};
 use crate::store::{RunLookup, RunRecord};
 
@@ -142,6 +145,8 @@ pub struct Daemon {
     /// The last store probe of `/readyz` and when it ran: reused for a second, so that an
     /// unauthenticated caller cannot make the store flush (or reopen) at will.
     store_probe: Mutex<Option<(std::time::Instant, Result<(), String>)>>,
+    /// What `/metrics` counts: runs, steps, triggers, webhook refusals, leases lost.
+    metrics: Metrics,
 }
 
 impl Daemon {
@@ -173,6 +178,7 @@ impl Daemon {
             slot_freed: tokio::sync::Notify::new(),
             started_ms: sluice_worker::task::now_ms(),
             store_probe: Mutex::new(None),
+            metrics: Metrics::default(),
         });
         // Before picking runs up: what an empty Redis lost must be queued again.
         let redis_lost_data = match &daemon.workers {
@@ -194,7 +200,8 @@ impl Daemon {
     fn reattach_unfinished(self: &Arc<Self>, redis_lost_data: bool) -> anyhow::Result<()> {
         let ids = self.engine.store.unfinished_runs()?;
         for id in ids {
-            match RunDriver::reattach(self.engine.clone(), &id, Box::new(Silent), redis_lost_data) {
+            let tally = Box::new(RunTally::new(self.metrics.clone(), self.final_steps(&id)));
+            match RunDriver::reattach(self.engine.clone(), &id, tally, redis_lost_data) {
                 Ok(driver) => {
                     tracing::info!(run = %id, pipeline = %driver.run().pipeline, "Picked up a run in flight.");
                     let cancel_requested = matches!(
@@ -211,6 +218,23 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    /// Names of the steps of run `id` that are final in the store: counted by the daemon that
+    /// saw them end, not again by this one. A store that cannot say gives none (at worst such a
+    /// step, committed again, is counted twice).
+    fn final_steps(&self, id: &str) -> Vec<String> {
+        let steps = self.engine.store.steps(id).unwrap_or_default();
+        steps
+            .into_iter()
+            .filter(|s| s.status.is_terminal())
+            .map(|s| s.name)
+            .collect()
+    }
+
+    /// What `/metrics` counts (see [`crate::metrics`]).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The engine (store, queue, data dir).

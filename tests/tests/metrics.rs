@@ -1,0 +1,235 @@
+//! `GET /metrics` of the real daemons: the text passes `promtool check metrics` (Prometheus'
+//! own parser and linter), and it counts what happened: runs by final state, steps, trigger
+//! firings, a refused webhook by its reason, tasks waiting in the Redis queue, workers. With
+//! tokens configured it is a read: a read token gets it, no token does not.
+//!
+//! Without `promtool` the check by it is skipped with a printed reason (the rest still runs),
+//! unless `SLUICE_REQUIRE_PROMTOOL=1` (CI sets it), where it fails. The Redis test is skipped
+//! without `redis-server` likewise (`SLUICE_REQUIRE_REDIS=1`).
+
+use std::time::Duration;
+
+use sluice_tests::cluster::{http, post_with_headers, Cluster, Server};
+use sluice_tests::promtool::{check_metrics, promtool_available};
+use sluice_tests::{text, wait_until, Scratch};
+
+/// Checks `metrics` with promtool, when there is one (see the module docs).
+fn promtool_accepts(metrics: &str) {
+    if promtool_available() {
+        if let Err(why) = check_metrics(metrics) {
+            panic!("{why}\n--- the scraped text:\n{metrics}");
+        }
+    }
+}
+
+/// The value of the sample `series` (name and labels exactly as written) in `metrics`.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
+fn start_run(server: &Server, pipeline: &str, body: &str) -> String {
+    let (status, reply) = http(
+        "POST",
+        &format!("{}/api/v1/pipelines/{pipeline}/runs", server.url()),
+        None,
+        Some(body),
+    );
+    assert_eq!(status, 201, "{reply}");
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    reply["run"]["id"].as_str().unwrap().to_string()
+}
+
+fn wait_status(server: &Server, run: &str, status: &str) {
+    wait_until(
+        &format!("run {run} to be {status}"),
+        Duration::from_secs(60),
+        || server.get(&format!("/api/v1/runs/{run}"))["run"]["status"] == status,
+    );
+}
+
+#[test]
+fn the_servers_metrics_pass_promtool_and_count_runs_steps_triggers_and_refused_webhooks() {
+    let s = Scratch::new();
+    s.write(
+        "pipelines/nightly.yaml",
+        "name: nightly
+params: {fail: \"no\"}
+triggers:
+  - webhook: data
+    secret_env: HOOK_SECRET
+steps:
+  fit:
+    run: test \"$PARAM_FAIL\" != yes
+",
+    );
+    let server = Server::start(&s, &[("HOOK_SECRET", "s3cret")]);
+    let ok = start_run(&server, "nightly", "");
+    wait_status(&server, &ok, "succeeded");
+    let failing = start_run(&server, "nightly", r#"{"params": {"fail": "yes"}}"#);
+    wait_status(&server, &failing, "failed");
+    let (status, reply) = post_with_headers(
+        &format!("{}/hooks/nightly/data", server.url()),
+        &[("X-Sluice-Signature", format!("sha256={}", "0".repeat(64)))],
+        b"{}",
+    );
+    assert_eq!(status, 401, "a wrong signature is refused: {reply}");
+    let (status, reply) =
+        post_with_headers(&format!("{}/hooks/nightly/nope", server.url()), &[], b"{}");
+    assert_eq!(status, 404, "{reply}");
+
+    let (status, metrics) = http("GET", &format!("{}/metrics", server.url()), None, None);
+    assert_eq!(status, 200, "{metrics}");
+    promtool_accepts(&metrics);
+    let expect = [
+        (r#"sluice_runs_started_total{pipeline="nightly"}"#, 2.0),
+        (
+            r#"sluice_runs_finished_total{pipeline="nightly",state="succeeded"}"#,
+            1.0,
+        ),
+        (
+            r#"sluice_runs_finished_total{pipeline="nightly",state="failed"}"#,
+            1.0,
+        ),
+        (
+            r#"sluice_runs_finished_total{pipeline="nightly",state="cancelled"}"#,
+            0.0,
+        ),
+        (
+            r#"sluice_steps_finished_total{pipeline="nightly",state="succeeded"}"#,
+            1.0,
+        ),
+        (
+            r#"sluice_steps_finished_total{pipeline="nightly",state="failed"}"#,
+            1.0,
+        ),
+        (
+            r#"sluice_step_duration_seconds_count{pipeline="nightly"}"#,
+            2.0,
+        ),
+        (
+            r#"sluice_trigger_firings_total{kind="api",pipeline="nightly"}"#,
+            2.0,
+        ),
+        (
+            r#"sluice_webhook_rejections_total{reason="bad_signature"}"#,
+            1.0,
+        ),
+        (r#"sluice_webhook_rejections_total{reason="unknown"}"#, 1.0),
+        (r#"sluice_workers{state="alive"}"#, 1.0),
+        (r#"sluice_queue_depth{queue="default"}"#, 0.0),
+        (r#"sluice_scrape_source_up{source="queue"}"#, 1.0),
+        (r#"sluice_scrape_source_up{source="store"}"#, 1.0),
+    ];
+    for (series, value) in expect {
+        assert_eq!(
+            sample(&metrics, series),
+            Some(value),
+            "{series} should be {value} in:\n{metrics}"
+        );
+    }
+    assert!(
+        sample(&metrics, "sluice_store_size_bytes").is_some_and(|bytes| bytes > 0.0),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(&ok) && !metrics.contains("step=\"") && !metrics.contains("fit"),
+        "no run id or step name is a label:\n{metrics}"
+    );
+}
+
+#[test]
+fn the_schedulers_metrics_need_a_read_token_and_show_the_tasks_waiting_in_redis() {
+    let Some(mut cluster) = Cluster::new() else {
+        return;
+    };
+    cluster.pipeline("waits", "name: waits\nsteps:\n  only:\n    run: 'true'\n");
+    let made = cluster
+        .scratch
+        .run(&["token", "new", "prometheus", "--role", "read"]);
+    let made = text(&made.stdout);
+    let viewer = made
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("token: ")
+        .to_string();
+    let line = made
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim_start_matches("tokens file line: ");
+    let tokens = cluster.scratch.write("tokens", &format!("{line}\n"));
+    cluster.start_scheduler_with(&[
+        "--api-token",
+        "s3cret",
+        "--tokens",
+        tokens.to_str().unwrap(),
+    ]);
+    cluster.client_token = Some("s3cret".into());
+    // No worker: the run's task waits in the Redis stream.
+    let run = cluster.trigger("waits");
+    let url = format!("{}/metrics", cluster.server());
+    assert_eq!(http("GET", &url, None, None).0, 401, "a token is needed");
+    let mut metrics = String::new();
+    wait_until(
+        "the task to be counted as waiting",
+        Duration::from_secs(30),
+        || {
+            let (status, body) = http("GET", &url, Some(&viewer), None);
+            assert_eq!(status, 200, "a read token may scrape: {body}");
+            metrics = body;
+            sample(&metrics, r#"sluice_queue_depth{queue="default"}"#) == Some(1.0)
+        },
+    );
+    promtool_accepts(&metrics);
+    for (series, value) in [
+        (
+            r#"sluice_runs_active{pipeline="waits",state="running"}"#,
+            1.0,
+        ),
+        (r#"sluice_workers{state="alive"}"#, 0.0),
+        ("sluice_worker_slots_free", 0.0),
+        (r#"sluice_scrape_source_up{source="workers"}"#, 1.0),
+    ] {
+        assert_eq!(
+            sample(&metrics, series),
+            Some(value),
+            "{series} should be {value} in:\n{metrics}"
+        );
+    }
+    assert!(
+        sample(
+            &metrics,
+            r#"sluice_queue_oldest_age_seconds{queue="default"}"#
+        )
+        .is_some(),
+        "{metrics}"
+    );
+    // A worker takes the task: nothing waits, and the run's counters show it.
+    let _worker = cluster.start_worker("w", 2);
+    cluster.wait_run(&run, Duration::from_secs(60));
+    wait_until("the worker to be counted", Duration::from_secs(30), || {
+        let (_, body) = http("GET", &url, Some(&viewer), None);
+        metrics = body;
+        sample(&metrics, r#"sluice_workers{state="alive"}"#) == Some(1.0)
+    });
+    promtool_accepts(&metrics);
+    for (series, value) in [
+        (r#"sluice_queue_depth{queue="default"}"#, 0.0),
+        (r#"sluice_queue_oldest_age_seconds{queue="default"}"#, 0.0),
+        (
+            r#"sluice_runs_finished_total{pipeline="waits",state="succeeded"}"#,
+            1.0,
+        ),
+        ("sluice_worker_slots", 2.0),
+    ] {
+        assert_eq!(
+            sample(&metrics, series),
+            Some(value),
+            "{series} should be {value} in:\n{metrics}"
+        );
+    }
+}

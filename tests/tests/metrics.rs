@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sluice_tests::cluster::{http, post_with_headers, Cluster, Server};
 use sluice_tests::promtool::{check_metrics, promtool_available};
-use sluice_tests::{text, wait_until, Scratch};
+use sluice_tests::{text, wait_until, workspace_root, Scratch};
 
 /// Checks `metrics` with promtool, when there is one (see the module docs).
 fn promtool_accepts(metrics: &str) {
@@ -137,6 +137,101 @@ steps:
     assert!(
         !metrics.contains(&ok) && !metrics.contains("step=\"") && !metrics.contains("fit"),
         "no run id or step name is a label:\n{metrics}"
+    );
+    // Every metric served is documented.
+    let readme = metrics_section_of_readme();
+    for family in metrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let name = family.split(' ').next().unwrap_or_default();
+        assert!(
+            readme.contains(&format!("`{name}`")),
+            "{name} is served but not in README.md's Metrics section"
+        );
+    }
+}
+
+/// README.md's `## Metrics` section.
+fn metrics_section_of_readme() -> String {
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let start = readme
+        .find("\n## Metrics\n")
+        .expect("README.md has a Metrics section");
+    let rest = &readme[start + 1..];
+    let end = rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3);
+    rest[..end].to_string()
+}
+
+#[test]
+fn the_grafana_dashboards_queries_parse_and_use_only_documented_metrics() {
+    let path = workspace_root().join("examples/grafana/dashboards/sluice.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let exprs: Vec<String> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().expect("a target's expr").to_string())
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let readme = metrics_section_of_readme();
+    let wanted = [
+        "sluice_runs_finished_total",
+        "sluice_step_duration_seconds_bucket",
+        "sluice_queue_depth",
+        "sluice_queue_oldest_age_seconds",
+        "sluice_workers",
+        "sluice_worker_slots_free",
+        "sluice_worker_gpus_free",
+        "sluice_webhook_rejections_total",
+        "sluice_trigger_firings_total",
+    ];
+    for name in wanted {
+        assert!(
+            exprs.iter().any(|e| e.contains(name)),
+            "no panel shows {name}"
+        );
+    }
+    for expr in &exprs {
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !word.starts_with("sluice_") {
+                continue;
+            }
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| word.strip_suffix(suffix))
+                .unwrap_or(word);
+            assert!(
+                readme.contains(&format!("`{family}`")),
+                "{family} (in `{expr}`) is not in README.md's Metrics section"
+            );
+        }
+    }
+    // Each query parses as PromQL: promtool checks them as recording rules, with Grafana's
+    // variables given values.
+    if !promtool_available() {
+        return;
+    }
+    let scratch = Scratch::new();
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, expr) in exprs.iter().enumerate() {
+        let expr = expr
+            .replace("$__rate_interval", "5m")
+            .replace("$pipeline", ".*");
+        rules.push_str(&format!(
+            "      - record: dashboard:query{i}\n        expr: {}\n",
+            serde_json::to_string(&expr).unwrap()
+        ));
+    }
+    let file = scratch.write("rules.yml", &rules);
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "{}{}\n{rules}",
+        text(&out.stdout),
+        text(&out.stderr)
     );
 }
 

@@ -80,8 +80,19 @@ steps:
         post_with_headers(&format!("{}/hooks/nightly/nope", server.url()), &[], b"{}");
     assert_eq!(status, 404, "{reply}");
 
-    let (status, metrics) = http("GET", &format!("{}/metrics", server.url()), None, None);
-    assert_eq!(status, 200, "{metrics}");
+    // The counters are bumped right after the commit the API reads: wait for the last one.
+    let mut metrics = String::new();
+    wait_until(
+        "the failed run to be counted",
+        Duration::from_secs(30),
+        || {
+            let (status, body) = http("GET", &format!("{}/metrics", server.url()), None, None);
+            assert_eq!(status, 200, "{body}");
+            metrics = body;
+            let failed = r#"sluice_runs_finished_total{pipeline="nightly",state="failed"}"#;
+            sample(&metrics, failed) == Some(1.0)
+        },
+    );
     promtool_accepts(&metrics);
     let expect = [
         (r#"sluice_runs_started_total{pipeline="nightly"}"#, 2.0),
@@ -306,11 +317,17 @@ fn the_schedulers_metrics_need_a_read_token_and_show_the_tasks_waiting_in_redis(
     // A worker takes the task: nothing waits, and the run's counters show it.
     let _worker = cluster.start_worker("w", 2);
     cluster.wait_run(&run, Duration::from_secs(60));
-    wait_until("the worker to be counted", Duration::from_secs(30), || {
-        let (_, body) = http("GET", &url, Some(&viewer), None);
-        metrics = body;
-        sample(&metrics, r#"sluice_workers{state="alive"}"#) == Some(1.0)
-    });
+    wait_until(
+        "the worker and the run to be counted",
+        Duration::from_secs(30),
+        || {
+            let (_, body) = http("GET", &url, Some(&viewer), None);
+            metrics = body;
+            let succeeded = r#"sluice_runs_finished_total{pipeline="waits",state="succeeded"}"#;
+            sample(&metrics, r#"sluice_workers{state="alive"}"#) == Some(1.0)
+                && sample(&metrics, succeeded) == Some(1.0)
+        },
+    );
     promtool_accepts(&metrics);
     for (series, value) in [
         (r#"sluice_queue_depth{queue="default"}"#, 0.0),

@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod engine;
 pub mod host;
 pub mod logtail;
+pub mod metrics;
 pub mod models;
 pub mod spec;
 pub mod store;

@@ -1,6 +1,7 @@
 //! Helpers for end-to-end tests: build and run the real `sluice` binary in a scratch folder.
 
 pub mod cluster;
+pub mod promtool;
 pub mod redis;
 pub mod s3;
 

@@ -1,6 +1,6 @@
 //! `docker-compose.yml` at the workspace root: valid for the compose tool that is installed, and
 //! it holds what the deployment needs (Redis, a scheduler, workers with the Docker socket, a GPU
-//! worker, healthchecks).
+//! worker, healthchecks, and Prometheus with Grafana in the `monitoring` profile).
 
 use std::process::{Command, Output};
 
@@ -38,8 +38,8 @@ impl Compose {
         None
     }
 
-    /// Runs `compose -f docker-compose.yml [--profile gpu] config ARGS...` in the workspace root.
-    fn config(self, gpu: bool, args: &[&str]) -> Output {
+    /// Runs `compose -f docker-compose.yml [--profile P]... config ARGS...` in the workspace root.
+    fn config(self, profiles: &[&str], args: &[&str]) -> Output {
         let mut command = match self {
             Compose::V2 => {
                 let mut c = Command::new("docker");
@@ -49,8 +49,8 @@ impl Compose {
             Compose::V1 => Command::new("docker-compose"),
         };
         command.args(["-f", "docker-compose.yml"]);
-        if gpu {
-            command.args(["--profile", "gpu"]);
+        for profile in profiles {
+            command.args(["--profile", profile]);
         }
         let out = command
             .arg("config")
@@ -69,15 +69,17 @@ impl Compose {
         out
     }
 
-    /// The resolved file, with the `gpu` profile on (v2 leaves inactive profiles out).
+    /// The resolved file, with the `gpu` and `monitoring` profiles on (v2 leaves inactive
+    /// profiles out).
     fn resolved(self) -> Value {
+        let profiles = ["gpu", "monitoring"];
         match self {
             Compose::V2 => {
-                let out = self.config(true, &["--format", "json"]);
+                let out = self.config(&profiles, &["--format", "json"]);
                 serde_json::from_slice(&out.stdout).expect("config --format json prints JSON")
             }
             Compose::V1 => {
-                let out = self.config(true, &[]);
+                let out = self.config(&profiles, &[]);
                 serde_yaml::from_slice(&out.stdout).expect("config prints YAML")
             }
         }
@@ -118,7 +120,7 @@ fn the_compose_file_is_valid_and_deploys_redis_a_scheduler_and_workers() {
     let Some(compose) = Compose::find() else {
         return;
     };
-    compose.config(false, &["--quiet"]);
+    compose.config(&[], &["--quiet"]);
 
     let config = compose.resolved();
     let services = config["services"]
@@ -187,4 +189,73 @@ fn the_compose_file_is_valid_and_deploys_redis_a_scheduler_and_workers() {
             "`{name}` shares {shared:?} with the scheduler"
         );
     }
+}
+
+#[test]
+fn the_monitoring_profile_runs_prometheus_and_grafana_on_the_examples_files() {
+    let Some(compose) = Compose::find() else {
+        return;
+    };
+    let config = compose.resolved();
+    let services = &config["services"];
+    // Only with `--profile monitoring`: a plain `up` starts neither.
+    for name in ["prometheus", "grafana"] {
+        let profiles = &services[name]["profiles"];
+        assert!(
+            profiles
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| p == "monitoring")),
+            "`{name}` is not in the monitoring profile: {profiles}"
+        );
+    }
+    let source = |service: &Value, target: &str| -> String {
+        service["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|v| match v {
+                Value::String(s) => {
+                    let mut parts = s.split(':');
+                    let source = parts.next()?;
+                    (parts.next() == Some(target)).then(|| source.to_string())
+                }
+                v => (v["target"] == target).then(|| v["source"].as_str().map(str::to_string))?,
+            })
+            .unwrap_or_else(|| panic!("nothing mounted at {target}: {service}"))
+    };
+    let root = workspace_root();
+    let mounted = [
+        (
+            "prometheus",
+            "/etc/prometheus/prometheus.yml",
+            "examples/grafana/prometheus.yml",
+        ),
+        (
+            "grafana",
+            "/etc/grafana/provisioning",
+            "examples/grafana/provisioning",
+        ),
+        (
+            "grafana",
+            "/etc/grafana/dashboards",
+            "examples/grafana/dashboards",
+        ),
+    ];
+    for (name, target, file) in mounted {
+        let source = source(&services[name], target);
+        assert!(
+            source.ends_with(file) && root.join(file).exists(),
+            "`{name}` mounts {source} at {target}, not {file}"
+        );
+    }
+    // The scrape config the profile runs names the scheduler service and reads the token file
+    // Prometheus' entrypoint writes.
+    let scrape = std::fs::read_to_string(root.join("examples/grafana/prometheus.yml")).unwrap();
+    assert!(scrape.contains("scheduler:8080"), "{scrape}");
+    let command = services["prometheus"]["command"].to_string();
+    assert!(command.contains("/tmp/sluice-token"), "{command}");
+    assert!(
+        scrape.contains("credentials_file: /tmp/sluice-token"),
+        "{scrape}"
+    );
 }

@@ -58,6 +58,12 @@ impl GpuInventory {
         &self.all
     }
 
+    /// How many devices no attempt holds now: what the worker's heartbeat advertises, so the
+    /// scheduler's metrics can show free GPU capacity.
+    pub fn free_count(&self) -> usize {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Leases devices for `request`, waiting while others hold them. Fails at once when the
     /// request can never be met on this worker (more devices than it has, an id it lacks).
     pub async fn acquire(self: &Arc<Self>, request: &GpuRequest) -> Result<GpuLease, String> {

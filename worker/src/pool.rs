@@ -58,6 +58,9 @@ pub struct WorkerHooks {
     pub abandon: CancellationToken,
     /// How many tasks run now (for heartbeats).
     pub busy: Arc<AtomicUsize>,
+    /// The GPUs the loop leases to steps, when the caller wants to see which are free (for
+    /// heartbeats); `None` makes one of the configured GPUs.
+    pub gpus: Option<Arc<GpuInventory>>,
 }
 
 /// Runs the worker loop until `shutdown` fires or the queue closes; waits for running tasks.
@@ -79,7 +82,9 @@ pub async fn run_worker_with(
     hooks: WorkerHooks,
 ) -> Result<(), QueueError> {
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
-    let gpus = GpuInventory::new(config.gpus.clone());
+    let gpus = hooks
+        .gpus
+        .unwrap_or_else(|| GpuInventory::new(config.gpus.clone()));
     let running = Arc::new(Mutex::new(Running::default()));
     let cancel_listener = tokio::spawn(listen_for_cancels(
         queue.cancellations(),

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::executor::StepExecutor;
+use crate::gpu::GpuInventory;
 use crate::pool::{run_worker_with, WorkerConfig, WorkerHooks};
 use crate::queue::{QueueError, RedisQueue, TaskQueue, WorkerInfo};
 use crate::task::{now_ms, TaskKey};
@@ -45,15 +46,17 @@ pub async fn serve(
         queues: config.worker.queues.clone(),
         slots: config.worker.slots,
         gpus: config.worker.gpus.clone(),
+        gpus_free: None,
         running: 0,
         docker: executor.has_docker(),
         heartbeat_ms: 0,
     };
+    let gpus = GpuInventory::new(config.worker.gpus.clone());
     let beating = CancellationToken::new();
     let heartbeats = tokio::spawn(heartbeat(
         redis.clone(),
         info,
-        busy.clone(),
+        (busy.clone(), gpus.clone()),
         lost_tx,
         (config.heartbeat, config.lease),
         beating.clone(),
@@ -82,6 +85,7 @@ pub async fn serve(
             lost: Some(lost_rx),
             abandon,
             busy,
+            gpus: Some(gpus),
         },
     )
     .await;
@@ -104,7 +108,7 @@ pub async fn serve(
 async fn heartbeat(
     redis: Arc<RedisQueue>,
     mut info: WorkerInfo,
-    busy: Arc<AtomicUsize>,
+    (busy, gpus): (Arc<AtomicUsize>, Arc<GpuInventory>),
     lost: mpsc::UnboundedSender<TaskKey>,
     (every, lease): (Duration, Duration),
     stop: CancellationToken,
@@ -117,6 +121,7 @@ async fn heartbeat(
     let mut fenced = false;
     loop {
         info.running = busy.load(Ordering::Relaxed);
+        info.gpus_free = Some(gpus.free_count());
         info.heartbeat_ms = now_ms();
         let beat = tokio::select! {
             beat = redis.heartbeat(&info) => beat,

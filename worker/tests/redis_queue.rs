@@ -159,6 +159,7 @@ async fn a_task_whose_worker_went_silent_is_reclaimed_but_a_heartbeating_one_kee
         queues: queues.clone(),
         slots: 1,
         gpus: vec![],
+        gpus_free: None,
         running,
         docker: false,
         heartbeat_ms: RedisQueue::now_ms(),
@@ -439,6 +440,7 @@ async fn workers_silent_for_long_are_dropped_from_the_registry() {
         queues: vec!["default".into()],
         slots: 1,
         gpus: vec![],
+        gpus_free: None,
         running: 0,
         docker: false,
         heartbeat_ms,
@@ -461,6 +463,44 @@ async fn workers_silent_for_long_are_dropped_from_the_registry() {
         .map(|w| w.name)
         .collect();
     assert_eq!(names, ["live"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_backlog_counts_tasks_no_worker_took_per_queue() {
+    let Some(redis) = start_redis() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = queue(&redis, "scheduler", "t30:").await;
+    assert_eq!(scheduler.backlog().await.unwrap(), vec![]);
+    let on = |queue: &str, step: &str| TaskSpec {
+        queue: queue.into(),
+        ..task(dir.path(), "r", step, 1, "true")
+    };
+    scheduler
+        .dispatch_batch(&[on("default", "a"), on("gpu", "b"), on("gpu", "c")])
+        .await
+        .unwrap();
+    let waiting = |backlog: Vec<sluice_worker::queue::Backlog>| -> Vec<(String, u64)> {
+        backlog.into_iter().map(|b| (b.queue, b.waiting)).collect()
+    };
+    assert_eq!(
+        waiting(scheduler.backlog().await.unwrap()),
+        [("default".to_string(), 1), ("gpu".to_string(), 2)]
+    );
+    // Taken by a worker, a task no longer waits (it is pending in the group until settled).
+    let worker = queue(&redis, "w@1", "t30:").await;
+    let taken = tokio::time::timeout(Duration::from_secs(5), worker.take(&["default".into()]))
+        .await
+        .unwrap()
+        .unwrap();
+    let backlog = scheduler.backlog().await.unwrap();
+    assert_eq!(backlog[0].queue, "default");
+    assert_eq!((backlog[0].waiting, backlog[0].oldest_wait_ms), (0, 0));
+    assert_eq!(backlog[1].waiting, 2, "{backlog:?}");
+    worker.done(&taken).await.unwrap();
+    assert_eq!(
+        waiting(scheduler.backlog().await.unwrap()),
+        [("default".to_string(), 0), ("gpu".to_string(), 2)]
+    );
 }
 
 #[test]

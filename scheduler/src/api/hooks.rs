@@ -14,10 +14,15 @@
 //! accepted (replays are then also bounded by [`TOLERANCE_SECS`]). A webhook without a secret
 //! (`insecure: true`) is deduplicated by its delivery id (`X-Sluice-Delivery`,
 //! `X-GitHub-Delivery` or `Idempotency-Key`) when it sends one.
+//!
+//! Every delivery that starts nothing for a reason of the caller's (or of a missing secret) is
+//! counted by its reason in `sluice_webhook_rejections_total` ([`WebhookRejection`]); one that
+//! the concurrency policy skips counts as a trigger skip instead.
 
 use std::collections::BTreeMap;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -28,6 +33,7 @@ use sha2::{Digest, Sha256};
 
 use super::{ApiError, ApiState};
 use crate::daemon::{Origin, Started, TriggerError};
+use crate::metrics::WebhookRejection;
 use crate::spec::Trigger;
 use crate::store::marks;
 use crate::store::TriggerOrigin;
@@ -43,8 +49,18 @@ pub(super) async fn hook(
     State(state): State<ApiState>,
     Path((pipeline, name)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let rejected = |reason: WebhookRejection| state.daemon.metrics().webhook_rejected(reason);
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                rejected(WebhookRejection::TooLarge);
+            }
+            return Ok(rejection.into_response());
+        }
+    };
     let trigger = state.daemon.with_catalog(|c| {
         c.pipelines.get(&pipeline).and_then(|loaded| {
             loaded.pipeline.triggers.iter().find_map(|t| match t {
@@ -58,6 +74,7 @@ pub(super) async fn hook(
         })
     });
     let Some((secret_env, mapping)) = trigger else {
+        rejected(WebhookRejection::Unknown);
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no webhook `{name}` on a pipeline `{pipeline}`"),
@@ -74,6 +91,7 @@ pub(super) async fn hook(
                     var,
                     "The webhook's secret variable is not set; refusing deliveries."
                 );
+                rejected(WebhookRejection::NotConfigured);
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("the webhook's secret is not configured on the scheduler (`{var}`)"),
@@ -89,14 +107,16 @@ pub(super) async fn hook(
             );
             match verified {
                 Ok(signed) => Some(signed),
-                Err(why) => {
-                    tracing::warn!(pipeline, webhook = name, why, "Webhook delivery refused.");
-                    return Err(ApiError::new(StatusCode::UNAUTHORIZED, why));
+                Err(refusal) => {
+                    tracing::warn!(pipeline, webhook = name, why = %refusal, "Webhook delivery refused.");
+                    rejected(refusal.reason());
+                    return Err(ApiError::new(StatusCode::UNAUTHORIZED, refusal.to_string()));
                 }
             }
         }
     };
-    let params = map_params(&body, &mapping)?;
+    let params =
+        map_params(&body, &mapping).inspect_err(|_| rejected(WebhookRejection::BadPayload))?;
     // What identifies the delivery: what its signature covers, else its (unsigned) id.
     let identity = match signed {
         Some(Signed::Plain) => Some(Sha256::new().chain_update(&body).finalize()),
@@ -123,19 +143,27 @@ pub(super) async fn hook(
         Ok(Started::New(run)) => {
             Ok((StatusCode::ACCEPTED, Json(json!({ "run": run.id }))).into_response())
         }
-        Ok(Started::Existing(run)) => Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({ "run": run, "duplicate": true })),
-        )
-            .into_response()),
+        Ok(Started::Existing(run)) => {
+            rejected(WebhookRejection::Duplicate);
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({ "run": run, "duplicate": true })),
+            )
+                .into_response())
+        }
         Ok(Started::Skipped(reason)) => {
             Ok((StatusCode::OK, Json(json!({ "skipped": reason }))).into_response())
         }
-        Err(err @ TriggerError::Params(_)) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            err.to_string(),
-        )),
+        Err(err @ TriggerError::Params(_)) => {
+            rejected(WebhookRejection::BadPayload);
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                err.to_string(),
+            ))
+        }
         Err(err @ (TriggerError::UnknownPipeline(_) | TriggerError::UnknownRun(_))) => {
+            // Unloaded by a reload since the webhook was looked up.
+            rejected(WebhookRejection::Unknown);
             Err(ApiError::new(StatusCode::NOT_FOUND, err.to_string()))
         }
         Err(err @ TriggerError::CannotRetry(_)) => {
@@ -170,6 +198,39 @@ pub enum Signed {
     Timestamped(i64),
 }
 
+/// Why a delivery's signature is refused; the message is the 401's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No signature header at all.
+    #[error("the delivery is not signed: send X-Sluice-Signature (or X-Hub-Signature-256)")]
+    Unsigned,
+    /// A header that is neither scheme.
+    #[error("the signature header is not `sha256=<hex>` or `t=<unix>,v1=<hex>`")]
+    Malformed,
+    /// The plain scheme where only the timestamped one is accepted.
+    #[error("this scheduler accepts only timestamped signatures (`t=<unix>,v1=<hex>` over `{{t}}.{{body}}`)")]
+    TimestampRequired,
+    /// A timestamp further than [`TOLERANCE_SECS`] from now.
+    #[error("the signature's timestamp is too far from now (replayed or a wrong clock)")]
+    Stale,
+    /// No signature matches the body with any secret.
+    #[error("the signature does not match the body")]
+    Mismatch,
+}
+
+impl Refusal {
+    /// The reason it is counted under.
+    pub fn reason(self) -> WebhookRejection {
+        match self {
+            Refusal::Unsigned => WebhookRejection::Unsigned,
+            Refusal::Malformed => WebhookRejection::Malformed,
+            Refusal::TimestampRequired => WebhookRejection::TimestampRequired,
+            Refusal::Stale => WebhookRejection::Stale,
+            Refusal::Mismatch => WebhookRejection::BadSignature,
+        }
+    }
+}
+
 /// Checks the delivery's signature headers against `secrets`; `Err` says why it is refused.
 pub fn verify(
     headers: &HeaderMap,
@@ -177,7 +238,7 @@ pub fn verify(
     secrets: &[String],
     now_unix: i64,
     require_timestamp: bool,
-) -> Result<Signed, &'static str> {
+) -> Result<Signed, Refusal> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let mut offered = false;
     for value in [header("x-sluice-signature"), header("x-hub-signature-256")]
@@ -187,7 +248,7 @@ pub fn verify(
         offered = true;
         if let Some(hex_sig) = value.trim().strip_prefix("sha256=") {
             if require_timestamp {
-                return Err("this scheduler accepts only timestamped signatures (`t=<unix>,v1=<hex>` over `{t}.{body}`)");
+                return Err(Refusal::TimestampRequired);
             }
             if secrets
                 .iter()
@@ -208,12 +269,10 @@ pub fn verify(
             }
         }
         let Some(t) = timestamp else {
-            return Err("the signature header is not `sha256=<hex>` or `t=<unix>,v1=<hex>`");
+            return Err(Refusal::Malformed);
         };
         if now_unix.abs_diff(t) > TOLERANCE_SECS.unsigned_abs() {
-            return Err(
-                "the signature's timestamp is too far from now (replayed or a wrong clock)",
-            );
+            return Err(Refusal::Stale);
         }
         let prefix = format!("{t}.");
         let matched = signatures.iter().any(|sig| {
@@ -226,9 +285,9 @@ pub fn verify(
         }
     }
     if offered {
-        Err("the signature does not match the body")
+        Err(Refusal::Mismatch)
     } else {
-        Err("the delivery is not signed: send X-Sluice-Signature (or X-Hub-Signature-256)")
+        Err(Refusal::Unsigned)
     }
 }
 
@@ -381,9 +440,11 @@ mod tests {
             false
         )
         .is_err());
-        assert!(verify(&headers(&[]), body, &secrets, 0, false)
-            .unwrap_err()
-            .contains("not signed"));
+        assert_eq!(
+            verify(&headers(&[]), body, &secrets, 0, false),
+            Err(Refusal::Unsigned)
+        );
+        assert!(Refusal::Unsigned.to_string().contains("not signed"));
 
         let t = 1_800_000_000;
         let signed = |secret: &str| sign(secret, format!("{t}.{{\"a\":1}}").as_bytes());
@@ -393,9 +454,11 @@ mod tests {
             verify(&h, body, &secrets, t + 10, true),
             Ok(Signed::Timestamped(t))
         );
-        assert!(verify(&h, body, &secrets, t + TOLERANCE_SECS + 1, false)
-            .unwrap_err()
-            .contains("too far"));
+        assert_eq!(
+            verify(&h, body, &secrets, t + TOLERANCE_SECS + 1, false),
+            Err(Refusal::Stale)
+        );
+        assert!(Refusal::Stale.to_string().contains("too far"));
         // The timestamp is signed too: moving it breaks the signature.
         let moved = format!("t={},v1={}", t + 1, signed("old"));
         assert!(verify(

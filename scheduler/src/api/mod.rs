@@ -1,7 +1,8 @@
-//! The HTTP API (`/api/v1`), health endpoints, and bearer-token checks.
+//! The HTTP API (`/api/v1`), health endpoints, `/metrics`, and bearer-token checks.
 //!
 //! With tokens configured (see [`auth`]) every route but `/healthz`, `/readyz` and the signed
-//! webhooks needs `Authorization: Bearer <token>` whose role allows it: `read` for every read,
+//! webhooks needs `Authorization: Bearer <token>` whose role allows it: `read` for every read
+//! (`/metrics` included: it names pipelines and models, and Prometheus can send a token),
 //! `trigger` to start and cancel runs and to move model aliases ([`models`]), `admin` to reload
 //! and collect garbage. Errors are JSON `{"error": "..."}` with a status that fits: 404 for what
 //! does not exist, 409 for a run already over, 422 for params that do not fit, 5xx for faults.
@@ -11,6 +12,7 @@ pub mod auth;
 pub mod hooks;
 pub mod host;
 mod logs;
+mod metrics;
 pub mod models;
 mod runs;
 pub mod serve;
@@ -118,6 +120,7 @@ pub fn router(state: ApiState) -> Router {
             get(models::show_alias),
         )
         .route("/api/v1/models/{name}/history", get(models::show_history))
+        .route("/metrics", get(metrics::metrics))
         .route_layer(needs(Role::Read));
     let triggers = Router::new()
         .route("/api/v1/pipelines/{pipeline}/runs", post(runs::trigger))

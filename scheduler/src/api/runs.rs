@@ -325,7 +325,6 @@ pub(super) fn cancel_answer(
 
 pub(super) async fn workers(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
     let now = sluice_worker::task::now_ms();
-    let lease = state.daemon.lease();
     let workers = state.daemon.workers().await.map_err(|why| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -336,11 +335,9 @@ pub(super) async fn workers(State(state): State<ApiState>) -> Result<Json<Value>
         .into_iter()
         .map(|w| {
             let mut value = serde_json::to_value(&w).unwrap_or_default();
-            let silent_ms = now.saturating_sub(w.heartbeat_ms);
-            value["seen_ms_ago"] = json!(silent_ms);
-            // Silent for longer than a lease: its tasks are being taken back.
-            let gone = u128::from(silent_ms) > lease.as_millis();
-            value["state"] = json!(if gone { "gone" } else { "alive" });
+            value["seen_ms_ago"] = json!(now.saturating_sub(w.heartbeat_ms));
+            let alive = state.daemon.is_alive(&w, now);
+            value["state"] = json!(if alive { "alive" } else { "gone" });
             value
         })
         .collect();

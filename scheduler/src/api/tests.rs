@@ -135,6 +135,16 @@ async fn callers_mistakes_get_the_status_that_names_them() {
         ("GET", "/api/v1/runs", None, "", 401, "token"),
         ("GET", "/api/v1/pipelines", None, "", 401, "token"),
         ("GET", "/api/v1/workers", Some("wrong"), "", 401, "token"),
+        // `/metrics` is a read: a read token scrapes it, no token does not.
+        ("GET", "/metrics", None, "", 401, "token"),
+        (
+            "GET",
+            "/metrics",
+            Some(&api.viewer),
+            "",
+            200,
+            "sluice_runs_started_total{pipeline=\"good\"} 0",
+        ),
         ("POST", trigger, None, "", 401, "token"),
         ("POST", trigger, Some("wrong"), "", 401, "token"),
         (

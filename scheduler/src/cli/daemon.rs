@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use sluice_worker::executor::{DockerExecutor, StepExecutor};
-use sluice_worker::gpu::parse_gpus_flag;
-use sluice_worker::pool::{run_worker, WorkerConfig};
+use sluice_worker::gpu::{parse_gpus_flag, GpuInventory};
+use sluice_worker::pool::{run_worker_with, WorkerConfig, WorkerHooks};
 use sluice_worker::queue::{MemoryQueue, RedisQueue, RedisQueueConfig, TaskQueue, WorkerInfo};
 use sluice_worker::secrets::SecretKey;
 use sluice_worker::service::{self, ServiceConfig};
@@ -22,7 +22,7 @@ use super::secrets::SecretKeyArg;
 use super::signals::StopSignals;
 use super::{DataDirArg, EXIT_INVALID};
 use crate::api::{self, ApiState};
-use crate::daemon::{Daemon, DaemonConfig, Workers};
+use crate::daemon::{Daemon, DaemonConfig, InProcessWorker, Workers};
 use crate::engine::Engine;
 use crate::store::Store;
 
@@ -309,10 +309,13 @@ pub fn server(args: ServerArgs) -> anyhow::Result<u8> {
             queues: vec!["*".into()],
             slots,
             gpus: gpus.clone(),
+            gpus_free: None,
             running: 0,
             docker: executor.has_docker(),
             heartbeat_ms: now_ms(),
         };
+        let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let inventory = GpuInventory::new(gpus.clone());
         let engine = Engine {
             store,
             queue: queue.clone(),
@@ -326,13 +329,17 @@ pub fn server(args: ServerArgs) -> anyhow::Result<u8> {
             engine,
             &args.serve,
             (lease, None),
-            Workers::InProcess(vec![info]),
+            Workers::InProcess(vec![InProcessWorker {
+                info,
+                busy: busy.clone(),
+                gpus: inventory.clone(),
+            }]),
             &shutdown,
         )
         .await?;
         // In-process workers serve every queue, also those a reloaded pipeline adds.
         let queues = vec!["*".to_string()];
-        let workers = tokio::spawn(run_worker(
+        let workers = tokio::spawn(run_worker_with(
             queue.clone(),
             Arc::new(executor),
             WorkerConfig {
@@ -343,6 +350,12 @@ pub fn server(args: ServerArgs) -> anyhow::Result<u8> {
                 data_dir: None,
             },
             workers_stop.clone(),
+            // The daemon reads its load through these (`/api/v1/workers`, `/metrics`).
+            WorkerHooks {
+                busy,
+                gpus: Some(inventory),
+                ..WorkerHooks::default()
+            },
         ));
         serve(listener, daemon, tokens, &args.serve).await?;
         // Steps still running are stopped; the next start picks their runs up.

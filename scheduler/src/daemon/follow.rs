@@ -13,6 +13,7 @@ use serde_json::json;
 use sluice_worker::task::now_ms;
 
 use super::{Daemon, Origin, Started, TriggerError};
+use crate::metrics::TriggerKind;
 use crate::spec::condition::Operand;
 use crate::spec::{AfterTrigger, RunValue, Trigger};
 use crate::store::{Changes, RunRecord, StoreError, TriggerOrigin};
@@ -172,7 +173,8 @@ fn decide_all(
                     rfc3339(until_ms)
                 );
                 tracing::info!(pipeline, after = %run.id, "After trigger cooling down: {reason}.");
-                daemon.record_skip(pipeline, &format!("after {}", run.pipeline), &reason)?;
+                let shown = format!("after {}", run.pipeline);
+                daemon.record_skip(pipeline, TriggerKind::After, &shown, &reason)?;
             }
             Decision::Counted { have, need } => {
                 tracing::info!(pipeline, after = %run.id, have, need, "After trigger counted a breach.")

@@ -88,6 +88,7 @@ async fn one_round(
         // Each task taken back becomes a `lost` result on the events stream, applied (and
         // acknowledged after its commit) like any other result.
         for reclaimed in redis.reclaim_idle(&queue, daemon.config.lease).await? {
+            daemon.metrics.lease_lost(&queue);
             tracing::warn!(task = %reclaimed.task.key, "A worker stopped heartbeating; took its task back.");
         }
         let idle = daemon.config.lease * CONSUMER_IDLE_LEASES;

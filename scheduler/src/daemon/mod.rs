@@ -4,7 +4,8 @@
 //! every run and hands each run its share; a batch is acknowledged to the queue only once every
 //! run it touched has committed it (commit first, then acknowledge, across runs). With Redis, a
 //! janitor takes back tasks whose worker stopped heartbeating and notices when Redis lost its
-//! data; on start the daemon picks up every run that was in flight.
+//! data; on start the daemon picks up every run that was in flight. Every driver counts what it
+//! commits into the daemon's [`Metrics`] (see [`crate::metrics`]).
 
 mod catalog;
 mod follow;
@@ -12,19 +13,23 @@ mod janitor;
 pub mod notify;
 mod router;
 mod schedule;
+mod scrape;
 mod start;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use sluice_worker::gpu::GpuInventory;
 use sluice_worker::queue::{RedisQueue, WorkerInfo};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::engine::{Engine, EngineError, RoutedEvent, RunDriver, Silent};
+use crate::engine::{Engine, EngineError, RoutedEvent, RunDriver};
+use crate::metrics::{Metrics, RunTally};
 use crate::store::marks::{self, CancelMark};
 use crate::store::{RunLookup, RunRecord};
 
@@ -53,7 +58,18 @@ pub enum Workers {
     /// Workers that heartbeat through Redis.
     Redis(Arc<RedisQueue>),
     /// The in-process workers of `sluice server`.
-    InProcess(Vec<WorkerInfo>),
+    InProcess(Vec<InProcessWorker>),
+}
+
+/// An in-process worker of `sluice server`: what it advertises, with its live load (read by
+/// `/api/v1/workers` and `/metrics` as a Redis worker's heartbeat would say it).
+pub struct InProcessWorker {
+    /// Name, queues, slots and GPUs.
+    pub info: WorkerInfo,
+    /// How many tasks it runs now: the counter its worker loop keeps (`WorkerHooks::busy`).
+    pub busy: Arc<AtomicUsize>,
+    /// The GPUs its worker loop leases to steps (`WorkerHooks::gpus`).
+    pub gpus: Arc<GpuInventory>,
 }
 
 /// A run being driven: how to reach its driver.
@@ -129,6 +145,8 @@ pub struct Daemon {
     /// The last store probe of `/readyz` and when it ran: reused for a second, so that an
     /// unauthenticated caller cannot make the store flush (or reopen) at will.
     store_probe: Mutex<Option<(std::time::Instant, Result<(), String>)>>,
+    /// What `/metrics` counts: runs, steps, triggers, webhook refusals, leases lost.
+    metrics: Metrics,
 }
 
 impl Daemon {
@@ -160,6 +178,7 @@ impl Daemon {
             slot_freed: tokio::sync::Notify::new(),
             started_ms: sluice_worker::task::now_ms(),
             store_probe: Mutex::new(None),
+            metrics: Metrics::default(),
         });
         // Before picking runs up: what an empty Redis lost must be queued again.
         let redis_lost_data = match &daemon.workers {
@@ -181,7 +200,8 @@ impl Daemon {
     fn reattach_unfinished(self: &Arc<Self>, redis_lost_data: bool) -> anyhow::Result<()> {
         let ids = self.engine.store.unfinished_runs()?;
         for id in ids {
-            match RunDriver::reattach(self.engine.clone(), &id, Box::new(Silent), redis_lost_data) {
+            let tally = Box::new(RunTally::new(self.metrics.clone(), self.final_steps(&id)));
+            match RunDriver::reattach(self.engine.clone(), &id, tally, redis_lost_data) {
                 Ok(driver) => {
                     tracing::info!(run = %id, pipeline = %driver.run().pipeline, "Picked up a run in flight.");
                     let cancel_requested = matches!(
@@ -198,6 +218,23 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    /// Names of the steps of run `id` that are final in the store: counted by the daemon that
+    /// saw them end, not again by this one. A store that cannot say gives none (at worst such a
+    /// step, committed again, is counted twice).
+    fn final_steps(&self, id: &str) -> Vec<String> {
+        let steps = self.engine.store.steps(id).unwrap_or_default();
+        steps
+            .into_iter()
+            .filter(|s| s.status.is_terminal())
+            .map(|s| s.name)
+            .collect()
+    }
+
+    /// What `/metrics` counts (see [`crate::metrics`]).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The engine (store, queue, data dir).
@@ -241,10 +278,18 @@ impl Daemon {
                 .iter()
                 .map(|w| WorkerInfo {
                     heartbeat_ms: sluice_worker::task::now_ms(),
-                    ..w.clone()
+                    running: w.busy.load(Ordering::Relaxed),
+                    gpus_free: Some(w.gpus.free_count()),
+                    ..w.info.clone()
                 })
                 .collect()),
         }
+    }
+
+    /// Whether `worker` heartbeated within the lease at `now_ms`: one silent for longer is gone,
+    /// and its tasks are being taken back.
+    pub fn is_alive(&self, worker: &WorkerInfo, now_ms: u64) -> bool {
+        u128::from(now_ms.saturating_sub(worker.heartbeat_ms)) <= self.config.lease.as_millis()
     }
 
     /// How long a worker may be silent before its tasks are taken back.

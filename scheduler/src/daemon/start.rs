@@ -9,7 +9,8 @@ use sluice_worker::task::now_ms;
 use tokio_util::sync::CancellationToken;
 
 use super::{base_dir_of, Daemon, TriggerError};
-use crate::engine::{EngineError, RunDriver, RunRequest, Silent};
+use crate::engine::{EngineError, RunDriver, RunRequest};
+use crate::metrics::{RunTally, TriggerKind};
 use crate::spec::Overlap;
 use crate::store::marks::{self, SeenMark, SkipMark};
 use crate::store::{Changes, RunRecord, TriggerOrigin};
@@ -115,7 +116,8 @@ impl Daemon {
                             active.len(),
                             concurrency.limit
                         );
-                        self.record_skip(pipeline, &origin.trigger.to_string(), &reason)
+                        let kind = TriggerKind::from(&origin.trigger);
+                        self.record_skip(pipeline, kind, &origin.trigger.to_string(), &reason)
                             .map_err(engine_error)?;
                         tracing::info!(pipeline, trigger = %origin.trigger, "Trigger skipped: {reason}.");
                         return Ok(Started::Skipped(reason));
@@ -153,14 +155,17 @@ impl Daemon {
                 .map(|plan| plan.retried.kept)
                 .unwrap_or_default(),
         };
+        // Steps kept from an earlier run ended there, and were counted there.
+        let kept = request.prior.iter().map(|s| s.name.clone());
+        let tally = Box::new(RunTally::new(self.metrics.clone(), kept));
         let driver =
-            RunDriver::create(self.engine.clone(), request, Box::new(Silent)).map_err(|err| {
-                match err {
-                    EngineError::Params(message) => TriggerError::Params(message),
-                    other => TriggerError::Engine(other),
-                }
+            RunDriver::create(self.engine.clone(), request, tally).map_err(|err| match err {
+                EngineError::Params(message) => TriggerError::Params(message),
+                other => TriggerError::Engine(other),
             })?;
         let run = driver.run().clone();
+        self.metrics
+            .run_started(TriggerKind::from(&run.trigger), &run.pipeline);
         tracing::info!(run = %run.id, pipeline = %run.pipeline, trigger = %run.trigger, waiting, "Run started.");
         self.spawn_driver(driver, false);
         Ok(Started::New(run))
@@ -210,9 +215,12 @@ impl Daemon {
         ids
     }
 
+    /// Records that a trigger of `kind` (shown as `trigger`) of `pipeline` started nothing, and
+    /// why; counted once recorded.
     pub(super) fn record_skip(
         &self,
         pipeline: &str,
+        kind: TriggerKind,
         trigger: &str,
         reason: &str,
     ) -> Result<(), crate::store::StoreError> {
@@ -223,7 +231,9 @@ impl Daemon {
             at_ms: now_ms(),
         };
         changes.put_mark(&marks::skip_key(pipeline), &skip);
-        self.engine.store.commit(&changes)
+        self.engine.store.commit(&changes)?;
+        self.metrics.trigger_skipped(kind, pipeline);
+        Ok(())
     }
 
     /// Triggers skipped by the concurrency policy, newest first (at most `limit`).

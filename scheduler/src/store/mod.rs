@@ -14,6 +14,7 @@ pub mod models;
 mod models_tests;
 pub mod records;
 pub mod secrets;
+mod stats;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};

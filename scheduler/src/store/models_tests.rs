@@ -329,3 +329,26 @@ fn everything_survives_reopening() {
     assert_eq!(promote(&store, "churn", "production", 3).from, Some(1));
     assert_eq!(store.model_history("churn").unwrap()[4].seq, 4);
 }
+
+#[test]
+fn every_alias_of_every_model_is_listed_for_metrics_and_the_store_has_a_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.every_alias().unwrap(), vec![]);
+    register_runs(&store, "churn", &["r1", "r2"]);
+    register_runs(&store, "churn-eu", &["r3"]);
+    promote(&store, "churn", "production", 1);
+    promote(&store, "churn", "staging", 2);
+    promote(&store, "churn-eu", "production", 1);
+    promote(&store, "churn", "production", 2);
+    let mut aliases = store.every_alias().unwrap();
+    aliases.sort();
+    let expected = [
+        ("churn", "production", 2),
+        ("churn", "staging", 2),
+        ("churn-eu", "production", 1),
+    ]
+    .map(|(m, a, v)| (m.to_string(), a.to_string(), v));
+    assert_eq!(aliases, expected);
+    assert!(store.size_on_disk().unwrap() > 0);
+}

@@ -7,12 +7,18 @@ use async_trait::async_trait;
 use tokio::sync::{broadcast, mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::{QueueError, TaskQueue};
-use crate::task::{TaskSpec, WorkerEvent};
+use super::{Backlog, QueueError, TaskQueue};
+use crate::task::{now_ms, TaskSpec, WorkerEvent};
+
+/// A task waiting in its queue, with when it was queued (for [`TaskQueue::backlog`]).
+struct Queued {
+    at_ms: u64,
+    task: TaskSpec,
+}
 
 /// Tasks per queue name, events on a channel, cancellations on a broadcast.
 pub struct MemoryQueue {
-    tasks: Mutex<HashMap<String, VecDeque<TaskSpec>>>,
+    tasks: Mutex<HashMap<String, VecDeque<Queued>>>,
     task_added: Notify,
     events_tx: mpsc::UnboundedSender<WorkerEvent>,
     events_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<WorkerEvent>>,
@@ -40,11 +46,15 @@ impl MemoryQueue {
     fn pop(&self, queues: &[String]) -> Option<TaskSpec> {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         if queues.iter().any(|q| q == "*") {
-            return tasks.values_mut().find_map(VecDeque::pop_front);
+            return tasks
+                .values_mut()
+                .find_map(VecDeque::pop_front)
+                .map(|q| q.task);
         }
         queues
             .iter()
             .find_map(|q| tasks.get_mut(q).and_then(VecDeque::pop_front))
+            .map(|q| q.task)
     }
 }
 
@@ -59,7 +69,10 @@ impl TaskQueue for MemoryQueue {
             .unwrap_or_else(|e| e.into_inner())
             .entry(task.queue.clone())
             .or_default()
-            .push_back(task);
+            .push_back(Queued {
+                at_ms: now_ms(),
+                task,
+            });
         self.task_added.notify_waiters();
         Ok(())
     }
@@ -106,12 +119,29 @@ impl TaskQueue for MemoryQueue {
     async fn cancel_run(&self, run_id: &str) -> Result<(), QueueError> {
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         for queue in tasks.values_mut() {
-            queue.retain(|t| t.key.run_id != run_id || t.outlives_cancel);
+            queue.retain(|q| q.task.key.run_id != run_id || q.task.outlives_cancel);
         }
         drop(tasks);
         // No receiver simply means no worker is running anything.
         let _ = self.cancels.send(run_id.to_string());
         Ok(())
+    }
+
+    async fn backlog(&self) -> Result<Vec<Backlog>, QueueError> {
+        let now = now_ms();
+        let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut backlog: Vec<Backlog> = tasks
+            .iter()
+            .map(|(queue, waiting)| Backlog {
+                queue: queue.clone(),
+                waiting: waiting.len() as u64,
+                oldest_wait_ms: waiting
+                    .front()
+                    .map_or(0, |oldest| now.saturating_sub(oldest.at_ms)),
+            })
+            .collect();
+        backlog.sort_by(|a, b| a.queue.cmp(&b.queue));
+        Ok(backlog)
     }
 
     fn cancellations(&self) -> broadcast::Receiver<String> {
@@ -121,5 +151,46 @@ impl TaskQueue for MemoryQueue {
     fn close(&self) {
         self.closed.cancel();
         self.task_added.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::{StepCommand, TaskKey};
+
+    fn task(queue: &str, step: &str) -> TaskSpec {
+        let key = TaskKey {
+            run_id: "r".into(),
+            step: step.into(),
+            attempt: 1,
+        };
+        TaskSpec {
+            queue: queue.into(),
+            ..TaskSpec::new(key, StepCommand::Shell("true".into()), "/tmp/a".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn backlog_counts_what_waits_per_queue_until_a_worker_takes_it() {
+        let queue = MemoryQueue::default();
+        assert_eq!(queue.backlog().await.unwrap(), vec![]);
+        for (q, step) in [("default", "a"), ("default", "b"), ("gpu", "c")] {
+            queue.dispatch(task(q, step)).await.unwrap();
+        }
+        let taken = queue.take(&["default".into()]).await.unwrap();
+        assert_eq!(taken.key.step, "a");
+        let backlog = queue.backlog().await.unwrap();
+        let waiting: Vec<(&str, u64)> = backlog
+            .iter()
+            .map(|b| (b.queue.as_str(), b.waiting))
+            .collect();
+        assert_eq!(waiting, vec![("default", 1), ("gpu", 1)]);
+        queue.take(&["*".into()]).await.unwrap();
+        queue.take(&["*".into()]).await.unwrap();
+        let backlog = queue.backlog().await.unwrap();
+        assert!(backlog
+            .iter()
+            .all(|b| b.waiting == 0 && b.oldest_wait_ms == 0));
     }
 }

@@ -46,6 +46,18 @@ pub struct EventBatch {
     pub events: Vec<WorkerEvent>,
 }
 
+/// How many tasks wait in one worker queue for a worker to take them, and for how long the
+/// oldest has waited: what an operator watches to know whether workers keep up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backlog {
+    /// The worker queue's name (`default`, `gpu`, ...).
+    pub queue: String,
+    /// Tasks queued that no worker has taken yet.
+    pub waiting: u64,
+    /// How long the oldest of them has waited, in milliseconds; 0 when none waits.
+    pub oldest_wait_ms: u64,
+}
+
 /// Transport of tasks to workers and of their events back.
 #[async_trait]
 pub trait TaskQueue: Send + Sync {
@@ -122,6 +134,12 @@ pub trait TaskQueue: Send + Sync {
         _chunk: Option<&[u8]>,
     ) -> Result<(), QueueError> {
         Ok(())
+    }
+
+    /// Scheduler side: the tasks waiting for a worker, per worker queue (for `/metrics`). A
+    /// queue that cannot tell answers with none.
+    async fn backlog(&self) -> Result<Vec<Backlog>, QueueError> {
+        Ok(Vec::new())
     }
 
     /// Scheduler side: asks the workers to stop every task of `run_id`.

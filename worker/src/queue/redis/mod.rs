@@ -13,10 +13,11 @@
 //!
 //! One file per job: `tasks` (add, take, accept, claim, settle), `events` (worker events and
 //! their acknowledgements), `registry` (heartbeats, the worker list, reclaim of silent workers'
-//! tasks), `logs`, `cancel`, `lease` (one scheduler per prefix) and `reader` (the background
-//! reads every consumer group uses). This file holds the connection, the key names and the
+//! tasks), `backlog` (what waits per queue, for metrics), `logs`, `cancel`, `lease` (one
+//! scheduler per prefix) and `reader` (the background reads every consumer group uses). This file holds the connection, the key names and the
 //! [`TaskQueue`] implementation that routes to them.
 
+mod backlog;
 mod cancel;
 mod events;
 mod lease;
@@ -44,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::{EventBatch, QueueError, TaskQueue};
+use super::{Backlog, EventBatch, QueueError, TaskQueue};
 use crate::backoff::Backoff;
 use crate::task::{now_ms, Outcome, TaskKey, TaskResult, TaskSpec, WorkerEvent};
 
@@ -238,6 +239,10 @@ impl TaskQueue for RedisQueue {
 
     async fn cancel_run(&self, run_id: &str) -> Result<(), QueueError> {
         self.publish_cancel(run_id).await
+    }
+
+    async fn backlog(&self) -> Result<Vec<Backlog>, QueueError> {
+        self.task_backlog().await
     }
 
     fn streams_logs(&self) -> bool {

@@ -17,6 +17,10 @@ pub struct WorkerInfo {
     pub slots: usize,
     /// GPU device ids it owns.
     pub gpus: Vec<String>,
+    /// How many of them no step holds now; `None` from a worker that does not say (an older
+    /// version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus_free: Option<usize>,
     /// Tasks it runs now.
     pub running: usize,
     /// Whether it runs image steps (its Docker engine answered).

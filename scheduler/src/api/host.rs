@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::logs::{serve_log, LogQuery, LogSource};
-use super::runs::{list_runs, run_events, show_run, ListQuery};
+use super::runs::{list_runs, run_events, show_run, ListQuery, RunDetail, RunEvents, RunList};
 use super::ApiError;
 use crate::host::{Host, HostCancelError, Refused, Submission};
 
@@ -38,7 +38,7 @@ pub fn router(host: Arc<Host>) -> Router {
 async fn list(
     State(host): State<Arc<Host>>,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<RunList>, ApiError> {
     let Query(query) = query.map_err(super::bad_query)?;
     list_runs(host.store(), query).map(Json)
 }
@@ -46,14 +46,14 @@ async fn list(
 async fn show(
     State(host): State<Arc<Host>>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<RunDetail>, ApiError> {
     show_run(host.store(), &id).map(Json)
 }
 
 async fn events(
     State(host): State<Arc<Host>>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<RunEvents>, ApiError> {
     run_events(host.store(), &id).map(Json)
 }
 

@@ -17,20 +17,22 @@ use crate::engine::Engine;
 use crate::store::Store;
 
 /// A daemon over a scratch folder with pipelines `good` (an integer param) and `broken`, no
-/// workers, the admin token `s3cret` and the read token `viewer` returns.
-struct Api {
-    router: axum::Router,
-    viewer: String,
+/// workers, the admin token `s3cret`, the read token `viewer` and the trigger token `operator`
+/// returns.
+pub(super) struct Api {
+    pub(super) router: axum::Router,
+    pub(super) viewer: String,
+    pub(super) operator: String,
     /// The daemon's store, to seed the model registry.
     store: Store,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
 }
 
-const ADMIN: &str = "s3cret";
+pub(super) const ADMIN: &str = "s3cret";
 
 impl Api {
-    async fn start() -> Api {
+    pub(super) async fn start() -> Api {
         let dir = tempfile::tempdir().unwrap();
         let pipelines = dir.path().join("pipelines");
         std::fs::create_dir(&pipelines).unwrap();
@@ -45,8 +47,9 @@ impl Api {
         )
         .unwrap();
         let (viewer, line) = new_token("viewer", "read").unwrap();
+        let (operator, operator_line) = new_token("operator", "trigger").unwrap();
         let tokens_file = dir.path().join("tokens");
-        std::fs::write(&tokens_file, format!("{line}\n")).unwrap();
+        std::fs::write(&tokens_file, format!("{line}\n{operator_line}\n")).unwrap();
         let data_dir = dir.path().join("data");
         let store = sluice_worker::artifacts::ArtifactStore::open(
             &sluice_worker::artifacts::StoreUrl::Local(data_dir.join("artifacts")),
@@ -86,6 +89,7 @@ impl Api {
         Api {
             router: router(state),
             viewer,
+            operator,
             store,
             shutdown,
             _dir: dir,
@@ -93,7 +97,7 @@ impl Api {
     }
 
     /// The status and body of one request.
-    async fn call(
+    pub(super) async fn call(
         &self,
         method: &str,
         path: &str,

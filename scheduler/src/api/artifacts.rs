@@ -212,9 +212,13 @@ pub(super) async fn content(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct GcRequest {
-    /// `30d`, `12h`: finished runs older than this go (30 days when absent). The pattern admits
-    /// the plain forms; combined ones such as `1h30m` are read too.
-    #[schema(pattern = "^([0-9]{1,3}(ms|s|m|h)|[0-9]{1,2}d)$", example = "30d")]
+    /// `30d`, `12h`: finished runs older than this go (30 days when absent); at most a year.
+    /// The pattern admits one number and unit, with as many digits as stay under 100 days in
+    /// that unit (`sluice gc` sends seconds); combined forms such as `1h30m` are read too.
+    #[schema(
+        pattern = "^([0-9]{1,10}ms|[0-9]{1,7}s|[0-9]{1,5}m|[0-9]{1,3}h|[0-9]{1,2}d)$",
+        example = "30d"
+    )]
     older_than: Option<String>,
     /// The newest this many runs of each pipeline stay (1 when absent).
     #[serde(default, deserialize_with = "super::whole_number_or_none")]

@@ -172,7 +172,11 @@ fn json_body<T: DeserializeOwned>(bytes: &[u8], expected: &str) -> Result<Option
             format!("bad request body: {why} (expected {expected})"),
         )
     };
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    // JSON's whitespace only: a form feed (ASCII whitespace to Rust) is not an empty body.
+    if bytes
+        .iter()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    {
         return Ok(None);
     }
     match serde_json::from_slice(bytes).map_err(|err| bad(err.to_string()))? {

@@ -284,6 +284,9 @@ async fn bodies_are_read_as_the_document_describes_them() {
         // An optional body may be `null`, as the document's `oneOf [null, ...]` says.
         ("POST", trigger, "null", 201, "\"run\""),
         ("POST", "/api/v1/runs/nope/retry", "null", 404, "nope"),
+        // JSON's whitespace is an empty body; a form feed is not JSON.
+        ("POST", trigger, " \r\n\t", 201, "\"run\""),
+        ("POST", trigger, "\x0c", 422, "bad request body"),
         // An array is not an object, though serde would fill a struct from one.
         ("POST", trigger, "[{}, true]", 422, "object"),
         ("POST", "/api/v1/gc", "[null, true]", 422, "map"),

@@ -1,6 +1,8 @@
 //! The part of the API a `sluice run` serves on its data dir's socket (see [`crate::host`]):
 //! the run reads, logs, cancel, and starting a run of a file for another `sluice run`. No
-//! tokens: the socket is the user's own (mode 0600).
+//! tokens: the socket is the user's own (mode 0600). Not in `/api/v1/openapi.json`: only other
+//! `sluice` commands of the same binary speak it, and its run reads answer with the daemon's
+//! documented types (see [`super::openapi`]).
 
 use std::sync::Arc;
 

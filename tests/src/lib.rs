@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod promtool;
 pub mod redis;
 pub mod s3;
+pub mod schemathesis;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -3,9 +3,9 @@
 //! Tokens come from `--api-token` (one token, role `admin`, named `api-token`) and from
 //! `--tokens FILE`, a file of `NAME ROLE sha256:HEX` lines that holds only hashes, so no token
 //! is on a command line (`ps` shows those) or in a file a reader could reuse. With no token at
-//! all the API is open, as before; with any, every route but `/healthz`, `/readyz` and signed
-//! webhooks needs one. A caller's token name is recorded where it acts (the run's trigger,
-//! the cancel mark).
+//! all the API is open, as before; with any, every route but `/healthz`, `/readyz`, the OpenAPI
+//! document and signed webhooks needs one. A caller's token name is recorded where it acts (the
+//! run's trigger, the cancel mark).
 
 use std::path::Path;
 
@@ -39,7 +39,7 @@ impl Role {
         }
     }
 
-    /// The role's name, as tokens files write it.
+    /// The role's name, as tokens files and the OpenAPI document spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Read => "read",

@@ -28,10 +28,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hmac::{Hmac, Mac};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, ErrorBody};
 use crate::daemon::{Origin, Started, TriggerError};
 use crate::metrics::WebhookRejection;
 use crate::spec::Trigger;
@@ -45,6 +47,48 @@ pub const TOLERANCE_SECS: i64 = 300;
 /// How long a delivery id is remembered.
 pub const DEDUPE_WINDOW_MS: u64 = 24 * 3600 * 1000;
 
+/// A delivery that started a run, or that was seen before and started nothing.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Delivered {
+    /// The run's id: the new run, or the one the same delivery started before.
+    run: String,
+    /// `true` when the delivery was seen before and nothing was started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicate: Option<bool>,
+}
+
+/// A delivery the pipeline's concurrency policy skipped.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct DeliverySkipped {
+    /// Why no run was started.
+    skipped: String,
+}
+
+#[utoipa::path(
+    post,
+    path = "/hooks/{pipeline}/{trigger}",
+    tag = "webhooks",
+    operation_id = "webhook",
+    description = "Starts a run of `pipeline` for its `webhook: trigger`. Authenticated by an HMAC-SHA256 signature of the raw body with the trigger's secret (`X-Sluice-Signature: sha256=<hex>` or `t=<unix>,v1=<hex>` over `{t}.{body}`, or GitHub's `X-Hub-Signature-256`), not by an API token; a trigger with `insecure: true` takes unsigned deliveries.",
+    params(
+        ("pipeline" = String, Path, description = "The pipeline's name."),
+        ("trigger" = String, Path, description = "The name of the pipeline's `webhook:` trigger."),
+        ("X-Sluice-Signature" = Option<String>, Header, description = "`sha256=<hex>` over the body, or `t=<unix>,v1=<hex>` over `{t}.{body}`."),
+        ("X-Hub-Signature-256" = Option<String>, Header, description = "GitHub's `sha256=<hex>` over the body."),
+        ("X-Sluice-Delivery" = Option<String>, Header, description = "A delivery id, deduplicating deliveries to an `insecure` webhook (`X-GitHub-Delivery` and `Idempotency-Key` are read too)."),
+    ),
+    request_body(content = Option<Object>, description = "The sender's payload, signed as raw bytes; JSON when the trigger maps params from it. At most 1 MiB."),
+    responses(
+        (status = 200, description = "The concurrency policy skipped it: nothing was started.", body = DeliverySkipped),
+        (status = 202, description = "A run was started, or (`duplicate`) this delivery was seen before.", body = Delivered),
+        (status = 401, description = "The signature is missing, does not match, or its timestamp is too far from now.", body = ErrorBody),
+        (status = 404, description = "The pipeline has no webhook of that name.", body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB.", body = String, content_type = "text/plain; charset=utf-8"),
+        (status = 422, description = "A param cannot be mapped from the body, or does not fit the pipeline.", body = ErrorBody),
+        (status = 500, description = "The store failed.", body = ErrorBody),
+        (status = 503, description = "The webhook's secret is not configured, the scheduler is shutting down, or the store cannot write now.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn hook(
     State(state): State<ApiState>,
     Path((pipeline, name)): Path<(String, String)>,
@@ -140,19 +184,27 @@ pub(super) async fn hook(
         .await
         .map_err(ApiError::internal)?;
     match started {
-        Ok(Started::New(run)) => {
-            Ok((StatusCode::ACCEPTED, Json(json!({ "run": run.id }))).into_response())
-        }
+        Ok(Started::New(run)) => Ok((
+            StatusCode::ACCEPTED,
+            Json(Delivered {
+                run: run.id,
+                duplicate: None,
+            }),
+        )
+            .into_response()),
         Ok(Started::Existing(run)) => {
             rejected(WebhookRejection::Duplicate);
             Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({ "run": run, "duplicate": true })),
+                Json(Delivered {
+                    run,
+                    duplicate: Some(true),
+                }),
             )
                 .into_response())
         }
         Ok(Started::Skipped(reason)) => {
-            Ok((StatusCode::OK, Json(json!({ "skipped": reason }))).into_response())
+            Ok((StatusCode::OK, Json(DeliverySkipped { skipped: reason })).into_response())
         }
         Err(err @ TriggerError::Params(_)) => {
             rejected(WebhookRejection::BadPayload);

@@ -1,6 +1,8 @@
 //! The part of the API a `sluice run` serves on its data dir's socket (see [`crate::host`]):
 //! the run reads, logs, cancel, and starting a run of a file for another `sluice run`. No
-//! tokens: the socket is the user's own (mode 0600).
+//! tokens: the socket is the user's own (mode 0600). Not in `/api/v1/openapi.json`: only other
+//! `sluice` commands of the same binary speak it, and its run reads answer with the daemon's
+//! documented types (see [`super::openapi`]).
 
 use std::sync::Arc;
 
@@ -13,7 +15,9 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::logs::{serve_log, LogQuery, LogSource};
-use super::runs::{cancel_answer, list_runs, run_events, show_run, ListQuery};
+use super::runs::{
+    cancel_answer, list_runs, run_events, show_run, ListQuery, RunDetail, RunEvents, RunList,
+};
 use super::ApiError;
 use crate::host::{Host, Refused, Submission};
 
@@ -38,7 +42,7 @@ pub fn router(host: Arc<Host>) -> Router {
 async fn list(
     State(host): State<Arc<Host>>,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<RunList>, ApiError> {
     let Query(query) = query.map_err(super::bad_query)?;
     list_runs(host.store(), query).map(Json)
 }
@@ -46,14 +50,14 @@ async fn list(
 async fn show(
     State(host): State<Arc<Host>>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<RunDetail>, ApiError> {
     show_run(host.store(), &id).map(Json)
 }
 
 async fn events(
     State(host): State<Arc<Host>>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<RunEvents>, ApiError> {
     run_events(host.store(), &id).map(Json)
 }
 

@@ -10,8 +10,9 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio::io::AsyncReadExt;
+use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, ErrorBody};
 use crate::store::{RunLookup, Store};
 use sluice_worker::task::TaskKey;
 
@@ -21,17 +22,58 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 const CHUNK: usize = 64 * 1024;
 
 /// Query of the log endpoint.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct LogQuery {
     /// Attempt number; the latest by default.
     attempt: Option<u32>,
     /// `stdout` (default) or `stderr`.
-    stream: Option<String>,
+    #[param(inline)]
+    stream: Option<LogStream>,
     /// Keep the response open and send more as the step writes it, until the attempt ends.
     #[serde(default)]
     follow: bool,
 }
 
+/// Which of an attempt's outputs.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum LogStream {
+    /// What the step wrote to its standard output.
+    #[default]
+    Stdout,
+    /// What it wrote to its standard error.
+    Stderr,
+}
+
+impl LogStream {
+    /// The name of its file in the attempt's folder.
+    fn file(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout.log",
+            LogStream::Stderr => "stderr.log",
+        }
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/runs/{run}/steps/{step}/logs",
+    tag = "runs",
+    operation_id = "step_logs",
+    params(
+        ("run" = String, Path, description = "A run's id, or a prefix only it has."),
+        ("step" = String, Path, description = "The step's name."),
+        LogQuery,
+    ),
+    responses(
+        (status = 200, description = "The attempt's log as text, sent as it is read (with `follow`, until the attempt ends).", body = String, content_type = "text/plain; charset=utf-8"),
+        (status = 404, description = "No such run, step or attempt, or the step has not started.", body = ErrorBody),
+        (status = 409, description = "Several runs start with that prefix, or the step replaced its log with something that is not a regular file.", body = ErrorBody),
+        (status = 422, description = "The query string does not parse (`stream` is `stdout` or `stderr`).", body = ErrorBody),
+        (status = 500, description = "The store failed, or the log cannot be opened.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn logs(
     State(state): State<ApiState>,
     Path((run_id, step)): Path<(String, String)>,
@@ -90,16 +132,7 @@ pub(super) async fn serve_log(
         .iter()
         .find(|a| a.number == number)
         .ok_or_else(|| ApiError::not_found(format!("step `{step}` has no attempt {number}")))?;
-    let file = match query.stream.as_deref().unwrap_or("stdout") {
-        "stdout" => "stdout.log",
-        "stderr" => "stderr.log",
-        other => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("stream must be `stdout` or `stderr`, not `{other}`"),
-            ))
-        }
-    };
+    let file = query.stream.unwrap_or_default().file();
     let path = attempt.dir.join(file);
     let follow = query.follow && !attempt.status.is_terminal();
     // Never through a link, never a FIFO or device: a step may have replaced its log's name.

@@ -8,8 +8,19 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, ErrorBody};
 
+/// The daemon's metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    responses(
+        (status = 200, description = "The metrics in Prometheus' text format 0.0.4 (runs and steps by pipeline and state, step durations, queues, workers, triggers, webhook rejections, leases lost, store size, model aliases).", content_type = "text/plain; version=0.0.4", body = String),
+        (status = 500, description = "The metrics could not be encoded.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let snapshot = state.daemon.snapshot().await;
     let text = state

@@ -25,11 +25,10 @@ use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Caller;
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, ErrorBody};
 use crate::models::{
     check_name, AliasAction, AliasRecord, HistoryEntry, ModelRef, ModelSummary, ModelVersion,
     RegistryError, Selector,
@@ -41,14 +40,14 @@ use crate::store::Store;
 pub const MAX_REASON_BYTES: usize = 1024;
 
 /// Every model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelList {
     /// In name order.
     pub models: Vec<ModelSummary>,
 }
 
 /// One model in full.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelDetail {
     /// Its name, versions' count, newest version and aliases.
     pub model: ModelSummary,
@@ -59,7 +58,7 @@ pub struct ModelDetail {
 }
 
 /// One version, with the aliases that point at it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionDetail {
     /// The version's record (its fields, at the top level of the JSON).
     #[serde(flatten)]
@@ -69,7 +68,7 @@ pub struct VersionDetail {
 }
 
 /// A model's alias moves.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelHistory {
     /// The model.
     pub model: String,
@@ -78,7 +77,7 @@ pub struct ModelHistory {
 }
 
 /// What a promotion or rollback did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AliasMoved {
     /// The model.
     pub model: String,
@@ -242,27 +241,37 @@ fn who(caller: &Caller) -> String {
     caller.0.clone().unwrap_or_else(|| "api".into())
 }
 
-/// A JSON body; an empty one reads as `{}`.
-fn body<T: DeserializeOwned>(bytes: &Bytes, expected: &str) -> Result<T, ApiError> {
-    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        bytes
-    };
-    serde_json::from_slice(bytes).map_err(|err| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("bad request body: {err} (expected {expected})"),
-        )
-    })
-}
-
+#[utoipa::path(
+    get,
+    path = "/api/v1/models",
+    tag = "models",
+    operation_id = "list_models",
+    responses(
+        (status = 200, description = "Every model with its versions' count, newest version, aliases and last update.", body = ModelList),
+        (status = 500, description = "The store failed.", body = ErrorBody),
+        (status = 503, description = "The store cannot be used now (a full disk, a reopening): try again.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn list_models(
     State(state): State<ApiState>,
 ) -> Result<Json<ModelList>, ApiError> {
     Ok(Json(list(&state.daemon.engine().store)?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/models/{name}",
+    tag = "models",
+    operation_id = "show_model",
+    params(("name" = String, Path, pattern = "^[a-z0-9_-][a-z0-9_.-]{0,63}$", description = "The model's name.")),
+    responses(
+        (status = 200, description = "The model: summary, every version, every alias.", body = ModelDetail),
+        (status = 400, description = "Not a model name.", body = ErrorBody),
+        (status = 404, description = "No such model (the message lists those that exist).", body = ErrorBody),
+        (status = 500, description = "The store failed.", body = ErrorBody),
+        (status = 503, description = "The store cannot be used now (a full disk, a reopening): try again.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn show_model(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -270,6 +279,23 @@ pub(super) async fn show_model(
     Ok(Json(detail(&state.daemon.engine().store, &name)?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/models/{name}/versions/{version}",
+    tag = "models",
+    operation_id = "show_model_version",
+    params(
+        ("name" = String, Path, pattern = "^[a-z0-9_-][a-z0-9_.-]{0,63}$", description = "The model's name."),
+        ("version" = String, Path, pattern = "^(latest|[1-9][0-9]{0,18})$", description = "A version number (1, 2, ...) or `latest`.", example = "latest"),
+    ),
+    responses(
+        (status = 200, description = "The version, with the aliases pointing at it.", body = VersionDetail),
+        (status = 400, description = "Not a model name, or `version` is neither a number from 1 nor `latest`.", body = ErrorBody),
+        (status = 404, description = "No such model or version (the message lists what exists).", body = ErrorBody),
+        (status = 500, description = "The store failed.", body = ErrorBody),
+        (status = 503, description = "The store cannot be used now (a full disk, a reopening): try again.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn show_version(
     State(state): State<ApiState>,
     Path((name, version)): Path<(String, String)>,
@@ -293,6 +319,23 @@ pub(super) async fn show_version(
     )?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/models/{name}/aliases/{alias}",
+    tag = "models",
+    operation_id = "show_model_alias",
+    params(
+        ("name" = String, Path, pattern = "^[a-z0-9_-][a-z0-9_.-]{0,63}$", description = "The model's name."),
+        ("alias" = String, Path, pattern = "^[a-z0-9_-][a-z0-9_.-]{0,63}$", description = "The alias (`production`, `staging`, ...)."),
+    ),
+    responses(
+        (status = 200, description = "The version the alias points at, with every alias pointing at it.", body = VersionDetail),
+        (status = 400, description = "Not a model or alias name.", body = ErrorBody),
+        (status = 404, description = "No such model or alias (the message lists what exists).", body = ErrorBody),
+        (status = 500, description = "The store failed.", body = ErrorBody),
+        (status = 503, description = "The store cannot be used now (a full disk, a reopening): try again.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn show_alias(
     State(state): State<ApiState>,
     Path((name, alias)): Path<(String, String)>,
@@ -304,6 +347,20 @@ pub(super) async fn show_alias(
     Ok(Json(version(&state.daemon.engine().store, &reference)?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/models/{name}/history",
+    tag = "models",
+    operation_id = "model_history",
+    params(("name" = String, Path, pattern = "^[a-z0-9_-][a-z0-9_.-]{0,63}$", description = "The model's name.")),
+    responses(
+        (status = 200, description = "Every alias move, oldest first.", body = ModelHistory),
+        (status = 400, description = "Not a model name.", body = ErrorBody),
+        (status = 404, description = "No such model.", body = ErrorBody),
+        (status = 500, description = "The store failed.", body = ErrorBody),
+        (status = 503, description = "The store cannot be used now (a full disk, a reopening): try again.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn show_history(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -312,10 +369,12 @@ pub(super) async fn show_history(
 }
 
 /// Body of a promotion.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PromoteBody {
     /// The version the alias is to point at.
+    #[serde(deserialize_with = "super::whole_number")]
+    #[schema(minimum = 1)]
     version: u64,
     /// Why, for the history.
     #[serde(default)]
@@ -323,7 +382,7 @@ pub(super) struct PromoteBody {
 }
 
 /// Body of a rollback (optional).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RollbackBody {
     /// Why, for the history.
@@ -331,13 +390,38 @@ pub(super) struct RollbackBody {
     reason: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/models/{name}/aliases/{alias}",
+    tag = "models",
+    operation_id = "promote_model_alias",
+    params(
+        ("name" = String, Path, pattern = "^[a-z0-9_-][a-z0-9_.-]{0,63}$", description = "The model's name."),
+        ("alias" = String, Path, pattern = "^[a-z0-9_-][a-z0-9_.-]{0,63}$", description = "The alias to point at `version`."),
+    ),
+    request_body(content = PromoteBody, description = "The version, and why (kept in the history)."),
+    responses(
+        (status = 200, description = "The alias points at `version` (`moved: false` when it already did).", body = AliasMoved),
+        (status = 400, description = "Not a model or alias name, or a `reason` over 1 KiB.", body = ErrorBody),
+        (status = 404, description = "No such model, version or alias (the message lists what exists).", body = ErrorBody),
+        (status = 422, description = "The body is not JSON of this shape.", body = ErrorBody),
+        (status = 500, description = "The store failed.", body = ErrorBody),
+        (status = 503, description = "The store cannot write now: nothing was changed.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn promote_alias(
     State(state): State<ApiState>,
     Path((name, alias)): Path<(String, String)>,
     Extension(caller): Extension<Caller>,
     bytes: Bytes,
 ) -> Result<Json<AliasMoved>, ApiError> {
-    let request: PromoteBody = body(&bytes, r#"{"version": 3, "reason": "why"}"#)?;
+    let expected = r#"{"version": 3, "reason": "why"}"#;
+    let request: PromoteBody = super::json_body(&bytes, expected)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("bad request body: the version is missing (expected {expected})"),
+        )
+    })?;
     let store = state.daemon.engine().store.clone();
     let who = who(&caller);
     // A move commits and flushes the store: off the async threads.
@@ -355,13 +439,34 @@ pub(super) async fn promote_alias(
     Ok(Json(moved))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/models/{name}/aliases/{alias}/rollback",
+    tag = "models",
+    operation_id = "rollback_model_alias",
+    params(
+        ("name" = String, Path, pattern = "^[a-z0-9_-][a-z0-9_.-]{0,63}$", description = "The model's name."),
+        ("alias" = String, Path, pattern = "^[a-z0-9_-][a-z0-9_.-]{0,63}$", description = "The alias to move back."),
+    ),
+    request_body(content = Option<RollbackBody>, description = "Why (kept in the history); may be empty."),
+    responses(
+        (status = 200, description = "The alias points at the version it held before its last move.", body = AliasMoved),
+        (status = 409, description = "The alias never pointed at another version: nothing to roll back to.", body = ErrorBody),
+        (status = 400, description = "Not a model or alias name, or a `reason` over 1 KiB.", body = ErrorBody),
+        (status = 404, description = "No such model, version or alias (the message lists what exists).", body = ErrorBody),
+        (status = 422, description = "The body is not JSON of this shape.", body = ErrorBody),
+        (status = 500, description = "The store failed.", body = ErrorBody),
+        (status = 503, description = "The store cannot write now: nothing was changed.", body = ErrorBody),
+    ),
+)]
 pub(super) async fn rollback_alias(
     State(state): State<ApiState>,
     Path((name, alias)): Path<(String, String)>,
     Extension(caller): Extension<Caller>,
     bytes: Bytes,
 ) -> Result<Json<AliasMoved>, ApiError> {
-    let request: RollbackBody = body(&bytes, r#"{"reason": "why"}"#)?;
+    let request =
+        super::json_body(&bytes, r#"{"reason": "why"}"#)?.unwrap_or(RollbackBody { reason: None });
     let store = state.daemon.engine().store.clone();
     let who = who(&caller);
     let moved = tokio::task::spawn_blocking(move || {

@@ -17,10 +17,12 @@ use crate::engine::Engine;
 use crate::store::Store;
 
 /// A daemon over a scratch folder with pipelines `good` (an integer param) and `broken`, no
-/// workers, the admin token `s3cret` and the read token `viewer` returns.
+/// workers, the admin token `s3cret`, the read token `viewer` and the trigger token `operator`
+/// returns.
 pub(super) struct Api {
     pub(super) router: axum::Router,
     pub(super) viewer: String,
+    pub(super) operator: String,
     /// The daemon's store, to seed the model registry.
     pub(super) store: Store,
     shutdown: CancellationToken,
@@ -45,8 +47,9 @@ impl Api {
         )
         .unwrap();
         let (viewer, line) = new_token("viewer", "read").unwrap();
+        let (operator, operator_line) = new_token("operator", "trigger").unwrap();
         let tokens_file = dir.path().join("tokens");
-        std::fs::write(&tokens_file, format!("{line}\n")).unwrap();
+        std::fs::write(&tokens_file, format!("{line}\n{operator_line}\n")).unwrap();
         let data_dir = dir.path().join("data");
         let store = sluice_worker::artifacts::ArtifactStore::open(
             &sluice_worker::artifacts::StoreUrl::Local(data_dir.join("artifacts")),
@@ -86,6 +89,7 @@ impl Api {
         Api {
             router: router(state),
             viewer,
+            operator,
             store,
             shutdown,
             _dir: dir,

@@ -27,7 +27,7 @@ pub struct GcPolicy {
 }
 
 /// What a collection removed (or, in a dry run, would remove).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct GcReport {
     /// Runs removed.
     pub runs: Vec<String>,

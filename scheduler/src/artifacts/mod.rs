@@ -13,7 +13,7 @@ use sluice_worker::artifacts::{ArtifactError, ArtifactKind, Artifacts};
 use crate::store::{Store, StoreError};
 
 /// One producer of an artifact, as indexed (`x/<id>/<run>/<step>`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IndexEntry {
     /// The output as declared (`model/`).
     pub name: String,
@@ -30,7 +30,7 @@ pub struct IndexEntry {
 }
 
 /// An artifact in a listing: one row per (artifact, producing step).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ArtifactRow {
     /// Content id.
     pub id: String,
@@ -46,7 +46,7 @@ pub struct ArtifactRow {
 }
 
 /// An input a step read: an upstream step's output.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct InputUse {
     /// The upstream step.
     pub step: String,
@@ -57,7 +57,7 @@ pub struct InputUse {
 }
 
 /// Everything recorded of who made an artifact.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Producer {
     /// The run, pipeline, step and the output's metadata.
     #[serde(flatten)]
@@ -78,7 +78,7 @@ pub struct Producer {
 
 /// `artifacts show`: an artifact, its files and its producers (the first made it; later
 /// ones made the same bytes again).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ArtifactDetail {
     /// Content id.
     pub id: String,
@@ -93,7 +93,7 @@ pub struct ArtifactDetail {
 }
 
 /// One node of a lineage: an artifact and the artifacts its producer read.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LineageNode {
     /// Content id.
     pub id: String,
@@ -115,7 +115,7 @@ pub struct Contents {
 }
 
 /// How one path differs between two artifacts.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DiffEntry {
     /// `added`, `removed` or `changed`.
     pub change: &'static str,

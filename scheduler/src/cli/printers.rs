@@ -295,7 +295,7 @@ pub struct ListedPipeline {
 }
 
 /// One trigger of a listed pipeline.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ListedTrigger {
     /// `cron`, `webhook`, `watch` or `after`.
     pub kind: &'static str,

@@ -23,9 +23,10 @@ pub struct Catalog {
 }
 
 /// A pipeline file the daemon could not load.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LoadError {
     /// The file.
+    #[schema(value_type = String)]
     pub file: PathBuf,
     /// Every problem, one `file:line:column: message` line each.
     pub problems: Vec<String>,

@@ -25,7 +25,7 @@ pub const CACHE_FORMAT: &str = "1";
 const MAX_INPUT_FILES: usize = 100_000;
 
 /// What caching decided for a step, kept on its record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CacheNote {
     /// The key.
     pub key: String,

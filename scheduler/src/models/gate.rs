@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{ModelRef, ModelVersion};
 
 /// A comparison in a threshold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Op {
     /// `>=`
     #[serde(rename = ">=")]
@@ -48,7 +48,7 @@ impl Op {
 }
 
 /// `>= 0.9`: a metric's bound.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Threshold {
     /// How the value is compared.
     pub op: Op,
@@ -117,7 +117,7 @@ pub struct GateSpec {
 }
 
 /// How one metric fared.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GateRow {
     /// The metric.
     pub metric: String,
@@ -137,7 +137,7 @@ pub struct GateRow {
 }
 
 /// A gate's verdict with a row per metric.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GateReport {
     /// Whether every row passed.
     pub passed: bool,

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sluice_worker::task::ArtifactRef;
 
 /// One registered version of a model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelVersion {
     /// The model's name.
     pub model: String,
@@ -33,6 +33,7 @@ pub struct ModelVersion {
     /// The `register` step that registered it (in the same run).
     pub registered_by: String,
     /// Metrics of the steps upstream of the `register` step, by step.
+    #[schema(value_type = BTreeMap<String, Object>)]
     pub metrics: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
     /// The run's parameters.
     pub params: BTreeMap<String, String>,
@@ -60,7 +61,7 @@ impl ModelVersion {
 }
 
 /// One input artifact of the step that produced a model version.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TrainingInput {
     /// The upstream step it came from.
     pub step: String,
@@ -69,7 +70,7 @@ pub struct TrainingInput {
 }
 
 /// Where an alias points, and where it pointed before (for rollback).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AliasRecord {
     /// The version it points at.
     pub version: u64,
@@ -81,7 +82,7 @@ pub struct AliasRecord {
 }
 
 /// What moved an alias.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AliasAction {
     /// Set at registration (`register` with `alias:`).
@@ -107,7 +108,7 @@ impl AliasAction {
 }
 
 /// One alias move in a model's history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     /// Order within the model's history, from 0.
     pub seq: u64,
@@ -129,7 +130,7 @@ pub struct HistoryEntry {
 }
 
 /// A model with its versions' count and its aliases, for listings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelSummary {
     /// The model's name.
     pub name: String,

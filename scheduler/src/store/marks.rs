@@ -28,7 +28,7 @@ pub struct SeenMark {
 }
 
 /// A trigger the concurrency policy skipped, for `GET /api/v1/pipelines/{p}/skipped`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SkipMark {
     /// What asked for the run.
     pub trigger: String,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 pub use sluice_worker::task::Outcome;
 
 /// A run's lifecycle: `queued → running → succeeded | failed | cancelled`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// Accepted, not started.
@@ -45,7 +45,7 @@ impl RunStatus {
 }
 
 /// A step's lifecycle: `pending → queued → running → succeeded | failed | skipped | cancelled`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     /// Waiting for its dependencies (or for a retry's delay).
@@ -104,7 +104,7 @@ pub struct PipelineRecord {
 }
 
 /// One run of a pipeline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunRecord {
     /// Sorts by creation time (a ULID).
     pub id: String,
@@ -113,10 +113,12 @@ pub struct RunRecord {
     /// Hash of the definition it runs; the text is in the pipeline record.
     pub definition_hash: String,
     /// What started it: `manual`, `resume`, a trigger's name.
+    #[schema(value_type = String, example = "api by ci")]
     pub trigger: TriggerOrigin,
     /// Parameter values after defaults and overrides.
     pub params: BTreeMap<String, String>,
     /// Folder relative `workdir`s resolve against: the pipeline file's folder at start.
+    #[schema(value_type = String)]
     pub base_dir: PathBuf,
     /// Most steps at once.
     pub parallelism: usize,
@@ -141,7 +143,7 @@ pub struct RunRecord {
 }
 
 /// One attempt of a step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptRecord {
     /// From 1.
     pub number: u32,
@@ -164,11 +166,12 @@ pub struct AttemptRecord {
     /// Why it failed, when there is more to say than the exit code.
     pub message: Option<String>,
     /// Folder with `out/`, logs, outputs and metrics of this attempt.
+    #[schema(value_type = String)]
     pub dir: PathBuf,
 }
 
 /// A step within a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepRecord {
     /// The run it belongs to.
     pub run_id: String,
@@ -183,6 +186,7 @@ pub struct StepRecord {
     /// Outputs of the successful attempt.
     pub outputs: BTreeMap<String, String>,
     /// Metrics of the successful attempt.
+    #[schema(value_type = Object)]
     pub metrics: serde_json::Map<String, serde_json::Value>,
     /// The declared outputs of the successful attempt, as stored in the artifact store.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -263,7 +267,7 @@ pub fn sweeps(steps: &[StepRecord]) -> indexmap::IndexMap<&str, Vec<&StepRecord>
 }
 
 /// An entry in a run's history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventRecord {
     /// Order within the run.
     pub seq: u64,
@@ -276,6 +280,7 @@ pub struct EventRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
     /// What happened, e.g. `step.succeeded`.
+    #[schema(value_type = String, example = "step.succeeded")]
     pub kind: EventKind,
     /// Details for people.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -12,7 +12,7 @@ pub const MANIFEST_FORMAT: u32 = 1;
 pub const MAX_FILES: usize = 1_000_000;
 
 /// One file of a folder artifact.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ManifestEntry {
     /// Path relative to the folder, `/`-separated, never `..` or absolute.
     pub path: String,

@@ -21,7 +21,7 @@ pub use manifest::{Manifest, ManifestEntry};
 pub use store::{ArtifactStore, StoreUrl};
 
 /// Whether an artifact is one file or a folder (its id is then a manifest's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ArtifactKind {
     /// One file.
@@ -31,7 +31,7 @@ pub enum ArtifactKind {
 }
 
 /// One declared output of an attempt, as it was stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ArtifactRef {
     /// The output as the step declared it (`model/`, `raw.csv`).
     pub name: String,

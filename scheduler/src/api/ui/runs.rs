@@ -14,7 +14,6 @@ use super::{acted_by, problem, refuse_action, UiState};
 use crate::api::logs::{serve_log, LogQuery, LogSource};
 use crate::api::runs::{list_runs, ListQuery};
 use crate::daemon::{CancelError, Started, TriggerError};
-use crate::store::RunRecord;
 
 /// States a run can be in, for the filter.
 const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
@@ -39,8 +38,7 @@ pub(super) async fn list(
         Ok(Err(err)) => return err.into_response(),
         Err(err) => return problem(StatusCode::INTERNAL_SERVER_ERROR, &viewer, &err.to_string()),
     };
-    let runs: Vec<RunRecord> = serde_json::from_value(answer["runs"].clone()).unwrap_or_default();
-    let next = answer["next_before"].as_str().map(str::to_string);
+    let (runs, next) = (answer.runs, answer.next_before);
     let pipelines: Vec<String> = ui
         .api
         .daemon

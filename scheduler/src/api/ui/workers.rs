@@ -33,7 +33,7 @@ pub(super) async fn page(
                 thead { tr { th { "Worker" } th { "State" } th { "Queues" } th.num { "Slots" } th.num { "Running" } th.num { "Free" } th { "GPUs" } th { "Docker" } th.num { "Last heartbeat" } } }
                 tbody { @for w in &workers {
                     @let silent = now.saturating_sub(w.heartbeat_ms);
-                    @let gone = u128::from(silent) > lease.as_millis();
+                    @let gone = !ui.api.daemon.is_alive(w, now);
                     tr {
                         td.mono { (w.name) }
                         td { span class={ "badge " (if gone { "st-failed" } else { "st-succeeded" }) } { (if gone { "gone" } else { "alive" }) } }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::*;
 
 /// What a worker advertises about itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkerInfo {
     /// Its name.
     pub name: String,

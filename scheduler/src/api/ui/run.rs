@@ -27,6 +27,8 @@ use crate::store::{RunLookup, RunRecord, StepRecord, StepStatus, Store};
 /// Boxes above this many are not drawn (the table still lists every step): a drawing that
 /// large says nothing a person can read, and would weigh megabytes.
 const MAX_DRAWN: usize = 2_000;
+/// Steps offered as a list to retry from; past this many the name is typed.
+const MAX_LISTED: usize = 200;
 /// Steps listed per page of the table.
 const STEPS_PER_PAGE: usize = 500;
 /// Lines of the selected step's log shown on the page.
@@ -189,9 +191,13 @@ fn actions(run: &RunRecord, steps: &[StepRecord], viewer: &Viewer) -> Markup {
                 } @else {
                     form.inline method="post" action={ (base) "/retry" } {
                         (csrf(viewer))
-                        select name="from" title="also run this step and what follows it again" {
-                            option value="" { "failed steps and what follows" }
-                            @for step in steps { option value=(step.name) { "from " (step.name) } }
+                        @if steps.len() <= MAX_LISTED {
+                            select name="from" title="also run this step and what follows it again" {
+                                option value="" { "failed steps and what follows" }
+                                @for step in steps { option value=(step.name) { "from " (step.name) } }
+                            }
+                        } @else {
+                            input name="from" size="28" placeholder="from step (empty: the failed ones)" title="also run this step and what follows it again";
                         }
                         " "
                         button type="submit" { "Retry" }

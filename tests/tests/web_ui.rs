@@ -81,8 +81,7 @@ async fn browser(driver: &Driver) -> Client {
         "goog:chromeOptions".into(),
         serde_json::json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1300,1000"]}),
     );
-    ClientBuilder::rustls()
-        .expect("an HTTP client")
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps)
         .connect(&format!("http://127.0.0.1:{}", driver.port))
         .await
@@ -108,7 +107,21 @@ async fn wait_for(client: &Client, what: &str, script: &str) {
     }
 }
 
+/// No script error, unhandled rejection or `console.error` on the page, and its stylesheet
+/// applied (a page whose CSS failed to load would still "work").
 async fn no_script_errors(client: &Client, page: &str) {
+    let styled = client
+        .execute(
+            "return getComputedStyle(document.body).margin === '0px' && document.styleSheets.length === 1;",
+            vec![],
+        )
+        .await
+        .expect("script runs");
+    assert_eq!(
+        styled,
+        serde_json::Value::Bool(true),
+        "the stylesheet of {page} did not apply"
+    );
     let errors = client
         .execute(
             "return window.sluiceErrors || ['app.js did not load'];",

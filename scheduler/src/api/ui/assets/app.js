@@ -5,6 +5,12 @@
 // Script errors of the page, kept where a browser test (or a person in the console) can read them.
 window.sluiceErrors = window.sluiceErrors || [];
 window.addEventListener("error", (event) => window.sluiceErrors.push(String(event.message)));
+window.addEventListener("unhandledrejection", (event) => window.sluiceErrors.push(String(event.reason)));
+const consoleError = console.error.bind(console);
+console.error = (...args) => {
+  window.sluiceErrors.push(args.map(String).join(" "));
+  consoleError(...args);
+};
 
 (function live() {
   const page = document.querySelector("[data-live]");

@@ -10,6 +10,7 @@ use crate::api::tests::{Api, ADMIN};
 /// What a page answered: status, `Location`, `Set-Cookie`, body.
 struct Answer {
     status: StatusCode,
+    csp: Option<String>,
     location: Option<String>,
     cookie: Option<String>,
     body: String,
@@ -41,12 +42,14 @@ async fn send(
             .map(str::to_string)
     };
     let (location, cookie) = (text(header::LOCATION), text(header::SET_COOKIE));
+    let csp = text(header::CONTENT_SECURITY_POLICY);
     let status = response.status();
     let bytes = axum::body::to_bytes(response.into_body(), 8 << 20)
         .await
         .unwrap();
     Answer {
         status,
+        csp,
         location,
         cookie,
         body: String::from_utf8_lossy(&bytes).into_owned(),
@@ -111,6 +114,10 @@ async fn with_tokens_the_ui_asks_for_one_once_and_keeps_a_session() {
     let session = cookie.split(';').next().unwrap().to_string();
     let page = send(&api, "GET", "/ui/runs", Some(&session), None).await;
     assert_eq!(page.status, StatusCode::OK);
+    assert!(page
+        .csp
+        .as_deref()
+        .is_some_and(|csp| csp.contains("frame-ancestors 'none'")));
     assert!(page.body.contains("viewer (read)"), "{}", page.body);
 
     // Sign-in never sends the browser off the site.

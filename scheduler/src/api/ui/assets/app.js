@@ -6,6 +6,8 @@
 window.sluiceErrors = window.sluiceErrors || [];
 window.addEventListener("error", (event) => window.sluiceErrors.push(String(event.message)));
 window.addEventListener("unhandledrejection", (event) => window.sluiceErrors.push(String(event.reason)));
+document.addEventListener("securitypolicyviolation", (event) =>
+  window.sluiceErrors.push(`blocked by the page's policy: ${event.violatedDirective} ${event.blockedURI}`));
 const consoleError = console.error.bind(console);
 console.error = (...args) => {
   window.sluiceErrors.push(args.map(String).join(" "));

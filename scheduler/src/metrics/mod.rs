@@ -25,6 +25,7 @@ mod tally;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -69,6 +70,17 @@ struct TriggerLabels {
 struct RejectionLabels {
     reason: &'static str,
 }
+
+/// Labels of a drift score: the pipeline whose `uses: drift` step compared, and the column.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DriftLabels {
+    pipeline: String,
+    column: String,
+}
+
+/// Most columns of one drift report that become series: column names come from the data, and
+/// a file with thousands of columns must not make thousands of series per pipeline.
+const MAX_DRIFT_COLUMNS: usize = 200;
 
 /// Labels of what is counted per worker queue.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -184,6 +196,8 @@ pub struct Metrics {
     trigger_skips: Family<TriggerLabels, Counter>,
     webhook_rejections: Family<RejectionLabels, Counter>,
     leases_lost: Family<QueueLabels, Counter>,
+    drift_score: Family<DriftLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    drift_detected: Family<DriftLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -197,6 +211,8 @@ impl Default for Metrics {
             trigger_skips: Family::default(),
             webhook_rejections: Family::default(),
             leases_lost: Family::default(),
+            drift_score: Family::default(),
+            drift_detected: Family::default(),
         }
     }
 }
@@ -273,6 +289,28 @@ impl Metrics {
         }
     }
 
+    /// A `uses: drift` step of `pipeline` reported (its metrics: `columns` with each column's
+    /// `score` and `drifted`): the newest score and verdict per column.
+    fn drift_reported(&self, pipeline: &str, metrics: &serde_json::Map<String, serde_json::Value>) {
+        let Some(serde_json::Value::Object(columns)) = metrics.get("columns") else {
+            return;
+        };
+        for (column, report) in columns.iter().take(MAX_DRIFT_COLUMNS) {
+            let labels = DriftLabels {
+                pipeline: pipeline.to_string(),
+                column: column.clone(),
+            };
+            if let Some(score) = report.get("score").and_then(serde_json::Value::as_f64) {
+                self.drift_score.get_or_create(&labels).set(score);
+            }
+            if let Some(drifted) = report.get("drifted").and_then(serde_json::Value::as_bool) {
+                self.drift_detected
+                    .get_or_create(&labels)
+                    .set(i64::from(drifted));
+            }
+        }
+    }
+
     /// Makes the run counters of every loaded pipeline exist (at 0) before their first run:
     /// Prometheus computes an increase only between two samples, so a series born at 1 would
     /// hide its first run from `increase()`.
@@ -345,6 +383,16 @@ impl Metrics {
             "leases_lost",
             "Tasks taken back by the janitor because their worker stopped renewing the lease, by worker queue",
             self.leases_lost.clone(),
+        );
+        registry.register(
+            "drift_score",
+            "The newest drift score of each column a `uses: drift` step compared (its method's statistic: PSI, KS p-value, ...), by pipeline and column",
+            self.drift_score.clone(),
+        );
+        registry.register(
+            "drift_detected",
+            "1 when the newest `uses: drift` report found the column drifted past its threshold, else 0, by pipeline and column",
+            self.drift_detected.clone(),
         );
     }
 }

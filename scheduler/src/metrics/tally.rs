@@ -37,6 +37,10 @@ impl RunObserver for RunTally {
         let seconds = step.duration_ms().map(|ms| ms as f64 / 1000.0);
         self.metrics
             .step_finished(&run.pipeline, step.status, seconds);
+        // A drift report (a `uses: drift` step's metrics, recorded whether it passed or not).
+        if step.metrics.contains_key("drift_share") {
+            self.metrics.drift_reported(&run.pipeline, &step.metrics);
+        }
     }
 
     fn on_run(&mut self, run: &RunRecord) {

@@ -177,3 +177,41 @@ fn the_gauges_of_a_snapshot_and_the_sources_that_did_not_answer() {
         "{text}"
     );
 }
+
+#[test]
+fn a_drift_report_sets_each_columns_newest_score_and_verdict() {
+    let metrics = Metrics::default();
+    let mut tally = RunTally::new(metrics.clone(), []);
+    let mut drift = step("check", "failed", Some(0), Some(10));
+    drift.metrics = serde_json::from_value(json!({
+        "drift": true, "drift_share": 0.5, "drifted_columns": 1,
+        "columns": {
+            "age": {"method": "psi", "score": 0.31, "threshold": 0.2, "drifted": true, "kind": "numeric"},
+            "plan": {"method": "chi2", "score": 0.8, "threshold": 0.05, "drifted": false, "kind": "categorical"}
+        }
+    }))
+    .unwrap();
+    tally.on_step(&run("running"), &drift);
+    let text = metrics.encode(&Snapshot::default()).unwrap();
+    assert!(
+        has(
+            &text,
+            r#"sluice_drift_score{pipeline="churn",column="age"} 0.31"#
+        ),
+        "{text}"
+    );
+    assert!(
+        has(
+            &text,
+            r#"sluice_drift_detected{pipeline="churn",column="age"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        has(
+            &text,
+            r#"sluice_drift_detected{pipeline="churn",column="plan"} 0"#
+        ),
+        "{text}"
+    );
+}

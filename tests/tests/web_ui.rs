@@ -25,7 +25,8 @@ params:
   label: first
 steps:
   hold:
-    run: i=0; while [ ! -e ../release ]; do i=$((i+1)); echo \"tick $i\"; sleep 0.1; done; echo \"rounds=$PARAM_ROUNDS label=$PARAM_LABEL\"
+    run: i=0; while [ ! -e ../release ]; do i=$((i+1)); echo \"tick $i\"; sleep 0.1; done; echo \"rounds=$PARAM_ROUNDS label=$PARAM_LABEL\"; mkdir \"$SLUICE_OUT/report\"; echo one > \"$SLUICE_OUT/report/a.txt\"; echo two > \"$SLUICE_OUT/report/b.txt\"
+    outputs: [report/]
   after:
     depends: [hold]
     run: echo done
@@ -249,6 +250,15 @@ async fn a_person_signs_in_starts_a_run_watches_it_live_and_cancels_another() {
     )
     .unwrap();
     no_script_errors(&client, "a finished run's page").await;
+    // The step's folder artifact lists its files, each a download.
+    click(&client, "a[href$='/files']").await;
+    wait_for(
+        &client,
+        "the artifact's files",
+        "return document.body.textContent.includes('a.txt') && document.body.textContent.includes('b.txt');",
+    )
+    .await;
+    no_script_errors(&client, "an artifact's files").await;
 
     // Another run (the release file is gone), cancelled from its page.
     std::fs::remove_file(s.path().join("release")).unwrap();

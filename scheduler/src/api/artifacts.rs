@@ -26,7 +26,7 @@ impl From<CatalogError> for ApiError {
     }
 }
 
-fn catalog(state: &ApiState) -> Catalog<'_> {
+pub(super) fn catalog(state: &ApiState) -> Catalog<'_> {
     let engine = state.daemon.engine();
     Catalog {
         store: &engine.store,

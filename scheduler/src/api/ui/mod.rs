@@ -90,6 +90,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/ui/runs/{run}/cancel", post(runs::cancel))
         .route("/ui/runs/{run}/retry", post(runs::retry))
         .route("/ui/artifacts/{id}", get(runs::artifact))
+        .route("/ui/artifacts/{id}/files", get(runs::artifact_files))
         .route("/ui/pipelines", get(pipelines::list))
         .route("/ui/pipelines/{pipeline}", get(pipelines::page))
         .route("/ui/pipelines/{pipeline}/trigger", post(pipelines::trigger))

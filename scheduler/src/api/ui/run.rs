@@ -406,7 +406,7 @@ fn step_detail(run: &RunRecord, step: &StepRecord) -> Markup {
                                 @if artifact.files <= 1 {
                                     a href={ "/ui/artifacts/" (encode(&artifact.id)) } download=(artifact.name) { (artifact.id[..artifact.id.len().min(16)]) }
                                 } @else {
-                                    (artifact.id[..artifact.id.len().min(16)])
+                                    a href={ "/ui/artifacts/" (encode(&artifact.id)) "/files" } { (artifact.id[..artifact.id.len().min(16)]) }
                                 }
                             }
                             td.num { (crate::cli::human_bytes(artifact.size)) }

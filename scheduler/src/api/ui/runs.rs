@@ -131,6 +131,36 @@ pub(super) async fn artifact(
     }
 }
 
+/// A folder artifact's files, each a download.
+pub(super) async fn artifact_files(
+    State(ui): State<UiState>,
+    Extension(viewer): Extension<Viewer>,
+    Path(id): Path<String>,
+) -> Response {
+    let catalog = crate::api::artifacts::catalog(&ui.api);
+    let listed = match catalog.resolve(&id) {
+        Ok(id) => catalog.contents(&id).await.map(|contents| (id, contents)),
+        Err(err) => Err(err),
+    };
+    let (id, contents) = match listed {
+        Ok(listed) => listed,
+        Err(err) => return problem(StatusCode::NOT_FOUND, &viewer, &err.to_string()),
+    };
+    let body = html! {
+        h1 { "Artifact " span.mono { (id[..id.len().min(16)]) } }
+        p.sub { (contents.files.len()) " files · " (crate::cli::human_bytes(contents.size)) }
+        table {
+            thead { tr { th { "File" } th.num { "Size" } th { "BLAKE3" } } }
+            tbody { @for file in &contents.files { tr {
+                td { a href={ "/ui/artifacts/" (encode(&id)) "?path=" (encode(&file.path)) } download { (file.path) } }
+                td.num { (crate::cli::human_bytes(file.size)) }
+                td.mono { (file.id[..file.id.len().min(16)]) }
+            } } }
+        }
+    };
+    Html(frame("Artifact", Section::Runs, &viewer, body).into_string()).into_response()
+}
+
 /// A form with only the CSRF token.
 #[derive(Debug, Deserialize)]
 pub(super) struct ActionForm {

@@ -43,6 +43,28 @@ pub fn sluice_bin() -> &'static Path {
     })
 }
 
+/// Whether `program --version` runs. When it does not, a test that needs it fails if
+/// `require_env` is `1` (CI sets it, so nothing is skipped there) and otherwise is skipped with
+/// a printed reason (`install` says how to get it, `skipped` what goes unchecked).
+pub fn tool_available(program: &str, require_env: &str, install: &str, skipped: &str) -> bool {
+    let found = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var(require_env).as_deref() != Ok("1"),
+            "{require_env}=1 but {program} is not on PATH ({install})"
+        );
+        eprintln!(
+            "skipped: {program} is not on PATH{skipped}; set {require_env}=1 to fail instead"
+        );
+    }
+    found
+}
+
 /// A scratch folder with a data dir, for one test.
 pub struct Scratch {
     dir: tempfile::TempDir,

@@ -9,22 +9,12 @@ use std::process::{Command, Stdio};
 
 /// Whether `promtool` can be run; see the module docs.
 pub fn promtool_available() -> bool {
-    let found = Command::new("promtool")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("SLUICE_REQUIRE_PROMTOOL").as_deref() != Ok("1"),
-            "SLUICE_REQUIRE_PROMTOOL=1 but promtool is not on PATH (apt-get install prometheus)"
-        );
-        eprintln!(
-            "skipped: promtool is not on PATH, so /metrics is not checked by it; set SLUICE_REQUIRE_PROMTOOL=1 to fail instead"
-        );
-    }
-    found
+    crate::tool_available(
+        "promtool",
+        "SLUICE_REQUIRE_PROMTOOL",
+        "apt-get install prometheus",
+        ", so /metrics is not checked by it",
+    )
 }
 
 /// Runs `promtool check metrics` on `text`; `Err` holds what it said. Call only after

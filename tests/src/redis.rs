@@ -20,22 +20,12 @@ pub fn free_port() -> u16 {
 
 /// Whether `redis-server` can be started; see the module docs.
 pub fn redis_available() -> bool {
-    let found = Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("SLUICE_REQUIRE_REDIS").as_deref() != Ok("1"),
-            "SLUICE_REQUIRE_REDIS=1 but redis-server is not on PATH (apt-get install redis-server)"
-        );
-        eprintln!(
-            "skipped: redis-server is not on PATH; set SLUICE_REQUIRE_REDIS=1 to fail instead"
-        );
-    }
-    found
+    crate::tool_available(
+        "redis-server",
+        "SLUICE_REQUIRE_REDIS",
+        "apt-get install redis-server",
+        "",
+    )
 }
 
 /// `redis-server` listening as `listen` says (`--port N`, or TLS flags) on 127.0.0.1, with no

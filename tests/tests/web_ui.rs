@@ -47,18 +47,13 @@ impl Drop for Driver {
 
 /// chromedriver on a free port; `None` (after saying why) when it is not installed.
 fn start_driver() -> Option<Driver> {
-    if Command::new("chromedriver")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var("SLUICE_REQUIRE_BROWSER").as_deref() != Ok("1"),
-            "SLUICE_REQUIRE_BROWSER=1 but chromedriver is not on PATH (apt-get install chromium chromium-driver)"
-        );
-        eprintln!(
-            "skipped: chromedriver is not on PATH; set SLUICE_REQUIRE_BROWSER=1 to fail instead"
-        );
+    let found = sluice_tests::tool_available(
+        "chromedriver",
+        "SLUICE_REQUIRE_BROWSER",
+        "apt-get install chromium chromium-driver",
+        "",
+    );
+    if !found {
         return None;
     }
     let port = free_port();

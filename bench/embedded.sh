@@ -11,6 +11,11 @@
 #    the same chain and fan-out of no-op tasks, for a side-by-side ratio. Celery's tasks are Python
 #    function calls in a warm worker; Sluice's steps are processes, so this ratio favours Celery.
 # Each figure is the median of REPEAT runs (wall clock, ns resolution; peak RSS from /usr/bin/time). Prints a Markdown table for BENCHMARKS.md.
+# Then fails loudly (stderr, exit 1) on a regression: the chain or the fan-out slower than
+# MAX_CHAIN_RATIO / MAX_FANOUT_RATIO times the bare spawns (defaults 2.5 and 1.6: above the
+# figures recorded on 2026-12-07, 2.14 and 1.16, by a margin for this noisy machine), or the
+# validation slower than MAX_VALIDATE_MS_PER_1000 ms per 1,000 steps beyond the 1-step file's
+# time (default 25: 12 ms per 1,000 recorded at 10,000 steps). Issue 10 found a 4.43x chain and a 307 ms validation this way too late.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CHAIN_N=${1:-1000}
@@ -80,4 +85,28 @@ if [ -n "$CELERY_CHAIN" ] && [ -n "$CELERY_FANOUT" ]; then
     echo "| --- | --- | --- | --- |"
     echo "| $CHAIN_N-step chain | ${WALL[run_chain]} s | $CELERY_CHAIN s | $(ratio "${WALL[run_chain]}" "$CELERY_CHAIN") |"
     echo "| $FANOUT_N-step fan-out | ${WALL[run_fanout]} s | $CELERY_FANOUT s | $(ratio "${WALL[run_fanout]}" "$CELERY_FANOUT") |"
+fi
+
+# The regression guard (see the header).
+MAX_CHAIN_RATIO=${MAX_CHAIN_RATIO:-2.5}
+MAX_FANOUT_RATIO=${MAX_FANOUT_RATIO:-1.6}
+MAX_VALIDATE_MS_PER_1000=${MAX_VALIDATE_MS_PER_1000:-25}
+regressions=$(python3 - "${WALL[run_chain]}" "${WALL[bare_chain]}" "${WALL[run_fanout]}" "${WALL[bare_fanout]}" "${WALL[validate_dag]}" "${WALL[validate_one]}" "$DAG_N" "$MAX_CHAIN_RATIO" "$MAX_FANOUT_RATIO" "$MAX_VALIDATE_MS_PER_1000" <<'PY'
+import sys
+chain, bare_chain, fanout, bare_fanout, validate, validate_one, dag_n, max_chain, max_fanout, max_validate = map(float, sys.argv[1:])
+problems = []
+if chain / bare_chain > max_chain:
+    problems.append(f"the chain ran at {chain / bare_chain:.2f}x the bare spawns (limit {max_chain})")
+if fanout / bare_fanout > max_fanout:
+    problems.append(f"the fan-out ran at {fanout / bare_fanout:.2f}x the bare spawns (limit {max_fanout})")
+# The process's own start (a 1-step file) is not the validation's cost.
+per_1000 = (validate - validate_one) * 1000 / (dag_n / 1000)
+if per_1000 > max_validate:
+    problems.append(f"validation took {per_1000:.1f} ms per 1,000 steps (limit {max_validate})")
+print("; ".join(problems))
+PY
+)
+if [ -n "$regressions" ]; then
+    echo "REGRESSION: $regressions (rerun on a quiet machine before believing it; limits in the header)" >&2
+    exit 1
 fi

@@ -69,7 +69,7 @@ async fn logs(
     let Query(query) = query.map_err(super::bad_query)?;
     let source = LogSource {
         store: host.store().clone(),
-        redis: None,
+        remote: None,
         shutdown: host.serving_token(),
     };
     serve_log(source, &run_id, &step, query).await

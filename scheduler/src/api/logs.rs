@@ -1,6 +1,7 @@
 //! A step attempt's log, whole or followed while the step runs.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -14,6 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiError, ApiState, ErrorBody};
 use crate::store::{RunLookup, Store};
+use sluice_worker::queue::{LogChunks, LogReader, LOG_START};
 use sluice_worker::task::TaskKey;
 
 /// How often a followed log is checked for more.
@@ -82,16 +84,18 @@ pub(super) async fn logs(
     let Query(query) = query.map_err(super::bad_query)?;
     let source = LogSource {
         store: state.daemon.engine().store.clone(),
-        redis: state.daemon.redis(),
+        remote: state.daemon.remote_logs(),
         shutdown: state.daemon.shutdown_token().clone(),
     };
     serve_log(source, &run_id, &step, query).await
 }
 
-/// Where logs are read from: the store's attempt folders, and Redis for workers elsewhere.
+/// Where logs are read from: the store's attempt folders, and the shared queue for workers
+/// elsewhere.
 pub(super) struct LogSource {
     pub store: Store,
-    pub redis: Option<std::sync::Arc<sluice_worker::queue::RedisQueue>>,
+    /// Logs that workers on other machines sent; `None` when every worker is in process.
+    pub remote: Option<Arc<dyn LogReader>>,
     /// Ends followed logs when the server stops.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -105,7 +109,7 @@ pub(super) async fn serve_log(
 ) -> Result<Response, ApiError> {
     let LogSource {
         store,
-        redis,
+        remote,
         shutdown,
     } = source;
     let step = step.to_string();
@@ -141,17 +145,18 @@ pub(super) async fn serve_log(
         Err(sluice_worker::safe_fs::UnsafeFile::Io(err)) => return Err(ApiError::internal(err)),
         Err(unsafe_file) => Err(unsafe_file),
     };
-    // A worker on another machine, without the data dir shared, sent its output through Redis;
-    // so did the worker of a step that tampered with the file (from the file it held open).
+    // A worker on another machine, without the data dir shared, sent its output through the
+    // shared queue; so did the worker of a step that tampered with the file (from the file it
+    // held open).
     let local = attempt.dir.exists() && opened.is_ok();
-    if let (false, Some(redis)) = (local, redis) {
+    if let (false, Some(remote)) = (local, remote) {
         let key = TaskKey {
             run_id: run.id.clone(),
             step: step.clone(),
             attempt: number,
         };
         let stream = file.trim_end_matches(".log").to_string();
-        let body = Body::from_stream(from_redis(redis, key, stream, follow, shutdown.clone()));
+        let body = Body::from_stream(from_remote(remote, key, stream, follow, shutdown.clone()));
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response());
     }
     let opened = opened.map_err(|why| {
@@ -175,16 +180,17 @@ pub(super) async fn serve_log(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
-/// An attempt's output as the worker sent it through Redis; with `follow`, until its end.
-fn from_redis(
-    redis: std::sync::Arc<sluice_worker::queue::RedisQueue>,
+/// An attempt's output as the worker sent it through the shared queue; with `follow`, until its
+/// end.
+fn from_remote(
+    remote: Arc<dyn LogReader>,
     key: TaskKey,
     stream: String,
     follow: bool,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
-    let state = (redis, key, stream, "0-0".to_string(), false);
-    futures_util::stream::unfold(state, move |(redis, key, stream, after, done)| {
+    let state = (remote, key, stream, LOG_START.to_string(), false);
+    futures_util::stream::unfold(state, move |(remote, key, stream, after, done)| {
         let shutdown = shutdown.clone();
         async move {
             if done || shutdown.is_cancelled() {
@@ -193,21 +199,25 @@ fn from_redis(
             loop {
                 let block = follow.then_some(Duration::from_secs(1));
                 let read = tokio::select! {
-                    read = redis.read_log(&key, &stream, &after, block) => read,
+                    read = remote.read_log(&key, &stream, &after, block) => read,
                     _ = shutdown.cancelled() => return None,
                 };
-                let (chunks, next, complete) = match read {
+                let LogChunks {
+                    chunks,
+                    next,
+                    complete,
+                } = match read {
                     Ok(read) => read,
                     Err(err) => {
                         let err = std::io::Error::other(err.to_string());
-                        return Some((Err(err), (redis, key, stream, after, true)));
+                        return Some((Err(err), (remote, key, stream, after, true)));
                     }
                 };
                 let no_more = next == after;
                 let end = complete || (!follow && no_more);
                 if !chunks.is_empty() || end {
                     let bytes = Bytes::from(chunks.concat());
-                    return Some((Ok(bytes), (redis, key, stream, next, end)));
+                    return Some((Ok(bytes), (remote, key, stream, next, end)));
                 }
             }
         }

@@ -22,7 +22,7 @@ use super::secrets::SecretKeyArg;
 use super::signals::StopSignals;
 use super::{DataDirArg, EXIT_INVALID};
 use crate::api::{self, ApiState};
-use crate::daemon::{Daemon, DaemonConfig, InProcessWorker, Workers};
+use crate::daemon::{Daemon, DaemonConfig, InProcessWorker, RemoteWorkers, Workers};
 use crate::engine::Engine;
 use crate::store::Store;
 
@@ -251,7 +251,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<u8> {
             engine,
             &args.serve,
             (args.lease, Some(holder.clone())),
-            Workers::Redis(redis.clone()),
+            Workers::Remote(RemoteWorkers::of(redis.clone())),
             &shutdown,
         )
         .await?;

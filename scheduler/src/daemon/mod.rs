@@ -2,10 +2,10 @@
 //!
 //! Each run has its own [`RunDriver`] task. One router reads worker events from the queue for
 //! every run and hands each run its share; a batch is acknowledged to the queue only once every
-//! run it touched has committed it (commit first, then acknowledge, across runs). With Redis, a
-//! janitor takes back tasks whose worker stopped heartbeating and notices when Redis lost its
-//! data; on start the daemon picks up every run that was in flight. Every driver counts what it
-//! commits into the daemon's [`Metrics`] (see [`crate::metrics`]).
+//! run it touched has committed it (commit first, then acknowledge, across runs). With workers on
+//! other machines, a janitor takes back tasks whose worker stopped heartbeating and notices when
+//! the shared queue lost its data; on start the daemon picks up every run that was in flight.
+//! Every driver counts what it commits into the daemon's [`Metrics`] (see [`crate::metrics`]).
 
 mod catalog;
 mod follow;
@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use sluice_worker::gpu::GpuInventory;
-use sluice_worker::queue::{RedisQueue, WorkerInfo};
+use sluice_worker::queue::{LogReader, Upkeep, WorkerInfo, WorkerRegistry};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -43,11 +43,11 @@ pub struct DaemonConfig {
     pub pipelines_dir: PathBuf,
     /// Folders outside `pipelines_dir` that `watch:` triggers may read.
     pub watch_allowed: Vec<PathBuf>,
-    /// This scheduler's name in the Redis prefix's lease (Redis only); the janitor renews it
-    /// and stops the daemon if another scheduler took it.
+    /// This scheduler's name in the shared queue's lease (remote workers only); the janitor
+    /// renews it and stops the daemon if another scheduler took it.
     pub lease_holder: Option<String>,
     /// How long a worker may go without renewing a task's lease before the janitor takes the
-    /// task back (Redis only).
+    /// task back (remote workers only).
     pub lease: Duration,
     /// Notification targets of pipelines that have no `notify:` of their own.
     pub notify: Vec<crate::spec::notify::Notify>,
@@ -55,14 +55,37 @@ pub struct DaemonConfig {
 
 /// Where the daemon learns which workers exist.
 pub enum Workers {
-    /// Workers that heartbeat through Redis.
-    Redis(Arc<RedisQueue>),
+    /// Workers on other machines, that heartbeat through a shared queue.
+    Remote(RemoteWorkers),
     /// The in-process workers of `sluice server`.
     InProcess(Vec<InProcessWorker>),
 }
 
+/// What the daemon needs of a queue shared with workers on other machines, besides carrying
+/// tasks: each a trait object, so the daemon never names the transport (built in `cli`).
+pub struct RemoteWorkers {
+    /// The workers' heartbeats (`/api/v1/workers`, `/metrics`) and whether the queue answers
+    /// (`/readyz`).
+    pub registry: Arc<dyn WorkerRegistry>,
+    /// Step logs the workers sent, for attempts whose files are not on this machine.
+    pub logs: Arc<dyn LogReader>,
+    /// The janitor's work: lost data, the scheduler lease, silent workers' tasks.
+    pub upkeep: Arc<dyn Upkeep>,
+}
+
+impl RemoteWorkers {
+    /// All three from one queue that offers them all.
+    pub fn of<Q: WorkerRegistry + LogReader + Upkeep + 'static>(queue: Arc<Q>) -> RemoteWorkers {
+        RemoteWorkers {
+            registry: queue.clone(),
+            logs: queue.clone(),
+            upkeep: queue,
+        }
+    }
+}
+
 /// An in-process worker of `sluice server`: what it advertises, with its live load (read by
-/// `/api/v1/workers` and `/metrics` as a Redis worker's heartbeat would say it).
+/// `/api/v1/workers` and `/metrics` as a remote worker's heartbeat would say it).
 pub struct InProcessWorker {
     /// Name, queues, slots and GPUs.
     pub info: WorkerInfo,
@@ -150,8 +173,8 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Loads the pipelines, starts the router (and with Redis the janitor), and picks up every
-    /// run that was in flight when the last daemon stopped.
+    /// Loads the pipelines, starts the router (and with remote workers the janitor), and picks up
+    /// every run that was in flight when the last daemon stopped.
     pub async fn start(
         engine: Engine,
         config: DaemonConfig,
@@ -180,28 +203,30 @@ impl Daemon {
             store_probe: Mutex::new(None),
             metrics: Metrics::default(),
         });
-        // Before picking runs up: what an empty Redis lost must be queued again.
-        let redis_lost_data = match &daemon.workers {
-            Workers::Redis(redis) => janitor::lost_data_at_start(redis, &daemon.shutdown).await,
+        // Before picking runs up: what an emptied shared queue lost must be queued again.
+        let queue_lost_data = match &daemon.workers {
+            Workers::Remote(remote) => {
+                janitor::lost_data_at_start(remote.upkeep.as_ref(), &daemon.shutdown).await
+            }
             // In-process workers died with the last daemon and the memory queue is empty:
             // everything that was in flight must be queued again.
             Workers::InProcess(_) => true,
         };
         follow::arm_new_triggers(&daemon);
-        daemon.reattach_unfinished(redis_lost_data)?;
+        daemon.reattach_unfinished(queue_lost_data)?;
         tokio::spawn(router::route_events(daemon.clone(), committed_rx));
         tokio::spawn(schedule::run(daemon.clone()));
-        if let Workers::Redis(redis) = &daemon.workers {
-            tokio::spawn(janitor::run(daemon.clone(), redis.clone()));
+        if let Workers::Remote(remote) = &daemon.workers {
+            tokio::spawn(janitor::run(daemon.clone(), remote.upkeep.clone()));
         }
         Ok(daemon)
     }
 
-    fn reattach_unfinished(self: &Arc<Self>, redis_lost_data: bool) -> anyhow::Result<()> {
+    fn reattach_unfinished(self: &Arc<Self>, queue_lost_data: bool) -> anyhow::Result<()> {
         let ids = self.engine.store.unfinished_runs()?;
         for id in ids {
             let tally = Box::new(RunTally::new(self.metrics.clone(), self.final_steps(&id)));
-            match RunDriver::reattach(self.engine.clone(), &id, tally, redis_lost_data) {
+            match RunDriver::reattach(self.engine.clone(), &id, tally, queue_lost_data) {
                 Ok(driver) => {
                     tracing::info!(run = %id, pipeline = %driver.run().pipeline, "Picked up a run in flight.");
                     let cancel_requested = matches!(
@@ -273,7 +298,7 @@ impl Daemon {
     /// The workers known, with their last heartbeat.
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>, String> {
         match &self.workers {
-            Workers::Redis(redis) => redis.workers().await.map_err(|e| e.to_string()),
+            Workers::Remote(remote) => remote.registry.workers().await.map_err(|e| e.to_string()),
             Workers::InProcess(workers) => Ok(workers
                 .iter()
                 .map(|w| WorkerInfo {
@@ -297,11 +322,10 @@ impl Daemon {
         self.config.lease
     }
 
-    /// The Redis queue, when the daemon has one (step logs of workers on other machines are
-    /// read from it).
-    pub fn redis(&self) -> Option<Arc<RedisQueue>> {
+    /// Where step logs of workers on other machines are read, when the daemon has such workers.
+    pub fn remote_logs(&self) -> Option<Arc<dyn LogReader>> {
         match &self.workers {
-            Workers::Redis(redis) => Some(redis.clone()),
+            Workers::Remote(remote) => Some(remote.logs.clone()),
             Workers::InProcess(_) => None,
         }
     }
@@ -311,7 +335,7 @@ impl Daemon {
     pub async fn ready(&self) -> Result<(), String> {
         self.store_writes().await?;
         match &self.workers {
-            Workers::Redis(redis) => redis.ping().await.map_err(|e| e.to_string()),
+            Workers::Remote(remote) => remote.registry.ping().await.map_err(|e| e.to_string()),
             Workers::InProcess(_) => Ok(()),
         }
     }

@@ -153,13 +153,13 @@ impl RunDriver {
     }
 
     /// Picks up a run in flight after the daemon restarted, without disturbing it (see
-    /// [`RunState::reattached`]). With `redis_lost_data`, every attempt in flight is queued
+    /// [`RunState::reattached`]). With `queue_lost_data`, every attempt in flight is queued
     /// again as a new attempt instead.
     pub fn reattach(
         engine: Engine,
         run_id: &str,
         observer: Box<dyn RunObserver>,
-        redis_lost_data: bool,
+        queue_lost_data: bool,
     ) -> Result<RunDriver, EngineError> {
         let (run, pipeline, steps) = load_unfinished(&engine, run_id)?;
         let next_seq = engine.store.next_event_seq(&run.id)?;
@@ -170,7 +170,7 @@ impl RunDriver {
             run,
             steps,
             next_seq,
-            redis_lost_data,
+            queue_lost_data,
             now_ms(),
         );
         let mut driver = RunDriver::new(engine, state, observer);

@@ -1,15 +1,20 @@
 //! The queue between the scheduler and workers. The in-memory queue serves the embedded mode;
-//! the Redis Streams queue (distributed mode) implements the same trait.
+//! the Redis Streams queue (distributed mode) implements the same trait, and the traits of
+//! [`shared`] that a queue shared with other machines adds (worker registry, logs, upkeep).
 
 pub mod memory;
 pub mod redis;
+pub mod shared;
 
 use async_trait::async_trait;
 
 use crate::task::{TaskKey, TaskSpec, WorkerEvent};
 
-pub use self::redis::{Reclaimed, RedisQueue, RedisQueueConfig, WorkerInfo};
+pub use self::redis::{RedisQueue, RedisQueueConfig};
 pub use memory::MemoryQueue;
+pub use shared::{
+    LeaseState, LogChunks, LogReader, Reclaimed, Upkeep, WorkerInfo, WorkerRegistry, LOG_START,
+};
 
 /// Why a queue operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -110,7 +110,7 @@ pub(super) async fn log(
     let daemon = &ui.api.daemon;
     let source = LogSource {
         store: daemon.engine().store.clone(),
-        redis: daemon.redis(),
+        remote: daemon.remote_logs(),
         shutdown: daemon.shutdown_token().clone(),
     };
     match serve_log(source, &run, &step, query).await {

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use super::{redis_error, RedisQueue};
-use crate::queue::QueueError;
+use crate::queue::{LeaseState, QueueError};
 
 /// Renews the lease if this holder still has it: 1 renewed, 0 held by another, -1 gone.
 const RENEW: &str = r#"
@@ -22,15 +22,6 @@ else
   return -1
 end
 "#;
-
-/// What a renewal found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LeaseState {
-    /// Still this process's.
-    Held,
-    /// Another scheduler holds it: this one must stop.
-    TakenBy(String),
-}
 
 impl RedisQueue {
     fn lease_key(&self) -> String {

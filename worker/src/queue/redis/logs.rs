@@ -15,15 +15,15 @@ impl RedisQueue {
     }
 
     /// Scheduler side: chunks of one output stream (`stdout`/`stderr`) of an attempt after
-    /// entry `after` (`0-0` for the start), waiting up to `block` for more when there are none.
-    /// Returns the chunks, the id to read on from, and whether the output is complete.
+    /// entry `after` (`0-0`, [`crate::queue::LOG_START`], for the start), waiting up to `block`
+    /// for more when there are none.
     pub async fn read_log(
         &self,
         key: &TaskKey,
         stream: &str,
         after: &str,
         block: Option<Duration>,
-    ) -> Result<(Vec<Vec<u8>>, String, bool), QueueError> {
+    ) -> Result<LogChunks, QueueError> {
         let log = self.log_stream(key);
         let mut command = redis::cmd("XREAD");
         command.arg("COUNT").arg(256);
@@ -54,7 +54,11 @@ impl RedisQueue {
                 chunks.push(data);
             }
         }
-        Ok((chunks, last, complete))
+        Ok(LogChunks {
+            chunks,
+            next: last,
+            complete,
+        })
     }
 
     /// Appends a chunk of `stream` (`stdout`/`stderr`) of an attempt, or its end (`None`).

@@ -14,8 +14,9 @@
 //! One file per job: `tasks` (add, take, accept, claim, settle), `events` (worker events and
 //! their acknowledgements), `registry` (heartbeats, the worker list, reclaim of silent workers'
 //! tasks), `backlog` (what waits per queue, for metrics), `logs`, `cancel`, `lease` (one
-//! scheduler per prefix) and `reader` (the background reads every consumer group uses). This file holds the connection, the key names and the
-//! [`TaskQueue`] implementation that routes to them.
+//! scheduler per prefix) and `reader` (the background reads every consumer group uses). This
+//! file holds the connection, the key names and the [`TaskQueue`] implementation that routes to
+//! them; `shared` routes the scheduler's capability traits ([`super::shared`]) to them.
 
 mod backlog;
 mod cancel;
@@ -24,10 +25,10 @@ mod lease;
 mod logs;
 mod reader;
 mod registry;
+mod shared;
 mod tasks;
 
-pub use lease::LeaseState;
-pub use registry::{Reclaimed, WorkerInfo};
+pub use super::shared::{LeaseState, Reclaimed, WorkerInfo};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,11 +42,10 @@ use redis::streams::{
     StreamId, StreamInfoConsumersReply, StreamPendingCountReply, StreamReadReply,
 };
 use redis::AsyncCommands;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::{Backlog, EventBatch, QueueError, TaskQueue};
+use super::{Backlog, EventBatch, LogChunks, QueueError, TaskQueue};
 use crate::backoff::Backoff;
 use crate::task::{now_ms, Outcome, TaskKey, TaskResult, TaskSpec, WorkerEvent};
 

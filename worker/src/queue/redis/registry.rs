@@ -6,38 +6,6 @@ use std::time::Duration;
 
 use super::*;
 
-/// What a worker advertises about itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct WorkerInfo {
-    /// Its name.
-    pub name: String,
-    /// Queues it takes tasks from.
-    pub queues: Vec<String>,
-    /// Most tasks at once.
-    pub slots: usize,
-    /// GPU device ids it owns.
-    pub gpus: Vec<String>,
-    /// How many of them no step holds now; `None` from a worker that does not say (an older
-    /// version).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gpus_free: Option<usize>,
-    /// Tasks it runs now.
-    pub running: usize,
-    /// Whether it runs image steps (its Docker engine answered).
-    pub docker: bool,
-    /// Last heartbeat, ms since the epoch.
-    pub heartbeat_ms: u64,
-}
-
-/// A task whose lease ran out: a worker took it and has not been heard of since.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reclaimed {
-    /// The task as it was dispatched.
-    pub task: TaskSpec,
-    /// How many times Redis delivered it.
-    pub deliveries: usize,
-}
-
 impl RedisQueue {
     /// Advertises this worker: capacity, GPUs, what it runs now. Also renews the leases of the
     /// tasks it holds, so the janitor does not take them back while they run. Returns the tasks

@@ -585,10 +585,21 @@ impl RunDriver {
     fn write(&mut self, patient: bool) -> Result<(), EngineError> {
         let commit = self.state.take_commit();
         let store = &self.engine.store;
-        tokio::task::block_in_place(|| match patient {
-            true => store.commit_patiently(&commit.changes),
-            false => store.commit(&commit.changes),
-        })?;
+        // A healthy store writes and flushes in well under a millisecond: done on this thread,
+        // which costs less than handing the runtime's worker to another thread for it (half
+        // the scheduler's CPU per step went to those thread switches). Waiting out a full disk
+        // can take minutes, and that moves off the runtime's workers.
+        let first = match store.write_failure() {
+            None => store.commit(&commit.changes),
+            Some(failure) => Err(StoreError::Unavailable(failure)),
+        };
+        match first {
+            Ok(()) => {}
+            Err(err) if patient && err.may_pass() => {
+                tokio::task::block_in_place(|| store.commit_patiently(&commit.changes))?
+            }
+            Err(err) => return Err(err.into()),
+        }
         for name in &commit.steps {
             if let Some(record) = self.state.step(name) {
                 self.observer.on_step(self.state.run(), record);

@@ -38,8 +38,12 @@ declare -A WALL RSS
 measure() {
     local name=$1; shift
     local walls=() rss=0
-    for _ in $(seq "$REPEAT"); do
-        rm -rf "$WORK/data"
+    for i in $(seq "$REPEAT"); do
+        # Set the last run's data dir aside instead of deleting it: ext4 allocates the next
+        # run's folders slowly next to thousands it freed a moment ago (perf: its inode
+        # allocator's `recently_deleted` scan, half of a chain's samples). That measured this
+        # script's `rm -rf`, not Sluice. Everything is deleted on exit.
+        [ -e "$WORK/data" ] && mv "$WORK/data" "$WORK/old-$name-$i"
         local start end
         start=$(date +%s%N)
         /usr/bin/time -f "%M" -o "$WORK/time" "$@" > /dev/null 2>&1

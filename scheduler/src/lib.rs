@@ -5,6 +5,7 @@ pub mod artifacts;
 pub mod cli;
 pub mod daemon;
 pub mod engine;
+pub mod heap;
 pub mod host;
 pub mod logtail;
 pub mod metrics;

@@ -431,6 +431,7 @@ impl Daemon {
             };
             daemon.lock_runs().remove(&run_id);
             daemon.slot_freed.notify_waiters();
+            crate::heap::release_soon();
             match outcome {
                 Some(Ok(run)) => {
                     tracing::info!(run = %run.id, status = run.status.as_str(), "Run finished.")

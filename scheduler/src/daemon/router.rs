@@ -15,12 +15,20 @@ use crate::engine::RoutedEvent;
 
 /// Most worker events read in one batch.
 const EVENT_BATCH: usize = 4096;
+/// How long committed batches wait to be acknowledged together. Acknowledging is never urgent:
+/// the commit came first, and an event left unacknowledged is only delivered again after a
+/// restart, where fencing refuses what was already applied. A chain acknowledges a dozen steps'
+/// events in one round trip instead of one each.
+const ACK_EVERY: Duration = Duration::from_millis(20);
+/// Committed batches that are acknowledged at once, without waiting for [`ACK_EVERY`].
+const ACK_AT_MOST: usize = 256;
 
 /// The router loop; ends when the daemon shuts down or the queue closes.
 pub(super) async fn route_events(daemon: Arc<Daemon>, mut committed: mpsc::UnboundedReceiver<u64>) {
     let queue = daemon.engine.queue.clone();
     // Batches handed out and not yet committed by every run they touched: batch → runs left.
     let mut waiting: HashMap<u64, usize> = HashMap::new();
+    let mut acks = Acks::default();
     loop {
         tokio::select! {
             batch = queue.next_event_batch(EVENT_BATCH) => match batch {
@@ -31,7 +39,7 @@ pub(super) async fn route_events(daemon: Arc<Daemon>, mut committed: mpsc::Unbou
                         // when the run is picked up again.
                         waiting.insert(batch.id, handed + 1);
                     } else if handed == 0 {
-                        acknowledge(queue.as_ref(), batch.id).await;
+                        acks.push(batch.id);
                     } else {
                         waiting.insert(batch.id, handed);
                     }
@@ -47,11 +55,61 @@ pub(super) async fn route_events(daemon: Arc<Daemon>, mut committed: mpsc::Unbou
                     *left = left.saturating_sub(1);
                     if *left == 0 {
                         waiting.remove(&batch);
-                        acknowledge(queue.as_ref(), batch).await;
+                        acks.push(batch);
                     }
                 }
             }
-            _ = daemon.shutdown.cancelled() => return,
+            _ = acks.due() => {}
+            _ = daemon.shutdown.cancelled() => {
+                acks.send(queue.as_ref()).await;
+                return;
+            }
+        }
+        if acks.ready() {
+            acks.send(queue.as_ref()).await;
+        }
+    }
+}
+
+/// Committed batches waiting to be acknowledged together.
+#[derive(Default)]
+struct Acks {
+    batches: Vec<u64>,
+    /// When the oldest of them was committed plus [`ACK_EVERY`].
+    due: Option<tokio::time::Instant>,
+}
+
+impl Acks {
+    fn push(&mut self, batch: u64) {
+        self.batches.push(batch);
+        self.due
+            .get_or_insert_with(|| tokio::time::Instant::now() + ACK_EVERY);
+    }
+
+    /// Whether they should go now.
+    fn ready(&self) -> bool {
+        self.batches.len() >= ACK_AT_MOST
+            || self
+                .due
+                .is_some_and(|due| due <= tokio::time::Instant::now())
+    }
+
+    /// Resolves when the oldest has waited long enough; never while there are none.
+    async fn due(&self) {
+        match self.due {
+            Some(due) => tokio::time::sleep_until(due).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn send(&mut self, queue: &dyn TaskQueue) {
+        self.due = None;
+        let batches = std::mem::take(&mut self.batches);
+        if batches.is_empty() {
+            return;
+        }
+        if let Err(err) = queue.ack_event_batches(&batches).await {
+            tracing::warn!(error = %err, "Could not acknowledge worker events; they will be delivered again.");
         }
     }
 }
@@ -99,11 +157,5 @@ fn run_of(event: &WorkerEvent) -> &str {
     match event {
         WorkerEvent::Started { key, .. } => &key.run_id,
         WorkerEvent::Finished(result) => &result.key.run_id,
-    }
-}
-
-async fn acknowledge(queue: &dyn TaskQueue, batch: u64) {
-    if let Err(err) = queue.ack_event_batch(batch).await {
-        tracing::warn!(error = %err, "Could not acknowledge worker events; they will be delivered again.");
     }
 }

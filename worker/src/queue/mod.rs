@@ -45,7 +45,7 @@ pub enum QueueError {
 /// Worker events read together, with the number to acknowledge them by.
 #[derive(Debug)]
 pub struct EventBatch {
-    /// Acknowledgement handle for [`TaskQueue::ack_event_batch`].
+    /// Acknowledgement handle for [`TaskQueue::ack_event_batches`].
     pub id: u64,
     /// The events, in the order workers reported them.
     pub events: Vec<WorkerEvent>,
@@ -95,7 +95,7 @@ pub trait TaskQueue: Send + Sync {
 
     /// Scheduler side: like [`TaskQueue::next_events`], numbered so that a scheduler driving
     /// many runs can acknowledge each batch once every run it touched has committed it
-    /// ([`TaskQueue::ack_event_batch`]), not when one run happens to be idle.
+    /// ([`TaskQueue::ack_event_batches`]), not when one run happens to be idle.
     async fn next_event_batch(&self, max: usize) -> Result<EventBatch, QueueError> {
         Ok(EventBatch {
             id: 0,
@@ -103,8 +103,9 @@ pub trait TaskQueue: Send + Sync {
         })
     }
 
-    /// Scheduler side: the events of batch `id` are committed and may be forgotten.
-    async fn ack_event_batch(&self, _id: u64) -> Result<(), QueueError> {
+    /// Scheduler side: the events of these batches are committed and may be forgotten (one
+    /// round trip for all of them where the queue is remote).
+    async fn ack_event_batches(&self, _ids: &[u64]) -> Result<(), QueueError> {
         self.ack_events().await
     }
 

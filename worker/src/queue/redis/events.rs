@@ -90,15 +90,22 @@ impl RedisQueue {
         Ok(())
     }
 
-    /// Acknowledges one batch.
-    pub(super) async fn ack_events_of_batch(&self, id: u64) -> Result<(), QueueError> {
-        let ids = self
-            .unacked_events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        match ids {
-            Some(ids) => self.ack_event_ids(id, ids).await,
+    /// Acknowledges these batches, in one round trip.
+    pub(super) async fn ack_events_of_batches(&self, batches: &[u64]) -> Result<(), QueueError> {
+        let ids: Vec<String> = {
+            let mut unacked = self
+                .unacked_events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            batches
+                .iter()
+                .filter_map(|batch| unacked.remove(batch))
+                .flatten()
+                .collect()
+        };
+        match batches.first() {
+            // On failure they stay unacknowledged together, under the first batch's number.
+            Some(&first) => self.ack_event_ids(first, ids).await,
             None => Ok(()),
         }
     }

@@ -221,8 +221,8 @@ impl TaskQueue for RedisQueue {
         self.ack_all_events().await
     }
 
-    async fn ack_event_batch(&self, id: u64) -> Result<(), QueueError> {
-        self.ack_events_of_batch(id).await
+    async fn ack_event_batches(&self, ids: &[u64]) -> Result<(), QueueError> {
+        self.ack_events_of_batches(ids).await
     }
 
     fn hand_back(&self, task: &TaskSpec) {

@@ -125,6 +125,16 @@ pub trait TaskQueue: Send + Sync {
         Ok(())
     }
 
+    /// Worker side: reports the last events of a task that ended (its `Started` too, when the
+    /// step ended before that was sent, then its `Finished`) and forgets its delivery. A queue
+    /// that can do it in one round trip does, and never forgets a delivery without its result.
+    async fn finish(&self, task: &TaskSpec, events: Vec<WorkerEvent>) -> Result<(), QueueError> {
+        for event in events {
+            self.report(event).await?;
+        }
+        self.done(task).await
+    }
+
     /// Worker side: whether step logs should be sent through the queue while steps run (for a
     /// scheduler that cannot read the worker's disk). The in-process queue needs not.
     fn streams_logs(&self) -> bool {

@@ -233,6 +233,10 @@ impl TaskQueue for RedisQueue {
         self.settle_task(task).await
     }
 
+    async fn finish(&self, task: &TaskSpec, events: Vec<WorkerEvent>) -> Result<(), QueueError> {
+        self.finish_task(task, &events).await
+    }
+
     async fn dead_letter(&self, task: &TaskSpec, reason: &str) -> Result<(), QueueError> {
         self.bury_task(task, reason).await
     }

@@ -212,6 +212,69 @@ impl RedisQueue {
         ))
     }
 
+    /// Adds a task's last events to the events stream and acknowledges and deletes its entry,
+    /// in one transaction (one round trip, and never the one without the other), retrying
+    /// while Redis fails. The events are added in one step, so the scheduler reads a quick
+    /// step's `Started` and `Finished` in the same batch.
+    pub(super) async fn finish_task(
+        &self,
+        task: &TaskSpec,
+        events: &[WorkerEvent],
+    ) -> Result<(), QueueError> {
+        let taken = self
+            .taken
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&task.key)
+            .cloned();
+        let Some((stream, id)) = taken else {
+            // Not delivered through this queue's reader: nothing to settle.
+            for event in events {
+                self.add_event(event.clone()).await?;
+            }
+            return Ok(());
+        };
+        let jsons: Vec<String> = events
+            .iter()
+            .map(|event| serde_json::to_string(event).unwrap_or_default())
+            .collect();
+        let mut backoff = Backoff::new(Duration::from_millis(100));
+        loop {
+            // Out of `taken` while the transaction is in flight: a heartbeat that finds the
+            // entry gone meanwhile must not take a finished task for a lost one.
+            self.taken
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&task.key);
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for json in &jsons {
+                pipe.cmd("XADD")
+                    .arg(self.key("events"))
+                    .arg("*")
+                    .arg("event")
+                    .arg(json)
+                    .ignore();
+            }
+            ack_and_delete(&mut pipe, &stream, WORKERS_GROUP, id.as_str());
+            let mut con = self.commands.clone();
+            match pipe.query_async::<()>(&mut con).await {
+                Ok(()) => {
+                    self.release(&stream, &id);
+                    return Ok(());
+                }
+                Err(err) => {
+                    // Still this worker's: heartbeats keep its lease while it retries.
+                    self.taken
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(task.key.clone(), (stream.clone(), id.clone()));
+                    self.back_off(&redis_error(err), &mut backoff).await?;
+                }
+            }
+        }
+    }
+
     /// Records a task given up on in the dead-letter stream.
     pub(super) async fn bury_task(&self, task: &TaskSpec, reason: &str) -> Result<(), QueueError> {
         let mut con = self.commands.clone();

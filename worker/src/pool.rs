@@ -162,7 +162,7 @@ pub async fn run_worker_with(
                     // Started once the step has what it needs: a wait for a free GPU is not run time.
                     let started = WorkerEvent::Started {
                         key: task.key.clone(),
-                        worker,
+                        worker: worker.clone(),
                         at_ms: now_ms(),
                     };
                     {
@@ -226,6 +226,8 @@ pub async fn run_worker_with(
                 drop(permit);
                 return;
             }
+            let mut result = result;
+            result.worker.get_or_insert(worker);
             // Only a reported result lets the queue forget the delivery.
             let mut events: Vec<WorkerEvent> = unsent_start.into_iter().collect();
             events.push(WorkerEvent::Finished(result));

@@ -328,6 +328,11 @@ pub struct TaskResult {
     /// Why the worker did not reuse the attempt [`TaskSpec::cache_probe`] offered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_miss: Option<String>,
+    /// The worker that ran it (or, for a `lost` result, the one that stopped heartbeating): a
+    /// quick step's `Started`, which also names it, travels with this result or never left a
+    /// worker killed in its first moments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
 }
 
 impl TaskResult {
@@ -348,6 +353,7 @@ impl TaskResult {
             image_digest: None,
             cached_from: None,
             cache_miss: None,
+            worker: None,
         }
     }
 }

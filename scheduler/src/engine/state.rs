@@ -633,6 +633,10 @@ impl RunState {
             attempt.exit_code = result.exit_code;
             attempt.signal = result.signal;
             attempt.started_ms.get_or_insert(result.started_ms);
+            if attempt.worker.is_none() {
+                // Its `Started` came with this result, or never (a worker lost at once).
+                attempt.worker = result.worker.clone();
+            }
             attempt.finished_ms = Some(result.finished_ms);
             attempt.message = result.message.clone();
         }

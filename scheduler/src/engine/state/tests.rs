@@ -87,6 +87,7 @@ impl Sim {
             image_digest: None,
             cached_from: None,
             cache_miss: None,
+            worker: None,
         }
     }
 
@@ -617,3 +618,22 @@ fn a_commit_holds_every_change_once_and_leaves_the_state_clean() {
 }
 
 mod handlers;
+
+#[test]
+fn the_worker_is_recorded_from_the_result_when_no_started_came_first() {
+    let mut sim = Sim::new("name: p\nsteps:\n  quick: {run: x}\n  slow: {run: x}\n");
+    sim.tick();
+    // A quick step: its Started and result arrive together, or the result alone (a `lost` one
+    // of a worker killed at once names the worker that stopped heartbeating).
+    let mut result = sim.result(sim.key("quick"), Outcome::Lost, None);
+    result.worker = Some("w1".into());
+    sim.feed(result);
+    // A slow step: its Started named the worker; the result does not overwrite it.
+    sim.start("slow", "w2");
+    let mut result = sim.result(sim.key("slow"), Outcome::Succeeded, Some(0));
+    result.worker = Some("other".into());
+    sim.feed(result);
+    let worker = |step: &str| sim.state.step(step).unwrap().attempts[0].worker.clone();
+    assert_eq!(worker("quick").as_deref(), Some("w1"));
+    assert_eq!(worker("slow").as_deref(), Some("w2"));
+}

@@ -244,7 +244,9 @@ impl RedisQueue {
             let Some(claimed) = claimed else { continue };
             match decode::<TaskSpec>(&stream, &claimed, "task") {
                 Ok(task) => {
-                    if let Err(err) = self.report_lost(&stream, &entry.id, &task).await {
+                    // Consumers are named `<worker>@<start id>`.
+                    let worker = entry.consumer.split('@').next().unwrap_or_default();
+                    if let Err(err) = self.report_lost(&stream, &entry.id, &task, worker).await {
                         tracing::warn!(error = %err, "Reclaiming stopped midway; the rest waits for the next round.");
                         break;
                     }
@@ -268,12 +270,14 @@ impl RedisQueue {
         stream: &str,
         id: &str,
         task: &TaskSpec,
+        worker: &str,
     ) -> Result<(), QueueError> {
         let mut result = TaskResult::error(
             task.key.clone(),
             "the worker running it stopped heartbeating; its lease expired",
         );
         result.outcome = Outcome::Lost;
+        result.worker = Some(worker.to_string()).filter(|w| !w.is_empty());
         let event = serde_json::to_string(&WorkerEvent::Finished(result)).unwrap_or_default();
         let mut con = self.commands.clone();
         let mut pipe = redis::pipe();

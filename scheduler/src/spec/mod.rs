@@ -22,6 +22,7 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 
+use indexmap::IndexMap;
 use sha2::{Digest, Sha256};
 
 pub use diagnostic::Diagnostic;
@@ -144,12 +145,16 @@ pub fn parse_str_with_warnings(
     check::check(&mut r, parsed.pipeline.as_ref(), &parsed.steps, &tree.root);
     match parsed.pipeline {
         Some(mut pipeline) if r.diags.is_empty() => {
-            pipeline.steps = parsed
-                .steps
-                .into_iter()
-                .filter_map(|p| p.step)
-                .map(|step| (step.name.clone(), step))
-                .collect();
+            // Sized up front: growing the map moves every (large) step again at each doubling.
+            let mut steps = IndexMap::with_capacity(parsed.steps.len());
+            steps.extend(
+                parsed
+                    .steps
+                    .into_iter()
+                    .filter_map(|p| p.step)
+                    .map(|step| (step.name.clone(), step)),
+            );
+            pipeline.steps = steps;
             matrix::expand(&mut pipeline);
             Ok((pipeline, r.diags.into_parts().1))
         }

@@ -2,7 +2,7 @@
 //! another machine can show it live (`sluice logs --follow`).
 //!
 //! The executors write stdout and stderr to the attempt's files (masked); this reads those
-//! files from where it left off every [`POLL`] and publishes what is new, then, once the step
+//! files from where it left off every `POLL` (250 ms) and publishes what is new, then, once the step
 //! ended, the rest and an end marker.
 
 use std::io::SeekFrom;

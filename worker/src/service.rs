@@ -1,5 +1,5 @@
 //! A worker process's life around the worker loop, for `sluice worker`: heartbeats that
-//! advertise it and renew its leases (and stop its steps when it cannot, see [`heartbeat`]),
+//! advertise it and renew its leases (and stop its steps when it cannot, see `heartbeat`),
 //! the drain on SIGTERM with its grace period, and leaving the registry when it stops.
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -3,7 +3,7 @@
 //!
 //! CSV goes through the `csv` crate (RFC 4180 quoting, a UTF-8 BOM dropped, rows of another
 //! width than the header refused). JSON Lines is read a line at a time; of each object only the
-//! wanted keys are kept, the other values are skipped unparsed. Parquet is in [`super::parquet`].
+//! wanted keys are kept, the other values are skipped unparsed. Parquet is in the `parquet` module.
 
 use std::borrow::Cow;
 use std::collections::HashMap;

@@ -177,6 +177,13 @@ impl RedisQueue {
         format!("{}{name}", self.config.prefix)
     }
 
+    /// The stream entries of the tasks this worker holds. A panic elsewhere while the lock was
+    /// held leaves the map as it was (every change to it is one call), so a poisoned lock is
+    /// taken as it is rather than failing every later acknowledgement.
+    fn taken_tasks(&self) -> std::sync::MutexGuard<'_, HashMap<TaskKey, (String, String)>> {
+        self.taken.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), QueueError> {
         create_group(&mut self.commands.clone(), stream, group).await
     }

@@ -60,9 +60,7 @@ impl RedisQueue {
             }
         }
         let held: Vec<(TaskKey, (String, String))> = self
-            .taken
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .taken_tasks()
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -89,13 +87,7 @@ impl RedisQueue {
                 }
             };
             // Gone because it finished meanwhile (`done` took it out of `taken`) is not lost.
-            let still_held = gone
-                && self
-                    .taken
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&key)
-                    .is_some();
+            let still_held = gone && self.taken_tasks().remove(&key).is_some();
             if still_held {
                 tracing::warn!(task = %key, "Lost the lease of a running task; its result will be refused.");
                 lost.push(key);
@@ -144,12 +136,7 @@ impl RedisQueue {
 
     /// The tasks this worker took and has not finished.
     pub fn held_tasks(&self) -> Vec<TaskKey> {
-        self.taken
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        self.taken_tasks().keys().cloned().collect()
     }
 
     /// Removes a worker that stops cleanly from the registry.

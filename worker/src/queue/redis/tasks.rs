@@ -135,9 +135,7 @@ impl RedisQueue {
             self.forget(stream, &entry.id).await?;
             return Ok(None);
         }
-        self.taken
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.taken_tasks()
             .insert(task.key.clone(), (stream.to_string(), entry.id.clone()));
         Ok(Some(task))
     }
@@ -165,11 +163,7 @@ impl RedisQueue {
 
     /// Stops holding a task unreported (the worker could not keep its lease).
     pub(super) fn hand_back_task(&self, task: &TaskSpec) {
-        let entry = self
-            .taken
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&task.key);
+        let entry = self.taken_tasks().remove(&task.key);
         if let Some((stream, id)) = entry {
             self.release(&stream, &id);
         }
@@ -177,21 +171,11 @@ impl RedisQueue {
 
     /// Acknowledges a finished task, retrying; on failure its lease stays held.
     pub(super) async fn settle_task(&self, task: &TaskSpec) -> Result<(), QueueError> {
-        let entry = self
-            .taken
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&task.key)
-            .cloned();
-        let Some((stream, id)) = entry else {
-            return Ok(());
-        };
         // Out of `taken` first: a heartbeat that finds the entry gone meanwhile must not take
         // a finished task for a lost one.
-        self.taken
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&task.key);
+        let Some((stream, id)) = self.taken_tasks().remove(&task.key) else {
+            return Ok(());
+        };
         let mut backoff = Backoff::new(Duration::from_millis(100));
         for _ in 0..5 {
             match self.forget(&stream, &id).await {
@@ -202,10 +186,7 @@ impl RedisQueue {
                 Err(err) => self.back_off(&err, &mut backoff).await?,
             }
         }
-        self.taken
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(task.key.clone(), (stream, id));
+        self.taken_tasks().insert(task.key.clone(), (stream, id));
         // Still held in `taken`: heartbeats keep its lease until a later call succeeds.
         Err(QueueError::Refused(
             "could not acknowledge the task; its lease stays held".into(),
@@ -221,13 +202,9 @@ impl RedisQueue {
         task: &TaskSpec,
         events: &[WorkerEvent],
     ) -> Result<(), QueueError> {
-        let taken = self
-            .taken
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&task.key)
-            .cloned();
-        let Some((stream, id)) = taken else {
+        // Out of `taken` while the transaction is in flight: a heartbeat that finds the entry
+        // gone meanwhile must not take a finished task for a lost one.
+        let Some((stream, id)) = self.taken_tasks().remove(&task.key) else {
             // Not delivered through this queue's reader: nothing to settle.
             for event in events {
                 self.add_event(event.clone()).await?;
@@ -240,12 +217,8 @@ impl RedisQueue {
             .collect();
         let mut backoff = Backoff::new(Duration::from_millis(100));
         loop {
-            // Out of `taken` while the transaction is in flight: a heartbeat that finds the
-            // entry gone meanwhile must not take a finished task for a lost one.
-            self.taken
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&task.key);
+            // Held again while backing off (below); out again while the next try is in flight.
+            self.taken_tasks().remove(&task.key);
             let mut pipe = redis::pipe();
             pipe.atomic();
             for json in &jsons {
@@ -265,9 +238,7 @@ impl RedisQueue {
                 }
                 Err(err) => {
                     // Still this worker's: heartbeats keep its lease while it retries.
-                    self.taken
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
+                    self.taken_tasks()
                         .insert(task.key.clone(), (stream.clone(), id.clone()));
                     self.back_off(&redis_error(err), &mut backoff).await?;
                 }

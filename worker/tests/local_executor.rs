@@ -774,3 +774,46 @@ async fn a_failing_step_is_not_turned_into_a_report_failure() {
     assert_eq!(result.outcome, Outcome::Failed);
     assert_eq!(result.exit_code, Some(4));
 }
+
+/// A no-op after another step succeeds without touching the disk: no attempt folder, no `in/`.
+#[tokio::test]
+async fn a_noop_step_succeeds_and_makes_no_folders() {
+    use sluice_worker::artifacts::TaskInput;
+    use sluice_worker::executor::StepExecutor;
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = task(dir.path(), StepCommand::Builtin("noop".into()));
+    t.inputs.push(TaskInput {
+        step: "upstream".into(),
+        artifacts: Vec::new(),
+    });
+    let executor = StepExecutor::local_only("no Docker in this test");
+    let result = tokio::time::timeout(RUN_LIMIT, executor.run(&t, CancellationToken::new()))
+        .await
+        .expect("a no-op hung");
+    assert_eq!(result.outcome, Outcome::Succeeded, "{result:?}");
+    assert!(
+        !t.attempt_dir.exists(),
+        "a no-op made {}",
+        t.attempt_dir.display()
+    );
+}
+
+/// A no-op declares no outputs it cannot write: `outputs:` on one fails it, saying why.
+#[tokio::test]
+async fn a_noop_step_with_outputs_fails_naming_the_output() {
+    use sluice_worker::executor::StepExecutor;
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = task(dir.path(), StepCommand::Builtin("noop".into()));
+    t.outputs.push("model.bin".into());
+    let executor = StepExecutor::local_only("no Docker in this test");
+    let result = tokio::time::timeout(RUN_LIMIT, executor.run(&t, CancellationToken::new()))
+        .await
+        .expect("a no-op hung");
+    assert_eq!(result.outcome, Outcome::Failed, "{result:?}");
+    let message = result.message.unwrap_or_default();
+    assert!(message.contains("`model.bin`"), "message: {message}");
+    assert!(
+        message.contains("`noop` writes no outputs"),
+        "message: {message}"
+    );
+}

@@ -82,8 +82,10 @@ impl StepExecutor {
     /// `$SLUICE_IN/<step>/` from the store, in a fresh `in/` (a redelivered attempt's old one
     /// goes first, never followed).
     async fn materialise(&self, task: &TaskSpec) -> Result<(), String> {
-        // A step with no upstream steps gets the empty `in/` its folder is prepared with.
-        if task.inputs.is_empty() {
+        // A step with no upstream steps gets the empty `in/` its folder is prepared with; a
+        // no-op reads nothing, and gets no folders at all (a chain of them touches no disk).
+        let reads_nothing = matches!(&task.command, StepCommand::Builtin(kind) if kind == "noop");
+        if task.inputs.is_empty() || reads_nothing {
             return Ok(());
         }
         let in_dir = task.in_dir();

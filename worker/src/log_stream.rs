@@ -5,12 +5,11 @@
 //! files from where it left off every `POLL` (250 ms) and publishes what is new, then, once the step
 //! ended, the rest and an end marker.
 
-use std::io::SeekFrom;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::queue::TaskQueue;
@@ -29,8 +28,11 @@ struct Tail {
     name: &'static str,
     path: PathBuf,
     /// Held once opened, so the bytes sent are those the executor writes even if the step
-    /// replaces the file's name with something else.
-    file: Option<tokio::fs::File>,
+    /// replaces the file's name with something else. Read on the async thread, with `fstat`
+    /// and `pread`: a local file in the page cache answers at once, and a step that printed
+    /// nothing (most polls, and a quick step's whole life) then costs two `fstat`s instead of
+    /// half a dozen hops to the blocking pool.
+    file: Option<std::fs::File>,
     offset: u64,
 }
 
@@ -59,10 +61,9 @@ pub async fn stream_logs(queue: Arc<dyn TaskQueue>, task: TaskSpec, ended: Cance
             _ = ended.cancelled() => {}
         }
     }
-    for file in &files {
-        if let Err(err) = queue.publish_log(&task.key, file.name, None).await {
-            tracing::warn!(task = %task.key, error = %err, "Could not send the end of a step's log.");
-        }
+    let names = files.map(|file| file.name);
+    if let Err(err) = queue.end_logs(&task.key, &names).await {
+        tracing::warn!(task = %task.key, error = %err, "Could not send the end of a step's log.");
     }
 }
 
@@ -72,17 +73,16 @@ async fn publish_new(queue: &dyn TaskQueue, task: &TaskSpec, tail: &mut Tail) {
     }
     // A handle whose file lost its name belongs to an earlier delivery of this attempt, which
     // the executor replaced: open the new one.
-    let replaced = match &tail.file {
-        Some(file) => file
-            .metadata()
-            .await
-            .is_ok_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) == 0),
+    let replaced = match tail.file.as_ref().map(|file| file.metadata()) {
+        Some(Ok(m)) if std::os::unix::fs::MetadataExt::nlink(&m) == 0 => true,
+        Some(Ok(m)) if m.len() <= tail.offset => return, // Nothing new.
+        Some(_) => false,
         None => true,
     };
     if replaced {
         match crate::safe_fs::open_regular(&tail.path) {
             Ok(Some(file)) => {
-                tail.file = Some(tokio::fs::File::from_std(file));
+                tail.file = Some(file);
                 tail.offset = 0;
             }
             Ok(None) => return, // Not created yet.
@@ -94,15 +94,12 @@ async fn publish_new(queue: &dyn TaskQueue, task: &TaskSpec, tail: &mut Tail) {
             }
         }
     }
-    let Some(file) = tail.file.as_mut() else {
+    let Some(file) = tail.file.as_ref() else {
         return;
     };
-    if file.seek(SeekFrom::Start(tail.offset)).await.is_err() {
-        return;
-    }
     let mut buf = vec![0u8; CHUNK];
     while tail.offset < STREAM_CAP {
-        let n = match file.read(&mut buf).await {
+        let n = match file.read_at(&mut buf, tail.offset) {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };

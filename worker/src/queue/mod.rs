@@ -152,6 +152,15 @@ pub trait TaskQueue: Send + Sync {
         Ok(())
     }
 
+    /// Worker side: the attempt's output is complete on each of `streams` (an end marker on
+    /// each, as `publish_log` with `None` sends; a queue may send them together).
+    async fn end_logs(&self, key: &TaskKey, streams: &[&str]) -> Result<(), QueueError> {
+        for stream in streams {
+            self.publish_log(key, stream, None).await?;
+        }
+        Ok(())
+    }
+
     /// Scheduler side: the tasks waiting for a worker, per worker queue (for `/metrics`). A
     /// queue that cannot tell answers with none.
     async fn backlog(&self) -> Result<Vec<Backlog>, QueueError> {

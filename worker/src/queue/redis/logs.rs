@@ -68,29 +68,38 @@ impl RedisQueue {
         stream: &str,
         chunk: Option<&[u8]>,
     ) -> Result<(), QueueError> {
+        self.append_logs(key, &[(stream, chunk)]).await
+    }
+
+    /// Appends each `(stream, chunk or end)` in order, in one round trip.
+    pub(super) async fn append_logs(
+        &self,
+        key: &TaskKey,
+        entries: &[(&str, Option<&[u8]>)],
+    ) -> Result<(), QueueError> {
         let log = self.log_stream(key);
-        let mut con = self.commands.clone();
-        let mut command = redis::cmd("XADD");
-        command
-            .arg(&log)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(LOG_MAX_CHUNKS)
-            .arg("*")
-            .arg("stream")
-            .arg(stream);
-        match chunk {
-            Some(bytes) => command.arg("data").arg(bytes),
-            None => command.arg("eof").arg(1),
-        };
-        redis::pipe()
-            .add_command(command)
-            .ignore()
-            .cmd("EXPIRE")
+        let mut pipe = redis::pipe();
+        for (stream, chunk) in entries {
+            let command = pipe
+                .cmd("XADD")
+                .arg(&log)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(LOG_MAX_CHUNKS)
+                .arg("*")
+                .arg("stream")
+                .arg(*stream);
+            match chunk {
+                Some(bytes) => command.arg("data").arg(*bytes),
+                None => command.arg("eof").arg(1),
+            }
+            .ignore();
+        }
+        pipe.cmd("EXPIRE")
             .arg(&log)
             .arg(LOG_TTL_SECS)
             .ignore()
-            .query_async::<()>(&mut con)
+            .query_async::<()>(&mut self.commands.clone())
             .await
             .map_err(redis_error)
     }

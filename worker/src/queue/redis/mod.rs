@@ -269,6 +269,11 @@ impl TaskQueue for RedisQueue {
         self.append_log(key, stream, chunk).await
     }
 
+    async fn end_logs(&self, key: &TaskKey, streams: &[&str]) -> Result<(), QueueError> {
+        let ends: Vec<(&str, Option<&[u8]>)> = streams.iter().map(|s| (*s, None)).collect();
+        self.append_logs(key, &ends).await
+    }
+
     fn cancellations(&self) -> broadcast::Receiver<String> {
         self.cancels.subscribe()
     }

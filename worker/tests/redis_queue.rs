@@ -267,6 +267,59 @@ async fn tasks_of_a_run_cancelled_before_they_were_taken_never_start() {
     );
 }
 
+/// An attempt queued twice (a scheduler restarted between its commit and its dispatch queues
+/// it again) runs once: the second delivery is skipped, whichever worker reads it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_attempt_queued_twice_runs_once() {
+    let Some(redis) = start_redis() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = queue(&redis, "scheduler", "t13:").await;
+    let twice = task(dir.path(), "run-d", "train", 1, "true");
+    scheduler.dispatch(twice.clone()).await.unwrap();
+    scheduler.dispatch(twice).await.unwrap();
+    scheduler
+        .dispatch(task(dir.path(), "run-d", "after", 1, "true"))
+        .await
+        .unwrap();
+    let queues = vec!["default".to_string()];
+    let worker = queue(&redis, "w1", "t13:").await;
+    let mut taken = Vec::new();
+    for _ in 0..2 {
+        let got = tokio::time::timeout(Duration::from_secs(5), worker.take(&queues))
+            .await
+            .unwrap()
+            .unwrap();
+        taken.push(got.key.step);
+    }
+    assert_eq!(taken, ["train", "after"], "the copy of `train` ran again");
+    // Another worker finds nothing left: the copy was acknowledged, not left pending.
+    let other = queue(&redis, "w2", "t13:").await;
+    let more = tokio::time::timeout(Duration::from_millis(500), other.take(&queues)).await;
+    assert!(more.is_err(), "another worker got {more:?}");
+}
+
+/// A task that outlives a cancel (a run's `finally:` handler) starts although its run was
+/// cancelled before any worker took it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_that_outlives_a_cancel_starts_after_its_run_was_cancelled() {
+    let Some(redis) = start_redis() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = queue(&redis, "scheduler", "t14:").await;
+    let mut cleanup = task(dir.path(), "run-c", "cleanup", 1, "true");
+    cleanup.outlives_cancel = true;
+    scheduler.dispatch(cleanup).await.unwrap();
+    scheduler.cancel_run("run-c").await.unwrap();
+    let worker = queue(&redis, "w", "t14:").await;
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        worker.take(&["default".to_string()]),
+    )
+    .await
+    .expect("the handler's task was skipped")
+    .unwrap();
+    assert_eq!(got.key.step, "cleanup");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_scheduler_catches_up_on_its_pending_events_in_order() {
     let Some(redis) = start_redis() else { return };

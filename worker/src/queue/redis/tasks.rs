@@ -1,9 +1,40 @@
 //! Tasks: the scheduler adds them to a stream per queue; a worker takes, accepts and claims
 //! each once, and settles it (done, handed back, or buried in the dead-letter stream).
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use super::*;
+
+/// Whether a worker may run the task entry it read, decided in Redis in one step:
+/// - `gone`: the entry is no longer pending for this consumer (the janitor gave it to another);
+/// - `cancelled`: its run was cancelled before it started (unless the task outlives a cancel);
+/// - `taken`: another delivery of the same `(run, step, attempt)` was claimed first (a
+///   scheduler restarted between its commit and its dispatch queues an attempt again, not
+///   knowing whether the dispatch happened): the attempt still runs once;
+/// - `claimed`: this worker runs it; the claim key names the consumer.
+///
+/// KEYS: the task stream, the cancelled-runs set, the attempt's claim key. ARGV: the workers'
+/// group, the entry id, this consumer, the run id, the claim's TTL in seconds, and `1` when
+/// the task outlives a cancel. A script rather than a pipeline: the claim must only be taken
+/// when the checks before it pass, and they used to cost a round trip of their own.
+static ACCEPT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #pending == 0 or pending[1][2] ~= ARGV[3] then
+  return 'gone'
+end
+if ARGV[6] ~= '1' and redis.call('SISMEMBER', KEYS[2], ARGV[4]) == 1 then
+  return 'cancelled'
+end
+if redis.call('SET', KEYS[3], ARGV[3], 'NX', 'EX', ARGV[5]) then
+  return 'claimed'
+end
+return 'taken'
+"#,
+    )
+});
 
 impl RedisQueue {
     /// Adds tasks to their queues' streams, creating each stream's workers group first.
@@ -94,71 +125,51 @@ impl RedisQueue {
                 return Ok(None);
             }
         };
-        // One round trip: is the entry still this worker's (the janitor may have given it to
-        // another while it waited here), and was its run cancelled before it started?
-        let mut con = self.commands.clone();
-        let (pending, cancelled): (StreamPendingCountReply, bool) = redis::pipe()
-            .cmd("XPENDING")
-            .arg(stream)
+        // One round trip decides: is the entry still this worker's (the janitor may have given
+        // it to another while it waited here), was its run cancelled before it started, and is
+        // this the first taker of the attempt (see ACCEPT)?
+        let claim = format!(
+            "{}claim:{}:{}:{}",
+            self.config.prefix, task.key.run_id, task.key.step, task.key.attempt
+        );
+        let verdict: String = ACCEPT
+            .key(stream)
+            .key(self.key("cancelled"))
+            .key(&claim)
             .arg(WORKERS_GROUP)
             .arg(&entry.id)
-            .arg(&entry.id)
-            .arg(1)
-            .cmd("SISMEMBER")
-            .arg(self.key("cancelled"))
+            .arg(&self.config.consumer)
             .arg(&task.key.run_id)
-            .query_async(&mut con)
+            .arg(CLAIM_TTL_SECS)
+            .arg(u8::from(task.outlives_cancel))
+            .invoke_async(&mut self.commands.clone())
             .await
             .map_err(redis_error)?;
-        if !pending
-            .ids
-            .iter()
-            .any(|p| p.consumer == self.config.consumer)
-        {
-            return Ok(None);
-        }
-        if cancelled && !task.outlives_cancel {
-            // Its run was cancelled before any worker took it: it never starts, and the
-            // scheduler hears so (an attempt it still thinks queued ends).
-            let mut result = TaskResult::error(
-                task.key.clone(),
-                "the run was cancelled before the step started",
-            );
-            result.outcome = Outcome::Cancelled;
-            self.report(WorkerEvent::Finished(result)).await?;
-            self.forget(stream, &entry.id).await?;
-            return Ok(None);
-        }
-        if !self.claim(&task.key).await? {
-            // A restarted scheduler queued an attempt again that a worker already has.
-            tracing::info!(task = %task.key, "Skipped a task another worker already took.");
-            self.forget(stream, &entry.id).await?;
-            return Ok(None);
+        match verdict.as_str() {
+            "claimed" => {}
+            "cancelled" => {
+                // Its run was cancelled before any worker took it: it never starts, and the
+                // scheduler hears so (an attempt it still thinks queued ends).
+                let mut result = TaskResult::error(
+                    task.key.clone(),
+                    "the run was cancelled before the step started",
+                );
+                result.outcome = Outcome::Cancelled;
+                self.report(WorkerEvent::Finished(result)).await?;
+                self.forget(stream, &entry.id).await?;
+                return Ok(None);
+            }
+            "taken" => {
+                // A restarted scheduler queued an attempt again that a worker already has.
+                tracing::info!(task = %task.key, "Skipped a task another worker already took.");
+                self.forget(stream, &entry.id).await?;
+                return Ok(None);
+            }
+            _ => return Ok(None), // "gone": no longer this worker's entry.
         }
         self.taken_tasks()
             .insert(task.key.clone(), (stream.to_string(), entry.id.clone()));
         Ok(Some(task))
-    }
-
-    /// Claims an attempt for this worker: the first taker of a `(run, step, attempt)` wins, so
-    /// an attempt queued twice (the scheduler restarted between its commit and its dispatch
-    /// and could not know whether the dispatch happened) still runs once.
-    pub(super) async fn claim(&self, key: &TaskKey) -> Result<bool, QueueError> {
-        let mut con = self.commands.clone();
-        let claim = format!(
-            "{}claim:{}:{}:{}",
-            self.config.prefix, key.run_id, key.step, key.attempt
-        );
-        let set: Option<String> = redis::cmd("SET")
-            .arg(&claim)
-            .arg(&self.config.consumer)
-            .arg("NX")
-            .arg("EX")
-            .arg(CLAIM_TTL_SECS)
-            .query_async(&mut con)
-            .await
-            .map_err(redis_error)?;
-        Ok(set.is_some())
     }
 
     /// Stops holding a task unreported (the worker could not keep its lease).

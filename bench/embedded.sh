@@ -16,6 +16,10 @@
 # figures recorded on 2026-12-07, 2.14 and 1.16, by a margin for this noisy machine), or the
 # validation slower than MAX_VALIDATE_MS_PER_1000 ms per 1,000 steps beyond the 1-step file's
 # time (default 25: 12 ms per 1,000 recorded at 10,000 steps). Issue 10 found a 4.43x chain and a 307 ms validation this way too late.
+# Run it at least five minutes after anything deleted many files on the same file system (this
+# script's own exit deletes every run's folders): ext4 passes over inodes freed in the last
+# 60-300 s when it allocates new ones, and the chain's 6,000 new folders then took up to 1.7x
+# as long (two runs of this script back to back, 2026-12-07).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CHAIN_N=${1:-1000}

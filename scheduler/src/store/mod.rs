@@ -4,7 +4,8 @@
 //! run, its steps and its history atomically, and one flush makes the batch durable before it is
 //! reported to anyone.
 //!
-//! Keys: `p/<hash>` pipeline, `r/<run>` run, `s/<run>/<step>` step, `e/<run>/<seq>` event,
+//! Keys: `p/<hash>` pipeline, `r/<run>` run, `s/<run>/<step>` step, `e/<run>/<seq>` the events
+//! one commit added to a run's history, from sequence number `seq` on (an array, or one event),
 //! `a/<run>` unfinished runs, `f/<run>` finished runs `after:` triggers have yet to decide on,
 //! `m/<key>` trigger marks ([`marks`]); the model registry's are in [`models`].
 

@@ -61,9 +61,17 @@ pub async fn stream_logs(queue: Arc<dyn TaskQueue>, task: TaskSpec, ended: Cance
             _ = ended.cancelled() => {}
         }
     }
+    // A follower of the log waits for these markers: a few tries before giving up on them.
     let names = files.map(|file| file.name);
-    if let Err(err) = queue.end_logs(&task.key, &names).await {
-        tracing::warn!(task = %task.key, error = %err, "Could not send the end of a step's log.");
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100));
+    for tries_left in (0..4).rev() {
+        match queue.end_logs(&task.key, &names).await {
+            Ok(()) => break,
+            Err(err) if tries_left == 0 => {
+                tracing::warn!(task = %task.key, error = %err, "Could not send the end of a step's log.");
+            }
+            Err(_) => tokio::time::sleep(backoff.step()).await,
+        }
     }
 }
 

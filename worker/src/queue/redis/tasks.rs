@@ -12,7 +12,8 @@ use super::*;
 /// - `taken`: another delivery of the same `(run, step, attempt)` was claimed first (a
 ///   scheduler restarted between its commit and its dispatch queues an attempt again, not
 ///   knowing whether the dispatch happened): the attempt still runs once;
-/// - `claimed`: this worker runs it; the claim key names the consumer.
+/// - `claimed`: this worker runs it; the claim key names the consumer and the entry, so a
+///   retry after a reply lost on the way finds its own claim and still runs the task.
 ///
 /// KEYS: the task stream, the cancelled-runs set, the attempt's claim key. ARGV: the workers'
 /// group, the entry id, this consumer, the run id, the claim's TTL in seconds, and `1` when
@@ -28,7 +29,11 @@ end
 if ARGV[6] ~= '1' and redis.call('SISMEMBER', KEYS[2], ARGV[4]) == 1 then
   return 'cancelled'
 end
-if redis.call('SET', KEYS[3], ARGV[3], 'NX', 'EX', ARGV[5]) then
+local mine = ARGV[3] .. ' ' .. ARGV[2]
+if redis.call('SET', KEYS[3], mine, 'NX', 'EX', ARGV[5]) then
+  return 'claimed'
+end
+if redis.call('GET', KEYS[3]) == mine then
   return 'claimed'
 end
 return 'taken'

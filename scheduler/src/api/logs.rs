@@ -156,7 +156,13 @@ pub(super) async fn serve_log(
             attempt: number,
         };
         let stream = file.trim_end_matches(".log").to_string();
-        let body = Body::from_stream(from_remote(remote, key, stream, follow, shutdown.clone()));
+        let remote = RemoteLog {
+            reader: remote,
+            store,
+            key,
+            stream,
+        };
+        let body = Body::from_stream(from_remote(remote, follow, shutdown.clone()));
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response());
     }
     let opened = opened.map_err(|why| {
@@ -180,26 +186,34 @@ pub(super) async fn serve_log(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
-/// An attempt's output as the worker sent it through the shared queue; with `follow`, until its
-/// end.
-fn from_remote(
-    remote: Arc<dyn LogReader>,
+/// Where an attempt's output sent through the shared queue is read from.
+struct RemoteLog {
+    reader: Arc<dyn LogReader>,
+    store: Store,
     key: TaskKey,
     stream: String,
+}
+
+/// An attempt's output as the worker sent it through the shared queue; with `follow`, until its
+/// end: the worker's end marker, or, when none comes (a built-in step sends no log, a marker
+/// can be lost), the attempt recorded as over and nothing more to read.
+fn from_remote(
+    remote: RemoteLog,
     follow: bool,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
-    let state = (remote, key, stream, LOG_START.to_string(), false);
-    futures_util::stream::unfold(state, move |(remote, key, stream, after, done)| {
+    let state = (Arc::new(remote), LOG_START.to_string(), false);
+    futures_util::stream::unfold(state, move |(remote, after, done)| {
         let shutdown = shutdown.clone();
         async move {
             if done || shutdown.is_cancelled() {
                 return None;
             }
+            let mut follow = follow;
             loop {
                 let block = follow.then_some(Duration::from_secs(1));
                 let read = tokio::select! {
-                    read = remote.read_log(&key, &stream, &after, block) => read,
+                    read = remote.reader.read_log(&remote.key, &remote.stream, &after, block) => read,
                     _ = shutdown.cancelled() => return None,
                 };
                 let LogChunks {
@@ -210,14 +224,19 @@ fn from_remote(
                     Ok(read) => read,
                     Err(err) => {
                         let err = std::io::Error::other(err.to_string());
-                        return Some((Err(err), (remote, key, stream, after, true)));
+                        return Some((Err(err), (remote, after, true)));
                     }
                 };
                 let no_more = next == after;
                 let end = complete || (!follow && no_more);
                 if !chunks.is_empty() || end {
                     let bytes = Bytes::from(chunks.concat());
-                    return Some((Ok(bytes), (remote, key, stream, next, end)));
+                    return Some((Ok(bytes), (remote, next, end)));
+                }
+                let key = &remote.key;
+                if follow && attempt_over(&remote.store, &key.run_id, &key.step, key.attempt) {
+                    // One more read without waiting takes what came meanwhile, then it ends.
+                    follow = false;
                 }
             }
         }
@@ -252,7 +271,8 @@ fn stream_file(state: Follow) -> impl futures_util::Stream<Item = Result<Bytes, 
                 state.follow = false;
             }
             // Whether the attempt was over before this read: then what is read is the last.
-            let over = !state.follow || attempt_over(&state);
+            let over =
+                !state.follow || attempt_over(&state.store, &state.run, &state.step, state.attempt);
             match read_more(&mut state).await {
                 Ok(bytes) if !bytes.is_empty() => return Some((Ok(Bytes::from(bytes)), state)),
                 Ok(_) if over => return None,
@@ -270,12 +290,13 @@ fn stream_file(state: Follow) -> impl futures_util::Stream<Item = Result<Bytes, 
     })
 }
 
-fn attempt_over(state: &Follow) -> bool {
-    match state.store.step(&state.run, &state.step) {
+/// Whether the attempt is recorded as over (or cannot be read: nothing more will come then).
+fn attempt_over(store: &Store, run: &str, step: &str, attempt: u32) -> bool {
+    match store.step(run, step) {
         Ok(Some(record)) => record
             .attempts
             .iter()
-            .find(|a| a.number == state.attempt)
+            .find(|a| a.number == attempt)
             .is_none_or(|a| a.status.is_terminal()),
         _ => true,
     }
@@ -296,4 +317,88 @@ async fn read_more(state: &mut Follow) -> std::io::Result<Vec<u8>> {
     let n = file.read(&mut buf).await?;
     buf.truncate(n);
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use serde_json::json;
+    use sluice_worker::queue::QueueError;
+
+    /// A queue that never has a chunk nor an end marker: a built-in step's log, or one whose
+    /// marker was lost. Each read answers at once.
+    struct Silent;
+
+    #[async_trait::async_trait]
+    impl LogReader for Silent {
+        async fn read_log(
+            &self,
+            _key: &TaskKey,
+            _stream: &str,
+            after: &str,
+            _block: Option<Duration>,
+        ) -> Result<LogChunks, QueueError> {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok(LogChunks {
+                chunks: Vec::new(),
+                next: after.to_string(),
+                complete: false,
+            })
+        }
+    }
+
+    fn step_with_attempt(status: &str) -> crate::store::StepRecord {
+        serde_json::from_value(json!({
+            "run_id": "01RUN", "name": "gate", "index": 0, "status": status,
+            "attempts": [{
+                "number": 1, "status": status, "outcome": null, "exit_code": null,
+                "signal": null, "worker": "w", "queued_ms": 0, "started_ms": 1,
+                "finished_ms": null, "message": null, "dir": "/nowhere",
+            }],
+            "outputs": {}, "metrics": {}, "reason": null, "retry_at_ms": null,
+        }))
+        .unwrap()
+    }
+
+    /// A followed log that never gets an end marker ends once its attempt is recorded as over,
+    /// instead of waiting until the server stops.
+    #[tokio::test]
+    async fn a_followed_remote_log_without_an_end_marker_ends_with_its_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut changes = crate::store::Changes::default();
+        changes.put_step(&step_with_attempt("running"));
+        store.commit(&changes).unwrap();
+        let remote = RemoteLog {
+            reader: Arc::new(Silent),
+            store: store.clone(),
+            key: TaskKey {
+                run_id: "01RUN".into(),
+                step: "gate".into(),
+                attempt: 1,
+            },
+            stream: "stdout".into(),
+        };
+        let mut log = Box::pin(from_remote(
+            remote,
+            true,
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        // While the attempt runs, the follow keeps waiting.
+        let early = tokio::time::timeout(Duration::from_millis(200), log.next()).await;
+        assert!(
+            early.is_err(),
+            "the follow ended while the attempt ran: {early:?}"
+        );
+        let mut changes = crate::store::Changes::default();
+        changes.put_step(&step_with_attempt("succeeded"));
+        store.commit(&changes).unwrap();
+        let rest: Vec<_> = tokio::time::timeout(Duration::from_secs(10), log.collect::<Vec<_>>())
+            .await
+            .expect("the follow did not end with its attempt");
+        assert!(rest
+            .iter()
+            .all(|chunk| chunk.as_ref().is_ok_and(|b| b.is_empty())));
+    }
 }

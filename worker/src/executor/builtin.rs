@@ -23,6 +23,12 @@ pub async fn run(
     }
 }
 
+/// Whether built-in kind `kind` reads its upstream steps' outputs from `in/`: a no-op does not,
+/// so its worker fetches nothing and makes no folders for it.
+pub fn reads_inputs(kind: &str) -> bool {
+    kind != "noop"
+}
+
 /// Succeeds at once, touching no disk: steps after it get an empty folder for it in their
 /// `in/` (their worker makes that), and nothing reads a no-op's own `out/`, so it makes none.
 /// (Making it was a quarter of a worker's CPU time in a fan-out of no-op steps: several

@@ -84,7 +84,7 @@ impl StepExecutor {
     async fn materialise(&self, task: &TaskSpec) -> Result<(), String> {
         // A step with no upstream steps gets the empty `in/` its folder is prepared with; a
         // no-op reads nothing, and gets no folders at all (a chain of them touches no disk).
-        let reads_nothing = matches!(&task.command, StepCommand::Builtin(kind) if kind == "noop");
+        let reads_nothing = matches!(&task.command, StepCommand::Builtin(kind) if !super::builtin::reads_inputs(kind));
         if task.inputs.is_empty() || reads_nothing {
             return Ok(());
         }

@@ -230,19 +230,7 @@ impl Changes {
         for (run_id, first_seq, events) in &self.events {
             let value = match events.as_slice() {
                 [one] => one.clone(),
-                many => {
-                    let mut array =
-                        Vec::with_capacity(many.iter().map(|e| e.len() + 1).sum::<usize>() + 1);
-                    array.push(b'[');
-                    for (i, event) in many.iter().enumerate() {
-                        if i > 0 {
-                            array.push(b',');
-                        }
-                        array.extend_from_slice(event);
-                    }
-                    array.push(b']');
-                    array
-                }
+                many => [&b"["[..], &many.join(&b","[..]), b"]"].concat(),
             };
             batch.insert(format!("e/{run_id}/{first_seq:016x}").as_bytes(), value);
         }

@@ -9,6 +9,8 @@
 //! `a/<run>` unfinished runs, `f/<run>` finished runs `after:` triggers have yet to decide on,
 //! `m/<key>` trigger marks ([`marks`]); the model registry's are in [`models`].
 
+#[cfg(test)]
+mod batch_tests;
 pub mod marks;
 pub mod models;
 #[cfg(test)]

@@ -395,7 +395,14 @@ impl Log {
     /// Called by Reservation on termination (completion or abort).
     /// Handles departure from shared state, and possibly writing
     /// the buffer to stable storage if necessary.
-    pub(super) fn exit_reservation(&self, iobuf: &Arc<IoBuf>) -> Result<()> {
+    ///
+    /// Sluice: `write_here` writes a buffer this exit leaves ready on this
+    /// thread instead of the IO threadpool.
+    pub(super) fn exit_reservation(
+        &self,
+        iobuf: &Arc<IoBuf>,
+        write_here: bool,
+    ) -> Result<()> {
         let mut header = iobuf.get_header();
 
         // Decrement writer count, retrying until successful.
@@ -433,6 +440,20 @@ impl Log {
                  to log from exit_reservation",
                 lsn
             );
+            if write_here {
+                // Sluice: as the pool's job below does, on this thread.
+                if let Err(e) = self.iobufs.write_to_log(iobuf) {
+                    error!(
+                        "hit error while writing iobuf with lsn {}: {:?}",
+                        lsn, e
+                    );
+                    self.iobufs.config.set_global_error(e);
+                    let intervals = self.iobufs.intervals.lock();
+                    drop(intervals);
+                    let _notified = self.iobufs.interval_updated.notify_all();
+                }
+                return Ok(());
+            }
             let iobufs = self.iobufs.clone();
             let iobuf = iobuf.clone();
             threadpool::spawn(move || {

@@ -3,7 +3,8 @@
 //!
 //! The executors write stdout and stderr to the attempt's files (masked); this reads those
 //! files from where it left off every `POLL` (250 ms) and publishes what is new, then, once the step
-//! ended, the rest and an end marker.
+//! ended, the rest. The end markers ([`LOG_STREAMS`]) travel with the step's result
+//! (`TaskQueue::finish`), or alone ([`end_logs`]) when there is no result to send.
 
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -36,7 +37,11 @@ struct Tail {
     offset: u64,
 }
 
-/// Publishes `task`'s output until `ended` fires, then the rest and the end markers.
+/// The streams of a step's log, each ended by a marker once the step is over.
+pub const LOG_STREAMS: [&str; 2] = ["stdout", "stderr"];
+
+/// Publishes `task`'s output until `ended` fires, then the rest; the end markers are the
+/// caller's to send.
 pub async fn stream_logs(queue: Arc<dyn TaskQueue>, task: TaskSpec, ended: CancellationToken) {
     let tail = |name, path| Tail {
         name,
@@ -44,9 +49,10 @@ pub async fn stream_logs(queue: Arc<dyn TaskQueue>, task: TaskSpec, ended: Cance
         file: None,
         offset: 0,
     };
+    let [stdout, stderr] = LOG_STREAMS;
     let mut files = [
-        tail("stdout", task.stdout_log()),
-        tail("stderr", task.stderr_log()),
+        tail(stdout, task.stdout_log()),
+        tail(stderr, task.stderr_log()),
     ];
     loop {
         let last = ended.is_cancelled();
@@ -61,11 +67,14 @@ pub async fn stream_logs(queue: Arc<dyn TaskQueue>, task: TaskSpec, ended: Cance
             _ = ended.cancelled() => {}
         }
     }
-    // A follower of the log waits for these markers: a few tries before giving up on them.
-    let names = files.map(|file| file.name);
+}
+
+/// Sends the end markers of `task`'s log on their own, for a step whose result is not sent
+/// (handed back). A follower of the log waits for them: a few tries before giving up.
+pub async fn end_logs(queue: &dyn TaskQueue, task: &TaskSpec) {
     let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100));
     for tries_left in (0..4).rev() {
-        match queue.end_logs(&task.key, &names).await {
+        match queue.end_logs(&task.key, &LOG_STREAMS).await {
             Ok(()) => break,
             Err(err) if tries_left == 0 => {
                 tracing::warn!(task = %task.key, error = %err, "Could not send the end of a step's log.");

@@ -156,6 +156,8 @@ pub async fn run_worker_with(
             // The step's `Started` while it is unsent: a step that ends within
             // STARTED_ALONE_AFTER sends it with its result, in one round trip.
             let mut unsent_start = None;
+            // Whether its log was streamed: then the log's end markers go with the result.
+            let mut streamed_logs = false;
             let result = match leased {
                 Err(message) => TaskResult::error(task.key.clone(), message),
                 Ok(lease) => {
@@ -197,6 +199,7 @@ pub async fn run_worker_with(
                         ended.cancel();
                         if let Some(logs) = logs {
                             let _ = logs.await;
+                            streamed_logs = true;
                         }
                         match outcome {
                             Ok(result) => result,
@@ -220,6 +223,9 @@ pub async fn run_worker_with(
                 .handed_back
                 .remove(&task.key);
             if abandon.is_cancelled() || handed_back {
+                if streamed_logs {
+                    crate::log_stream::end_logs(queue.as_ref(), &task).await;
+                }
                 queue.hand_back(&task);
                 // Handed back: neither reported nor acknowledged; the janitor takes it back.
                 tracing::warn!(task = %task.key, "Stopped a task at the end of the grace period; handed back.");
@@ -231,7 +237,11 @@ pub async fn run_worker_with(
             // Only a reported result lets the queue forget the delivery.
             let mut events: Vec<WorkerEvent> = unsent_start.into_iter().collect();
             events.push(WorkerEvent::Finished(result));
-            if let Err(err) = queue.finish(&task, events).await {
+            let log_ends: &[&str] = match streamed_logs {
+                true => &crate::log_stream::LOG_STREAMS,
+                false => &[],
+            };
+            if let Err(err) = queue.finish(&task, events, log_ends).await {
                 tracing::warn!(task = %task.key, error = %err, "Could not report a finished task.");
             }
             drop(permit);

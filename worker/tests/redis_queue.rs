@@ -569,3 +569,54 @@ fn passwords_are_taken_out_of_redis_urls_for_logs() {
     );
     assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_finished_task_ends_its_log_with_its_result_and_only_when_asked() {
+    use sluice_worker::log_stream::LOG_STREAMS;
+    use sluice_worker::queue::{LogReader, LOG_START};
+    use sluice_worker::task::TaskResult;
+    let Some(redis) = start_redis() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = queue(&redis, "scheduler", "t-ends:").await;
+    let worker = queue(&redis, "w1", "t-ends:").await;
+    let queues = vec!["default".to_string()];
+    for (step, log_ends) in [("streamed", &LOG_STREAMS[..]), ("quiet", &[][..])] {
+        scheduler
+            .dispatch(task(dir.path(), "r", step, 1, "true"))
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), worker.take(&queues))
+            .await
+            .unwrap()
+            .unwrap();
+        worker
+            .publish_log(&got.key, "stdout", Some(b"hello\n"))
+            .await
+            .unwrap();
+        let result = TaskResult::error(got.key.clone(), "done");
+        worker
+            .finish(&got, vec![WorkerEvent::Finished(result)], log_ends)
+            .await
+            .unwrap();
+        let events = tokio::time::timeout(Duration::from_secs(5), scheduler.next_events(10))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(&events[..], [WorkerEvent::Finished(r)] if r.key == got.key),
+            "{events:?}"
+        );
+        let stdout = scheduler
+            .read_log(&got.key, "stdout", LOG_START, None)
+            .await
+            .unwrap();
+        assert_eq!(stdout.chunks, vec![b"hello\n".to_vec()], "{step}");
+        let stderr = scheduler
+            .read_log(&got.key, "stderr", LOG_START, None)
+            .await
+            .unwrap();
+        let ended = !log_ends.is_empty();
+        assert_eq!((stdout.complete, stderr.complete), (ended, ended), "{step}");
+    }
+    scheduler.ack_events().await.unwrap();
+}

@@ -126,9 +126,19 @@ pub trait TaskQueue: Send + Sync {
     }
 
     /// Worker side: reports the last events of a task that ended (its `Started` too, when the
-    /// step ended before that was sent, then its `Finished`) and forgets its delivery. A queue
-    /// that can do it in one round trip does, and never forgets a delivery without its result.
-    async fn finish(&self, task: &TaskSpec, events: Vec<WorkerEvent>) -> Result<(), QueueError> {
+    /// step ended before that was sent, then its `Finished`) and forgets its delivery, after
+    /// ending the attempt's log on each of `log_ends` (as [`TaskQueue::end_logs`]; empty when
+    /// its log is not streamed). A queue that can do it all in one round trip does, and never
+    /// forgets a delivery without its result.
+    async fn finish(
+        &self,
+        task: &TaskSpec,
+        events: Vec<WorkerEvent>,
+        log_ends: &[&str],
+    ) -> Result<(), QueueError> {
+        if !log_ends.is_empty() {
+            self.end_logs(&task.key, log_ends).await?;
+        }
         for event in events {
             self.report(event).await?;
         }

@@ -77,8 +77,44 @@ impl RedisQueue {
         key: &TaskKey,
         entries: &[(&str, Option<&[u8]>)],
     ) -> Result<(), QueueError> {
-        let log = self.log_stream(key);
         let mut pipe = redis::pipe();
+        self.add_log_entries(&mut pipe, key, entries);
+        pipe.query_async::<()>(&mut self.commands.clone())
+            .await
+            .map_err(redis_error)
+    }
+
+    /// Ends the attempt's log on each of `streams`, in one round trip.
+    pub(super) async fn end_log_streams(
+        &self,
+        key: &TaskKey,
+        streams: &[&str],
+    ) -> Result<(), QueueError> {
+        let mut pipe = redis::pipe();
+        self.add_log_ends(&mut pipe, key, streams);
+        pipe.query_async::<()>(&mut self.commands.clone())
+            .await
+            .map_err(redis_error)
+    }
+
+    /// Adds to `pipe` the end markers of the attempt's log on each of `streams`.
+    pub(super) fn add_log_ends(&self, pipe: &mut redis::Pipeline, key: &TaskKey, streams: &[&str]) {
+        if streams.is_empty() {
+            return;
+        }
+        let ends: Vec<(&str, Option<&[u8]>)> = streams.iter().map(|s| (*s, None)).collect();
+        self.add_log_entries(pipe, key, &ends);
+    }
+
+    /// Adds to `pipe` the commands that append each `(stream, chunk or end)` to the attempt's
+    /// log, in order, and keep the log for its time to live.
+    fn add_log_entries(
+        &self,
+        pipe: &mut redis::Pipeline,
+        key: &TaskKey,
+        entries: &[(&str, Option<&[u8]>)],
+    ) {
+        let log = self.log_stream(key);
         for (stream, chunk) in entries {
             let command = pipe
                 .cmd("XADD")
@@ -95,12 +131,6 @@ impl RedisQueue {
             }
             .ignore();
         }
-        pipe.cmd("EXPIRE")
-            .arg(&log)
-            .arg(LOG_TTL_SECS)
-            .ignore()
-            .query_async::<()>(&mut self.commands.clone())
-            .await
-            .map_err(redis_error)
+        pipe.cmd("EXPIRE").arg(&log).arg(LOG_TTL_SECS).ignore();
     }
 }

@@ -240,8 +240,13 @@ impl TaskQueue for RedisQueue {
         self.settle_task(task).await
     }
 
-    async fn finish(&self, task: &TaskSpec, events: Vec<WorkerEvent>) -> Result<(), QueueError> {
-        self.finish_task(task, &events).await
+    async fn finish(
+        &self,
+        task: &TaskSpec,
+        events: Vec<WorkerEvent>,
+        log_ends: &[&str],
+    ) -> Result<(), QueueError> {
+        self.finish_task(task, &events, log_ends).await
     }
 
     async fn dead_letter(&self, task: &TaskSpec, reason: &str) -> Result<(), QueueError> {
@@ -270,8 +275,7 @@ impl TaskQueue for RedisQueue {
     }
 
     async fn end_logs(&self, key: &TaskKey, streams: &[&str]) -> Result<(), QueueError> {
-        let ends: Vec<(&str, Option<&[u8]>)> = streams.iter().map(|s| (*s, None)).collect();
-        self.append_logs(key, &ends).await
+        self.end_log_streams(key, streams).await
     }
 
     fn cancellations(&self) -> broadcast::Receiver<String> {

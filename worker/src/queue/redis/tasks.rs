@@ -217,11 +217,15 @@ impl RedisQueue {
         &self,
         task: &TaskSpec,
         events: &[WorkerEvent],
+        log_ends: &[&str],
     ) -> Result<(), QueueError> {
         // Out of `taken` while the transaction is in flight: a heartbeat that finds the entry
         // gone meanwhile must not take a finished task for a lost one.
         let Some((stream, id)) = self.taken_tasks().remove(&task.key) else {
             // Not delivered through this queue's reader: nothing to settle.
+            if !log_ends.is_empty() {
+                self.end_log_streams(&task.key, log_ends).await?;
+            }
             for event in events {
                 self.add_event(event.clone()).await?;
             }
@@ -237,6 +241,9 @@ impl RedisQueue {
             self.taken_tasks().remove(&task.key);
             let mut pipe = redis::pipe();
             pipe.atomic();
+            // The log's end markers first, as a follower of the log expects them before the
+            // attempt is over; in the same transaction, one round trip for both.
+            self.add_log_ends(&mut pipe, &task.key, log_ends);
             for json in &jsons {
                 pipe.cmd("XADD")
                     .arg(self.key("events"))

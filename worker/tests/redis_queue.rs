@@ -573,7 +573,7 @@ fn passwords_are_taken_out_of_redis_urls_for_logs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_finished_task_ends_its_log_with_its_result_and_only_when_asked() {
     use sluice_worker::log_stream::LOG_STREAMS;
-    use sluice_worker::queue::{LogReader, LOG_START};
+    use sluice_worker::queue::LOG_START;
     use sluice_worker::task::TaskResult;
     let Some(redis) = start_redis() else { return };
     let dir = tempfile::tempdir().unwrap();

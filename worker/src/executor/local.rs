@@ -163,9 +163,15 @@ impl Executor for LocalExecutor {
             );
             let registered = self.groups_dir.as_ref().and_then(|dir| {
                 let file = dir.join(pgid.to_string());
-                std::fs::create_dir_all(dir).ok()?;
-                let _ = crate::safe_fs::remove_entry(&file);
-                crate::safe_fs::write_new(&file, record.as_bytes(), 0o600).ok()?;
+                // Usually the folder is there and no record has this group's number: one
+                // call. Otherwise the folder is made, or a stale record of a reused number
+                // removed, and the record written again.
+                let written = crate::safe_fs::write_new(&file, record.as_bytes(), 0o600);
+                if written.is_err() {
+                    std::fs::create_dir_all(dir).ok()?;
+                    let _ = crate::safe_fs::remove_entry(&file);
+                    crate::safe_fs::write_new(&file, record.as_bytes(), 0o600).ok()?;
+                }
                 Some(file)
             });
             RunningGroup::register(pgid, registered)
@@ -312,7 +318,20 @@ fn process_record(pgid: Pid) -> String {
 
 /// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks since boot.
 pub fn process_start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    use std::io::Read;
+    // Read into a buffer the line fits in (52 numbers and a 16-byte name): /proc hands it over
+    // in one read, where `read_to_string` sizes its buffer from a zero-length fstat and reads
+    // it in six growing pieces, for every step started.
+    let mut file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let mut buf = [0u8; 4096];
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read(&mut buf[len..]).ok()? {
+            0 => break,
+            n => len += n,
+        }
+    }
+    let stat = std::str::from_utf8(&buf[..len]).ok()?;
     // The command name (field 2) may hold spaces; everything after its closing paren is plain.
     let rest = stat.rsplit_once(')')?.1;
     rest.split_whitespace().nth(19)?.parse().ok()
@@ -494,5 +513,42 @@ pub(super) fn humanize(d: Duration) -> String {
         format!("{}ms", d.as_millis())
     } else {
         format!("{}s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_start_time_is_read_from_its_stat_line_even_with_a_strange_name() {
+        // A program named with spaces and parens: everything after the last `)` is plain.
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("a) b (c");
+        std::fs::copy("/bin/sleep", &program).unwrap();
+        let mut child = std::process::Command::new(&program)
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        assert!(stat.contains("(a) b (c)"), "{stat}");
+        let expected: u64 = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .nth(19)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(process_start_time(pid), Some(expected), "{stat}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(
+            process_start_time(pid),
+            None,
+            "a reaped process has no stat line"
+        );
     }
 }

@@ -28,14 +28,19 @@ impl Artifacts {
             .iter()
             .flat_map(|input| input.artifacts.iter().map(|a| a.id.clone()))
             .collect();
-        let _pinned = self.pin(ids);
-        make_dir(in_dir)?;
+        // Held until every file is placed: the blobs the plan names stay in the cache.
+        let mut pinned = vec![self.pin(ids)];
+        // First what goes where, fetching and verifying each blob (which waits on the network
+        // and the blocking pool, not on this thread); then the folders and files, copies of
+        // gigabytes included, in one job on the blocking pool, so a large input never holds
+        // up the worker's other tasks (its heartbeats among them).
+        let mut plan = vec![Placing::Dir(in_dir.to_path_buf())];
         for input in inputs {
             if !is_safe_relative(&input.step) || input.step.contains('/') {
                 return Err(bad_name(&input.step));
             }
             let step_dir = in_dir.join(&input.step);
-            make_dir(&step_dir)?;
+            plan.push(Placing::Dir(step_dir.clone()));
             for artifact in &input.artifacts {
                 let name = artifact.path_name();
                 if !is_safe_relative(name) {
@@ -43,30 +48,34 @@ impl Artifacts {
                 }
                 let target = step_dir.join(name);
                 if let Some(parent) = target.parent() {
-                    make_dirs(&step_dir, parent)?;
+                    plan.push(Placing::Dirs(step_dir.clone(), parent.to_path_buf()));
                 }
                 match artifact.kind {
                     ArtifactKind::File => {
                         let blob = self.blob_path(&artifact.id).await?;
-                        place(&blob, &target, 0o444, link)?;
+                        plan.push(Placing::File(blob, target, 0o444));
                     }
                     ArtifactKind::Dir => {
                         let manifest = self.manifest(&artifact.id).await?;
-                        make_dir(&target)?;
-                        let _pinned =
-                            self.pin(manifest.files.iter().map(|f| f.id.clone()).collect());
+                        plan.push(Placing::Dir(target.clone()));
+                        pinned
+                            .push(self.pin(manifest.files.iter().map(|f| f.id.clone()).collect()));
                         for entry in &manifest.files {
                             let blob = self.blob_path(&entry.id).await?;
                             let path = target.join(&entry.path);
                             if let Some(parent) = path.parent() {
-                                make_dirs(&target, parent)?;
+                                plan.push(Placing::Dirs(target.clone(), parent.to_path_buf()));
                             }
-                            place(&blob, &path, read_only(entry.mode), link)?;
+                            plan.push(Placing::File(blob, path, read_only(entry.mode)));
                         }
                     }
                 }
             }
         }
+        tokio::task::spawn_blocking(move || plan.iter().try_for_each(|step| step.carry_out(link)))
+            .await
+            .map_err(|err| ArtifactError::io("placing the inputs")(std::io::Error::other(err)))??;
+        drop(pinned);
         self.save();
         Ok(())
     }
@@ -85,6 +94,26 @@ impl Artifacts {
             store: self.store().url().to_string(),
         })?;
         Manifest::parse(id, &bytes)
+    }
+}
+
+/// One step of building `in/`, in the order [`Artifacts::materialise`] planned them.
+enum Placing {
+    /// A folder (its parent exists).
+    Dir(std::path::PathBuf),
+    /// The folders from the first (which exists) down to the second.
+    Dirs(std::path::PathBuf, std::path::PathBuf),
+    /// A blob put at a path with a mode.
+    File(std::path::PathBuf, std::path::PathBuf, u32),
+}
+
+impl Placing {
+    fn carry_out(&self, link: bool) -> Result<(), ArtifactError> {
+        match self {
+            Placing::Dir(path) => make_dir(path),
+            Placing::Dirs(root, path) => make_dirs(root, path),
+            Placing::File(blob, target, mode) => place(blob, target, *mode, link),
+        }
     }
 }
 

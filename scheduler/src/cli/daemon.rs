@@ -202,6 +202,23 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// A worker's runtime: one thread for its async work (the queue, heartbeats, log streaming,
+/// waiting on processes and containers), which is all waiting and small system calls; files
+/// are prepared, inputs placed, outputs hashed and reports read on the blocking pool. One
+/// thread spares the hand-offs between threads that a thread per CPU costs on every step (a
+/// quarter of a worker's CPU in a chain of no-op steps, BENCHMARKS.md). `TOKIO_WORKER_THREADS`
+/// sets another number.
+fn worker_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(1);
+    }
+    builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 /// `sluice scheduler`: the daemon with Redis between it and the workers.
 pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<u8> {
     let data_dir = prepare_data_dir(&args.serve.data.data_dir)?;
@@ -534,7 +551,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<u8> {
         .slots
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
         .max(1);
-    runtime()?.block_on(async move {
+    worker_runtime()?.block_on(async move {
         let shutdown = CancellationToken::new();
         let abandon = CancellationToken::new();
         tokio::spawn(stop_on_signals(shutdown.clone(), Some(abandon.clone())));

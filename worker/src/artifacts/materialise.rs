@@ -28,7 +28,7 @@ impl Artifacts {
             .iter()
             .flat_map(|input| input.artifacts.iter().map(|a| a.id.clone()))
             .collect();
-        // Held until every file is placed: the blobs the plan names stay in the cache.
+        // Held until every file is placed (by the job below): the blobs the plan names stay.
         let mut pinned = vec![self.pin(ids)];
         // First what goes where, fetching and verifying each blob (which waits on the network
         // and the blocking pool, not on this thread); then the folders and files, copies of
@@ -72,10 +72,14 @@ impl Artifacts {
                 }
             }
         }
-        tokio::task::spawn_blocking(move || plan.iter().try_for_each(|step| step.carry_out(link)))
-            .await
-            .map_err(|err| ArtifactError::io("placing the inputs")(std::io::Error::other(err)))??;
-        drop(pinned);
+        // The pins go with the job: a step cancelled meanwhile drops this future, not the job,
+        // and the blobs it is still placing must stay.
+        tokio::task::spawn_blocking(move || {
+            let _pinned = pinned;
+            plan.iter().try_for_each(|step| step.carry_out(link))
+        })
+        .await
+        .map_err(|err| ArtifactError::io("placing the inputs")(std::io::Error::other(err)))??;
         self.save();
         Ok(())
     }

@@ -196,7 +196,11 @@ pub struct WorkerArgs {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    start_runtime(tokio::runtime::Builder::new_multi_thread())
+}
+
+fn start_runtime(mut builder: tokio::runtime::Builder) -> anyhow::Result<tokio::runtime::Runtime> {
+    builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")
@@ -213,10 +217,7 @@ fn worker_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
         builder.worker_threads(1);
     }
-    builder
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
+    start_runtime(builder)
 }
 
 /// `sluice scheduler`: the daemon with Redis between it and the workers.

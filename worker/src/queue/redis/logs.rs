@@ -90,20 +90,14 @@ impl RedisQueue {
         key: &TaskKey,
         streams: &[&str],
     ) -> Result<(), QueueError> {
-        let mut pipe = redis::pipe();
-        self.add_log_ends(&mut pipe, key, streams);
-        pipe.query_async::<()>(&mut self.commands.clone())
-            .await
-            .map_err(redis_error)
+        self.append_logs(key, &log_ends(streams)).await
     }
 
     /// Adds to `pipe` the end markers of the attempt's log on each of `streams`.
     pub(super) fn add_log_ends(&self, pipe: &mut redis::Pipeline, key: &TaskKey, streams: &[&str]) {
-        if streams.is_empty() {
-            return;
+        if !streams.is_empty() {
+            self.add_log_entries(pipe, key, &log_ends(streams));
         }
-        let ends: Vec<(&str, Option<&[u8]>)> = streams.iter().map(|s| (*s, None)).collect();
-        self.add_log_entries(pipe, key, &ends);
     }
 
     /// Adds to `pipe` the commands that append each `(stream, chunk or end)` to the attempt's
@@ -133,4 +127,9 @@ impl RedisQueue {
         }
         pipe.cmd("EXPIRE").arg(&log).arg(LOG_TTL_SECS).ignore();
     }
+}
+
+/// An end marker (no chunk) on each of `streams`, as [`RedisQueue::append_logs`] takes them.
+fn log_ends<'a>(streams: &[&'a str]) -> Vec<(&'a str, Option<&'a [u8]>)> {
+    streams.iter().map(|stream| (*stream, None)).collect()
 }
